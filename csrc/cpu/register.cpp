@@ -1,0 +1,10 @@
+// Registers dreamer_fast::cpu::<op> as the CPU kernels of the `dreamer_fast` library (schemas in csrc/ops.cpp).
+#include <torch/library.h>
+
+#include "../ops.h"
+
+TORCH_LIBRARY_IMPL(dreamer_fast, CPU, m) {
+  namespace impl = dreamer_fast::cpu;
+  m.impl("lambda_return", &impl::lambda_return);
+  m.impl("lambda_return_backward", &impl::lambda_return_backward);
+}

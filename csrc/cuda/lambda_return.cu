@@ -1,0 +1,1 @@
+#include "lambda_return.cuh"

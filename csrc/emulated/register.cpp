@@ -1,0 +1,10 @@
+// Registers dreamer_fast::emulated::<op> as the CPU kernels of the `dreamer_fast_emu` library (schemas in csrc/ops.cpp).
+#include <torch/library.h>
+
+#include "../ops.h"
+
+TORCH_LIBRARY_IMPL(dreamer_fast_emu, CPU, m) {
+  namespace impl = dreamer_fast::emulated;
+  m.impl("lambda_return", &impl::lambda_return);
+  m.impl("lambda_return_backward", &impl::lambda_return_backward);
+}

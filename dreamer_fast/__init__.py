@@ -1,0 +1,20 @@
+"""dreamer_fast: DreamerV2 in PyTorch with fused C++/CUDA kernels.
+
+Ops (time-major ``[T, B, ...]``; each has a plain-PyTorch twin ``*_ref`` in :mod:`dreamer_fast.reference`):
+
+- :func:`lambda_return` — TD(λ) returns ``[T, B]``.
+"""
+
+from dreamer_fast._backend import BACKENDS, extension_loaded, has_kernel
+from dreamer_fast.ops.lambda_return import lambda_return
+from dreamer_fast.reference import lambda_return_ref
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS",
+    "extension_loaded",
+    "has_kernel",
+    "lambda_return",
+    "lambda_return_ref",
+]

@@ -1,0 +1,5 @@
+"""Plain-PyTorch references of every fused op: the executable specification, same signatures as dreamer_fast.ops."""
+
+from dreamer_fast.reference.lambda_return import lambda_return_ref
+
+__all__ = ["lambda_return_ref"]

@@ -1,0 +1,42 @@
+"""Shared benchmark helpers: every op is timed as fused vs eager reference vs torch.compile(reference) in one run.
+
+Run:  pytest benchmarks/ --benchmark-only            (timings; ratios within a group are in the table)
+      pytest benchmarks/ --benchmark-disable         (smoke: each case runs once, as CI does)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+import dreamer_fast  # noqa: F401
+
+_compiled: dict[Callable, Callable] = {}
+
+
+def compiled(fn: Callable) -> Callable:
+    """torch.compile(fn) (inductor, static shapes), built once per function for the whole session."""
+    if fn not in _compiled:
+        _compiled[fn] = torch.compile(fn, dynamic=False)
+    return _compiled[fn]
+
+
+def fwd_bwd(fn: Callable, inputs: Sequence[torch.Tensor], grads: Sequence[torch.Tensor] | None = None):
+    """A closure running forward and backward of ``fn(*inputs)`` into ``inputs`` (those that require grad)."""
+    leaves = [x for x in inputs if isinstance(x, torch.Tensor) and x.requires_grad]
+
+    def run():
+        out = fn(*inputs)
+        outs = out if isinstance(out, tuple) else (out,)
+        outs = [o for o in outs if o.requires_grad]
+        gs = list(grads) if grads is not None else [torch.ones_like(o) for o in outs]
+        return torch.autograd.grad(outs, leaves, gs[: len(outs)])
+
+    return run
+
+
+def warm(run: Callable, times: int = 3) -> None:
+    """Compile and warm caches outside the timed region."""
+    for _ in range(times):
+        run()

@@ -1,7 +1,24 @@
-// Registers dreamer_fast::emulated::<op> as the CPU kernels of the `dreamer_fast_emu` library (schemas in csrc/ops.cpp).
+// Registers dreamer_fast::emulated::<op> as the CPU kernels of the `dreamer_fast_emu` library (schemas in csrc/ops.cpp),
+// plus `launched_kernels()`, the names of the emulated kernels launched so far (tests check every kernel ran).
 #include <torch/library.h>
 
+#include <string>
+#include <vector>
+
+#include "../emulation/emulator.h"
 #include "../ops.h"
+
+namespace {
+
+std::vector<std::string> launched_kernels() {
+  auto& log = df_emu::launch_log();
+  std::lock_guard<std::mutex> lock(log.mutex);
+  return {log.names.begin(), log.names.end()};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(dreamer_fast_emu, m) { m.def("launched_kernels() -> str[]", &launched_kernels); }
 
 TORCH_LIBRARY_IMPL(dreamer_fast_emu, CPU, m) {
   namespace impl = dreamer_fast::emulated;

@@ -21,10 +21,13 @@
 #include <ucontext.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -178,12 +181,26 @@ inline void BlockRunner::run_block(dim3 idx) {
   }
 }
 
+// Names of the kernels launched so far in this process, so tests can check that every kernel was exercised.
+struct LaunchLog {
+  std::mutex mutex;
+  std::set<std::string> names;
+};
+inline LaunchLog& launch_log() {
+  static LaunchLog log;
+  return log;
+}
+
 // Launches `kernel` over `grid` x `block` with the given arguments, like kernel<<<grid, block>>>(args...).
 template <typename... KArgs, typename... Args>
 void launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, Args&&... args) {
   const long blocks = static_cast<long>(grid.x) * grid.y * grid.z;
   const long threads = static_cast<long>(block.x) * block.y * block.z;
   if (blocks == 0 || threads == 0) return;
+  {
+    std::lock_guard<std::mutex> lock(launch_log().mutex);
+    launch_log().names.insert(name);
+  }
   if (threads > 1024 || block.z > 64)
     throw EmulationError(std::string("invalid launch configuration for kernel ") + name +
                          ": more than 1024 threads per block");
@@ -306,5 +323,6 @@ template <typename T>
 T atomicAdd(T* address, T value) {
   return df_emu::atomic_add(address, value);
 }
-inline float __expf(float x) { return ::expf(x); }
-inline float __logf(float x) { return ::logf(x); }
+// glibc declares __expf/__logf itself, so the fast-math intrinsics are macros here (<cmath> is included above).
+#define __expf(x) (::expf(x))
+#define __logf(x) (::logf(x))

@@ -1,0 +1,130 @@
+"""One-call GPU verification: build for this GPU, run the test suite (CUDA cases included), time every op on the GPU.
+
+    python benchmarks/gpu_check.py               # build (pip install -e, this GPU's arch), tests, GPU table
+    python benchmarks/gpu_check.py --no-build    # use the extension already built
+
+Prints one table: per op and dtype (float32, bfloat16), forward+backward time of fused, eager reference and
+torch.compile(reference), and the speed-ups. Fails loudly (exit 2) when no GPU is visible: this script exists to
+check the GPU, so skipping would hide that nothing was checked. Paste its output, with the date and the GPU name,
+into docs/PERFORMANCE.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def die(msg: str) -> None:
+    print(f"gpu_check: FAILED: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def build() -> None:
+    major, minor = torch.cuda.get_device_capability()
+    env = dict(os.environ, TORCH_CUDA_ARCH_LIST=f"{major}.{minor}", DREAMER_FAST_CUDA="1")
+    cmd = [sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", str(ROOT)]
+    print(f"gpu_check: building for sm_{major}{minor}: {' '.join(cmd)}", flush=True)
+    subprocess.run(cmd, env=env, check=True, cwd=ROOT)
+
+
+def run_tests() -> None:
+    cmd = [sys.executable, "-m", "pytest", "tests/", "-q", "-x", "-p", "no:cacheprovider"]
+    print(f"gpu_check: {' '.join(cmd)}", flush=True)
+    result = subprocess.run(cmd, cwd=ROOT)
+    if result.returncode != 0:
+        die(f"tests failed (exit {result.returncode})")
+
+
+def cuda_time_ms(fn, reps: int = 50) -> float:
+    """Median of `reps` timings with CUDA events, after warm-up (compiles happen in the warm-up)."""
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def fwd_bwd(fn, inputs):
+    leaves = [x for x in inputs if isinstance(x, torch.Tensor) and x.requires_grad]
+
+    def run():
+        out = fn(*inputs)
+        outs = [o for o in (out if isinstance(out, tuple) else (out,)) if o.requires_grad]
+        torch.autograd.grad([o.float().sum() for o in outs], leaves)
+
+    return run
+
+
+def cases(device: torch.device, dtype: torch.dtype):
+    """(name, inputs, fused, reference) for every op, at the sizes the CPU benchmarks use."""
+    import dreamer_fast as df
+    from dreamer_fast import reference as ref
+
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def rnd(*shape, low=None):
+        x = torch.randn(*shape, device=device, generator=g).to(dtype)
+        if low is not None:
+            x = torch.rand(*shape, device=device, generator=g).mul(1 - low).add(low).to(dtype)
+        return x.requires_grad_()
+
+    out = []
+    for T, B in ((15, 800), (50, 16)):
+        inputs = [rnd(T, B), rnd(T, B), rnd(T, B, low=0.9), rnd(B)]
+        out.append((f"lambda_return {T}x{B}", inputs,
+                    lambda *x: df.lambda_return(*x, 0.95, backend="fused"), lambda *x: ref.lambda_return_ref(*x, 0.95)))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-build", action="store_true", help="use the extension already built")
+    parser.add_argument("--no-tests", action="store_true", help="skip the test suite")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        die(f"no CUDA GPU visible (torch {torch.__version__}, CUDA {torch.version.cuda}); nothing was checked")
+    name = torch.cuda.get_device_name()
+    print(f"gpu_check: {time.strftime('%Y-%m-%d')} on {name}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+    if not args.no_build:
+        build()
+    import dreamer_fast as df
+
+    for op in ("lambda_return", "straight_through_categorical", "kl_balance"):
+        if not df.has_kernel(op, "cuda"):
+            die(f"the extension has no CUDA kernel for {op}")
+    if not args.no_tests:
+        run_tests()
+    device = torch.device("cuda")
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for label, inputs, fused, reference in cases(device, dtype):
+            t_fused = cuda_time_ms(fwd_bwd(fused, inputs))
+            t_ref = cuda_time_ms(fwd_bwd(reference, inputs))
+            t_comp = cuda_time_ms(fwd_bwd(torch.compile(reference, dynamic=False), inputs))
+            rows.append((label, str(dtype).removeprefix("torch."), t_fused, t_ref, t_comp))
+    print(f"\nGPU forward+backward, median ms ({name})")
+    print(f"| {'op':34} | dtype    | fused ms | eager ms | compiled ms | vs eager | vs compiled |")
+    print(f"|{'-' * 36}|----------|----------|----------|-------------|----------|-------------|")
+    for label, dt, f, r, c in rows:
+        print(f"| {label:34} | {dt:8} | {f:8.3f} | {r:8.3f} | {c:11.3f} | {r / f:7.1f}x | {c / f:10.1f}x |")
+
+
+if __name__ == "__main__":
+    main()

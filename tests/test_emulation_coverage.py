@@ -1,0 +1,49 @@
+"""The emulated CUDA build covers the real one: same ops, every kernel launched (the run-time check is in conftest)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CSRC_CUDA, cuda_kernel_names
+
+import dreamer_fast as df
+from dreamer_fast import _backend
+
+OPS = sorted({name.split("::")[1] for name, _ in _backend._KERNELS if name.startswith("dreamer_fast::")})
+
+
+def test_kernel_sources_found():
+    names = cuda_kernel_names()
+    assert "lambda_return.forward" in names and "lambda_return.backward" in names
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_every_op_has_cpu_and_emulated_kernels(op):
+    assert df.has_kernel(op, "cpu"), f"{op} has no CPU kernel"
+    assert df.has_kernel(op, "cpu", namespace="dreamer_fast_emu"), f"{op}: its CUDA kernel is not emulated"
+
+
+def test_every_kernel_is_launched_by_its_name():
+    """launch("<op>.<kernel>", <kernel>...) — the name is what the emulator's launch log records."""
+    for name in sorted(cuda_kernel_names()):
+        stem, fn = name.split(".")
+        src = (CSRC_CUDA / f"{stem}.cuh").read_text()
+        assert f'launch("{name}"' in src, f"{name}: launch it as launch(\"{name}\", ...)"
+
+
+def test_launch_log_records_launches():
+    r = torch.randn(3, 5, dtype=torch.float64)
+    torch.ops.dreamer_fast_emu.lambda_return(r, r, r, r[0], 0.5)
+    assert "lambda_return.forward" in torch.ops.dreamer_fast_emu.launched_kernels()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU failure path")
+def test_gpu_check_fails_loudly_without_gpu():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    result = subprocess.run([sys.executable, str(script), "--no-build"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "no CUDA GPU visible" in result.stderr

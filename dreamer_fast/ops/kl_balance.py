@@ -83,11 +83,9 @@ def _register() -> None:
 
     def backward(ctx, grad_loss, grad_kl):
         post, prior, kl = ctx.saved_tensors
-        # An unused output's gradient may arrive as None: zeros are what it means (and cost N + 1 elements).
-        grad_loss = kl.new_zeros(()) if grad_loss is None else grad_loss.contiguous()
-        grad_kl = torch.zeros_like(kl) if grad_kl is None else grad_kl.contiguous()
+        # Autograd materialises an unused output's gradient as zeros (N + 1 elements: cheap).
         d_post, d_prior = torch.ops.dreamer_fast.kl_balance_backward.default(
-            grad_loss, grad_kl, post, prior, kl, *ctx.scalars
+            grad_loss.contiguous(), grad_kl.contiguous(), post, prior, kl, *ctx.scalars
         )
         return d_post, d_prior, None, None, None, None
 

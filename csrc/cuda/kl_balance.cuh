@@ -154,8 +154,9 @@ std::tuple<at::Tensor, at::Tensor> kl_balance(const at::Tensor& post_logits, con
   at::Tensor kl = at::empty(lead, post_logits.options());
   at::Tensor loss = at::empty({}, post_logits.options());
   const int warps = static_cast<int>(std::clamp<int64_t>(S, 1, k::kMaxWarps));  // no idle warps when S is small
+  const dim3 grid(static_cast<unsigned>(std::min(N, k::kMaxBlocks)));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, post_logits.scalar_type(), "kl_balance_cuda", [&] {
-    launch("kl_balance.forward", k::forward<scalar_t>, dim3(static_cast<unsigned>(std::min(N, k::kMaxBlocks))), dim3(warps * k::kWarp),
+    launch("kl_balance.forward", k::forward<scalar_t>, grid, dim3(warps * k::kWarp),
            post_logits.const_data_ptr<scalar_t>(), prior_logits.const_data_ptr<scalar_t>(),
            kl.mutable_data_ptr<scalar_t>(), N, S, K, unimix);
     launch("kl_balance.loss", k::loss<scalar_t>, dim3(1), dim3(k::kThreads), kl.const_data_ptr<scalar_t>(),

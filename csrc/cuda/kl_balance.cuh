@@ -72,7 +72,7 @@ __global__ void forward(const scalar_t* __restrict__ x, const scalar_t* __restri
     acc_t sum = acc_t(0);  // this warp's rows; identical in all its lanes
     for (int64_t s = warp; s < S; s += warps) {
       const int64_t o = (n * S + s) * K;
-      sum += row_kl<acc_t>(x + o, y + o, K, lane, kWarp, u, WarpReduce<acc_t>{});
+      sum += row_kl<acc_t, kWarp>(x + o, y + o, K, lane, u, WarpReduce<acc_t>{});
     }
     if (lane == 0) partial[warp] = sum;
     __syncthreads();
@@ -138,7 +138,7 @@ __global__ void backward(const scalar_t* __restrict__ x, const scalar_t* __restr
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * warps + threadIdx.x / kWarp; r < rows;
        r += static_cast<int64_t>(gridDim.x) * warps) {
     const int64_t n = r / S, o = r * K;
-    row_kl_backward<acc_t>(x + o, y + o, K, lane, kWarp, u, w[2 * n], w[2 * n + 1], dx + o, dy + o,
+    row_kl_backward<acc_t, kWarp>(x + o, y + o, K, lane, u, w[2 * n], w[2 * n + 1], dx + o, dy + o,
                            WarpReduce<acc_t>{});
   }
 }

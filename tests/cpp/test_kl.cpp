@@ -32,7 +32,7 @@ static double naive_kl(const std::vector<double>& x, const std::vector<double>& 
 }
 
 static double kl(const std::vector<double>& x, const std::vector<double>& y, double u) {
-  return dreamer_fast::row_kl<double>(x.data(), y.data(), x.size(), 0, 1, u, SerialReduce<double>{});
+  return dreamer_fast::row_kl<double, 1>(x.data(), y.data(), x.size(), 0, u, SerialReduce<double>{});
 }
 
 static void test_values() {
@@ -52,8 +52,47 @@ static void test_values() {
   expect_near("shift invariance", kl({1000.3, 998.8, 1002.0, 1000.0}, y, 0), naive_kl(x, y, 0), 1e-12);
   // Float storage with double accumulation agrees with double storage.
   const std::vector<float> xf(x.begin(), x.end()), yf(y.begin(), y.end());
-  const double kf = dreamer_fast::row_kl<double>(xf.data(), yf.data(), 4, 0, 1, 0.0, SerialReduce<double>{});
+  const double kf = dreamer_fast::row_kl<double, 1>(xf.data(), yf.data(), 4, 0, 0.0, SerialReduce<double>{});
   expect_near("float storage", kf, naive_kl({0.3f, -1.2f, 2.0f, 0.0f}, {1.0f, 0.5f, -0.7f, 0.2f}, 0), 1e-13);
+}
+
+static void test_fastmath() {
+  using dreamer_fast::exp_poly, dreamer_fast::log_poly;
+  double worst_exp = 0, worst_log = 0;
+  for (float x = -87.0f; x <= 88.0f; x += 0.0137f) {
+    const double want = std::exp(static_cast<double>(x));
+    worst_exp = std::fmax(worst_exp, std::fabs(exp_poly(x) - want) / want);
+  }
+  for (float x = 1e-37f; x < 1e37f; x *= 1.0137f) {
+    const double want = std::log(static_cast<double>(x));
+    worst_log = std::fmax(worst_log, std::fabs(log_poly(x) - want) / std::fmax(std::fabs(want), 1e-30));
+  }
+  double worst_log_abs = 0;  // near 1, where log is near 0, the absolute error is what float can promise
+  for (float x = 0.5f; x < 2.0f; x += 1e-4f)
+    worst_log_abs = std::fmax(worst_log_abs, std::fabs(log_poly(x) - std::log(static_cast<double>(x))));
+  if (worst_log_abs > 1.2e-7) std::printf("FAIL log_poly near 1: error %g\n", worst_log_abs), ++failures;
+  if (worst_exp > 2.4e-7) std::printf("FAIL exp_poly: relative error %g > 2 ulp\n", worst_exp), ++failures;
+  if (worst_log > 2.4e-7) std::printf("FAIL log_poly: error %g > 2 ulp\n", worst_log), ++failures;
+  const float inf = INFINITY;
+  expect_near("exp_poly(0)", exp_poly(0.0f), 1.0, 0);
+  expect_near("exp_poly(-inf)", exp_poly(-inf), 0.0, 0);
+  expect_near("exp_poly(-100)", exp_poly(-100.0f), 0.0, 0);
+  expect_near("log_poly(1)", log_poly(1.0f), 0.0, 0);
+  expect_near("log_poly(denormal)", log_poly(1e-40f), std::log(static_cast<double>(1e-40f)), 1e-6);
+  if (!(std::isnan(exp_poly(NAN)) && std::isnan(log_poly(NAN)) && std::isnan(log_poly(-1.0f)) &&
+        log_poly(0.0f) == -inf && log_poly(inf) == inf))
+    std::printf("FAIL fastmath special values (NaN, log of 0, negative, inf)\n"), ++failures;
+  // The float row math (which uses the polynomials) against the double one, with and without the scratch cache.
+  const std::vector<float> x = {0.3f, -1.2f, 2.0f, 0.0f, -30.0f}, y = {1.0f, 0.5f, -0.7f, 0.2f, 4.0f};
+  std::vector<float> ex(5), ey(5);
+  const dreamer_fast::RowCache<float> cache{ex.data(), ey.data()};
+  for (float u : {0.0f, 0.05f}) {
+    const double want = naive_kl({x.begin(), x.end()}, {y.begin(), y.end()}, u);
+    expect_near("row_kl<float>", dreamer_fast::row_kl<float, 1>(x.data(), y.data(), 5, 0, u, SerialReduce<float>{}),
+                want, 1e-6);
+    expect_near("row_kl<float> cached",
+                dreamer_fast::row_kl<float, 1>(x.data(), y.data(), 5, 0, u, SerialReduce<float>{}, cache), want, 1e-6);
+  }
 }
 
 static void test_gradients() {
@@ -62,7 +101,7 @@ static void test_gradients() {
   const double h = 1e-6, w_post = 0.7, w_prior = -1.3;
   for (double u : {0.0, 0.1}) {
     std::vector<double> dx(K), dy(K);
-    dreamer_fast::row_kl_backward<double>(x0.data(), y0.data(), K, 0, 1, u, w_post, w_prior, dx.data(), dy.data(),
+    dreamer_fast::row_kl_backward<double, 1>(x0.data(), y0.data(), K, 0, u, w_post, w_prior, dx.data(), dy.data(),
                                           SerialReduce<double>{});
     for (size_t j = 0; j < K; ++j) {
       auto xp = x0, xm = x0, yp = y0, ym = y0;
@@ -74,10 +113,19 @@ static void test_gradients() {
       expect_near(what, dy[j], w_prior * (kl(x0, yp, u) - kl(x0, ym, u)) / (2 * h), 1e-7);
     }
   }
+  // The CPU's scratch cache (exps kept from the first pass) gives the same gradients.
+  for (double u : {0.0, 0.1}) {
+    std::vector<double> dx(K), dy(K), cx(K), cy(K), ex(K), ey(K);
+    dreamer_fast::row_kl_backward<double, 1>(x0.data(), y0.data(), K, 0, u, w_post, w_prior, dx.data(), dy.data(),
+                                             SerialReduce<double>{});
+    dreamer_fast::row_kl_backward<double, 1>(x0.data(), y0.data(), K, 0, u, w_post, w_prior, cx.data(), cy.data(),
+                                             SerialReduce<double>{}, dreamer_fast::RowCache<double>{ex.data(), ey.data()});
+    for (size_t j = 0; j < K; ++j) expect_near("cached d post", cx[j], dx[j], 1e-15), expect_near("cached d prior", cy[j], dy[j], 1e-15);
+  }
   // A prior class whose probability underflows to 0 (u = 0): the gradient stays finite (= w (τ - σ)).
   const std::vector<double> x = {0.0, 0.0}, y = {0.0, -1000.0};
   std::vector<double> dx(2), dy(2);
-  dreamer_fast::row_kl_backward<double>(x.data(), y.data(), 2, 0, 1, 0.0, 1.0, 1.0, dx.data(), dy.data(),
+  dreamer_fast::row_kl_backward<double, 1>(x.data(), y.data(), 2, 0, 0.0, 1.0, 1.0, dx.data(), dy.data(),
                                         SerialReduce<double>{});
   expect_near("underflowed prior d prior[0]", dy[0], 0.5, 1e-15);
   expect_near("underflowed prior d prior[1]", dy[1], -0.5, 1e-15);
@@ -102,6 +150,7 @@ static void test_free_nats() {
 int main() {
   test_values();
   test_gradients();
+  test_fastmath();
   test_free_nats();
   if (failures) std::printf("%d failure(s)\n", failures);
   else std::printf("all kl.h tests passed\n");

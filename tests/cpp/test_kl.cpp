@@ -95,6 +95,31 @@ static void test_fastmath() {
   }
 }
 
+// Float rows long enough for the vector loops (and their remainders) against the same math in double (libm).
+static void test_float_rows_against_double() {
+  const int K = 37;
+  std::vector<float> x(K), y(K), dx(K), dy(K), ex(K), ey(K);
+  std::vector<double> xd(K), yd(K), dxd(K), dyd(K);
+  for (int k = 0; k < K; ++k) {
+    x[k] = 3.0f * std::sin(1.7f * k), y[k] = 4.0f * std::cos(0.9f * k + 0.3f);
+    xd[k] = x[k], yd[k] = y[k];
+  }
+  const dreamer_fast::RowCache<float> cache{ex.data(), ey.data()};
+  for (float u : {0.0f, 0.05f}) {
+    const double want = dreamer_fast::row_kl<double, 1>(xd.data(), yd.data(), K, 0, u, SerialReduce<double>{});
+    expect_near("row_kl<float> K=37", dreamer_fast::row_kl<float, 1>(x.data(), y.data(), K, 0, u, SerialReduce<float>{}),
+                want, 1e-6);
+    dreamer_fast::row_kl_backward<float, 1>(x.data(), y.data(), K, 0, u, 0.7f, -1.3f, dx.data(), dy.data(),
+                                            SerialReduce<float>{}, cache);
+    dreamer_fast::row_kl_backward<double, 1>(xd.data(), yd.data(), K, 0, u, 0.7, -1.3, dxd.data(), dyd.data(),
+                                             SerialReduce<double>{});
+    for (int k = 0; k < K; ++k) {
+      expect_near("row_kl_backward<float> d post", dx[k], dxd[k], 1e-6);
+      expect_near("row_kl_backward<float> d prior", dy[k], dyd[k], 1e-6);
+    }
+  }
+}
+
 static void test_gradients() {
   const std::vector<double> x0 = {0.3, -1.2, 2.0, 0.0, 0.9}, y0 = {1.0, 0.5, -0.7, 0.2, -2.5};
   const size_t K = x0.size();
@@ -118,9 +143,13 @@ static void test_gradients() {
     std::vector<double> dx(K), dy(K), cx(K), cy(K), ex(K), ey(K);
     dreamer_fast::row_kl_backward<double, 1>(x0.data(), y0.data(), K, 0, u, w_post, w_prior, dx.data(), dy.data(),
                                              SerialReduce<double>{});
+    const dreamer_fast::RowCache<double> cache{ex.data(), ey.data()};
     dreamer_fast::row_kl_backward<double, 1>(x0.data(), y0.data(), K, 0, u, w_post, w_prior, cx.data(), cy.data(),
-                                             SerialReduce<double>{}, dreamer_fast::RowCache<double>{ex.data(), ey.data()});
-    for (size_t j = 0; j < K; ++j) expect_near("cached d post", cx[j], dx[j], 1e-15), expect_near("cached d prior", cy[j], dy[j], 1e-15);
+                                             SerialReduce<double>{}, cache);
+    for (size_t j = 0; j < K; ++j) {
+      expect_near("cached d post", cx[j], dx[j], 1e-15);
+      expect_near("cached d prior", cy[j], dy[j], 1e-15);
+    }
   }
   // A prior class whose probability underflows to 0 (u = 0): the gradient stays finite (= w (τ - σ)).
   const std::vector<double> x = {0.0, 0.0}, y = {0.0, -1000.0};
@@ -151,6 +180,7 @@ int main() {
   test_values();
   test_gradients();
   test_fastmath();
+  test_float_rows_against_double();
   test_free_nats();
   if (failures) std::printf("%d failure(s)\n", failures);
   else std::printf("all kl.h tests passed\n");

@@ -91,7 +91,7 @@ DF_FORCE_INLINE RowStats<T> row_stats(const S* x, const S* y, int64_t K, int64_t
 // σ_k and τ_k (the softmax probabilities) in the second pass over a row.
 template <typename T, typename S, typename C>
 DF_FORCE_INLINE void row_softmax_at(const S* x, const S* y, int64_t k, const RowStats<T>& st, T inv_sx, T inv_sy,
-                              C cache, T* sigma, T* tau) {
+                                    C cache, T* sigma, T* tau) {
   if constexpr (C::kKeeps) {
     *sigma = cache.ex[k] * inv_sx;
     *tau = cache.ey[k] * inv_sy;
@@ -123,8 +123,8 @@ DF_FORCE_INLINE T row_kl(const S* x, const S* y, int64_t K, int64_t first, T u, 
 
 // dx = w_post dkl/dx and dy = w_prior dkl/dy for one row (formulas at the top); softmaxes recomputed from the logits.
 template <typename T, int kStep, typename S, typename R, typename C = NoCache>
-DF_FORCE_INLINE void row_kl_backward(const S* x, const S* y, int64_t K, int64_t first, T u, T w_post, T w_prior, S* dx,
-                               S* dy, const R& reduce, C cache = {}) {
+DF_FORCE_INLINE void row_kl_backward(const S* x, const S* y, int64_t K, int64_t first, T u, T w_post, T w_prior,
+                                     S* dx, S* dy, const R& reduce, C cache = {}) {
   if (u == T(0)) {
     const RowStats<T> st = row_stats<false, T, kStep>(x, y, K, first, reduce, cache);
     const T inv_sx = T(1) / st.sx, inv_sy = T(1) / st.sy, mean_d = st.sd * inv_sx;

@@ -3,11 +3,13 @@
 Ops (time-major ``[T, B, ...]``; each has a plain-PyTorch twin ``*_ref`` in :mod:`dreamer_fast.reference`):
 
 - :func:`lambda_return` — TD(λ) returns ``[T, B]``.
+- :func:`kl_balance` — DreamerV2's balanced KL loss between ``[..., S, K]`` posterior and prior logits.
 """
 
 from dreamer_fast._backend import BACKENDS, extension_loaded, has_kernel
+from dreamer_fast.ops.kl_balance import kl_balance
 from dreamer_fast.ops.lambda_return import lambda_return
-from dreamer_fast.reference import lambda_return_ref
+from dreamer_fast.reference import kl_balance_ref, lambda_return_ref
 
 __version__ = "0.1.0"
 
@@ -15,6 +17,8 @@ __all__ = [
     "BACKENDS",
     "extension_loaded",
     "has_kernel",
+    "kl_balance",
+    "kl_balance_ref",
     "lambda_return",
     "lambda_return_ref",
 ]

@@ -3,11 +3,13 @@
 Ops (time-major ``[T, B, ...]``; each has a plain-PyTorch twin ``*_ref`` in :mod:`dreamer_fast.reference`):
 
 - :func:`lambda_return` — TD(λ) returns ``[T, B]``.
+- :func:`straight_through_categorical` — one-hot sample with straight-through gradient, and probs, ``[..., K]``.
 """
 
 from dreamer_fast._backend import BACKENDS, extension_loaded, has_kernel
 from dreamer_fast.ops.lambda_return import lambda_return
-from dreamer_fast.reference import lambda_return_ref
+from dreamer_fast.ops.straight_through_categorical import straight_through_categorical
+from dreamer_fast.reference import lambda_return_ref, straight_through_categorical_ref
 
 __version__ = "0.1.0"
 
@@ -17,4 +19,6 @@ __all__ = [
     "has_kernel",
     "lambda_return",
     "lambda_return_ref",
+    "straight_through_categorical",
+    "straight_through_categorical_ref",
 ]

@@ -7,4 +7,6 @@ TORCH_LIBRARY_IMPL(dreamer_fast, CPU, m) {
   namespace impl = dreamer_fast::cpu;
   m.impl("lambda_return", &impl::lambda_return);
   m.impl("lambda_return_backward", &impl::lambda_return_backward);
+  m.impl("straight_through_categorical", &impl::straight_through_categorical);
+  m.impl("straight_through_categorical_backward", &impl::straight_through_categorical_backward);
 }

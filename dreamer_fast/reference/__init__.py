@@ -1,5 +1,6 @@
 """Plain-PyTorch references of every fused op: the executable specification, same signatures as dreamer_fast.ops."""
 
 from dreamer_fast.reference.lambda_return import lambda_return_ref
+from dreamer_fast.reference.straight_through_categorical import straight_through_categorical_ref
 
-__all__ = ["lambda_return_ref"]
+__all__ = ["lambda_return_ref", "straight_through_categorical_ref"]

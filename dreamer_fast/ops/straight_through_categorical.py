@@ -72,6 +72,12 @@ def straight_through_categorical(
 def _register() -> None:
     @torch.library.register_fake("dreamer_fast::straight_through_categorical")
     def _(logits, noise, seed, unimix):
+        # The kernels read the seed on the host; a seed elsewhere (e.g. meta) would dispatch here instead.
+        if seed.device.type != "cpu" or seed.dtype != torch.int64 or seed.numel() != 1:
+            raise ValueError(
+                f"{_OP}: `seed` must be a one-element int64 tensor on the CPU, got {seed.dtype} of shape"
+                f" {list(seed.shape)} on {seed.device}"
+            )
         return torch.empty_like(logits), torch.empty_like(logits)
 
     @torch.library.register_fake("dreamer_fast::straight_through_categorical_backward")

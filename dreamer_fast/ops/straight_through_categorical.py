@@ -43,7 +43,8 @@ def straight_through_categorical(
         noise: optional uniforms in [0, 1) of shape ``logits.shape[:-1]`` (same dtype and device): the class is the
             smallest k with ``noise < cumsum(probs)[k]``, at most K - 1. Makes the draw explicit and reproducible.
         generator: a CPU ``torch.Generator`` (None: torch's default) that gives the seed of the Philox stream used
-            when ``noise`` is None. Same seed, same samples: on CPU and CUDA, fused and reference alike.
+            when ``noise`` is None. Same seed, same samples: on CPU and CUDA, fused and reference alike. (Inside
+            ``torch.compile(fullgraph=True)`` keep the default: dynamo cannot trace an explicit generator.)
         backend: "auto" | "fused" | "reference" (default: $DREAMER_FAST_BACKEND or "auto").
 
     Returns:

@@ -10,6 +10,7 @@
 // contracted into an FMA (which those clones could use), so every clone rounds as the emulated kernel does.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("no-trapping-math", "fp-contract=off")
+#pragma GCC diagnostic ignored "-Wpsabi"  // vector arguments never cross a call here (see lanes.h)
 #endif
 
 #include <ATen/Dispatch.h>
@@ -26,7 +27,7 @@
 #include "lanes.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define DF_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define DF_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define DF_CPU_CLONES
 #endif

@@ -8,7 +8,8 @@
 //
 // Summation order is part of the contract: a row's sums run over 32 lanes (lane l takes k = l, l + 32, ...; a CUDA
 // warp), reduced by the butterfly a warp's xor-shuffles perform, and the cumsum is sequential in k. The CPU kernels
-// follow the same order with arrays of lanes, so CPU and (emulated) CUDA kernels produce identical probs and samples.
+// follow the same order (csrc/cpu/lanes.h), so CPU and emulated CUDA kernels produce identical probs and samples; on a
+// GPU, nvcc's FMA contraction may still move a float32 sample across a class boundary in the last bit.
 #pragma once
 
 #include <cstdint>

@@ -4,12 +4,14 @@ Ops (time-major ``[T, B, ...]``; each has a plain-PyTorch twin ``*_ref`` in :mod
 
 - :func:`lambda_return` — TD(λ) returns ``[T, B]``.
 - :func:`kl_balance` — DreamerV2's balanced KL loss between ``[..., S, K]`` posterior and prior logits.
+- :func:`straight_through_categorical` — one-hot sample with straight-through gradient, and probs, ``[..., K]``.
 """
 
 from dreamer_fast._backend import BACKENDS, extension_loaded, has_kernel
 from dreamer_fast.ops.kl_balance import kl_balance
 from dreamer_fast.ops.lambda_return import lambda_return
-from dreamer_fast.reference import kl_balance_ref, lambda_return_ref
+from dreamer_fast.ops.straight_through_categorical import straight_through_categorical
+from dreamer_fast.reference import kl_balance_ref, lambda_return_ref, straight_through_categorical_ref
 
 __version__ = "0.1.0"
 
@@ -21,4 +23,6 @@ __all__ = [
     "kl_balance_ref",
     "lambda_return",
     "lambda_return_ref",
+    "straight_through_categorical",
+    "straight_through_categorical_ref",
 ]

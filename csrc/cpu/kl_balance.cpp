@@ -19,10 +19,8 @@
 // the CPU picking one at load time. (Measured on [50, 16, 32, 32]: AVX2+FMA 2x the baseline, AVX-512 another 1.25x.)
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #pragma GCC optimize("no-trapping-math")
-#define DF_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define DF_CPU_CLONES
 #endif
+#include "clones.h"
 #include "dreamer_fast/kl.h"
 
 namespace dreamer_fast::cpu {

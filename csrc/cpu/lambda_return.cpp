@@ -6,7 +6,7 @@
 
 #include <vector>
 
-#include "../check.h"
+#include "../lambda_return_check.h"
 #include "../ops.h"
 #include "dreamer_fast/lambda_return.h"
 
@@ -15,24 +15,11 @@ namespace {
 
 constexpr int64_t kGrain = 512;  // batch columns per task: keeps a task's G buffer in L1
 
-void check_inputs(const char* op, const at::Tensor& reward, const at::Tensor& value, const at::Tensor& discount,
-                  const at::Tensor& bootstrap) {
-  check_float(op, "reward", reward, /*allow_half=*/false);
-  TORCH_CHECK(reward.dim() == 2, op, ": `reward` must be [T, B], got shape ", reward.sizes());
-  TORCH_CHECK(reward.is_contiguous(), op, ": `reward` must be contiguous");
-  check_same(op, "value", value, reward, "reward");
-  check_same(op, "discount", discount, reward, "reward");
-  check_same(op, "bootstrap", bootstrap, reward, "reward");
-  check_shape(op, "value", value, reward.sizes());
-  check_shape(op, "discount", discount, reward.sizes());
-  check_shape(op, "bootstrap", bootstrap, {reward.size(1)});
-}
-
 }  // namespace
 
 at::Tensor lambda_return(const at::Tensor& reward, const at::Tensor& value, const at::Tensor& discount,
                          const at::Tensor& bootstrap, double lam) {
-  check_inputs("lambda_return", reward, value, discount, bootstrap);
+  check_lambda_return_inputs("lambda_return", /*allow_half=*/false, reward, value, discount, bootstrap);
   const int64_t T = reward.size(0), B = reward.size(1);
   at::Tensor ret = at::empty_like(reward);
   if (T == 0 || B == 0) return ret;
@@ -59,7 +46,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lambda_return_backwar
     const at::Tensor& grad, const at::Tensor& ret, const at::Tensor& value, const at::Tensor& discount,
     const at::Tensor& bootstrap, double lam) {
   const char* op = "lambda_return_backward";
-  check_inputs(op, grad, value, discount, bootstrap);
+  check_lambda_return_inputs(op, /*allow_half=*/false, grad, value, discount, bootstrap);
   check_same(op, "ret", ret, grad, "grad");
   check_shape(op, "ret", ret, grad.sizes());
   const int64_t T = grad.size(0), B = grad.size(1);

@@ -24,13 +24,9 @@
 #include "../ops.h"
 #include "../straight_through_categorical_checks.h"
 #include "dreamer_fast/categorical.h"
+#include "clones.h"
 #include "lanes.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define DF_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define DF_CPU_CLONES
-#endif
 
 namespace dreamer_fast::cpu {
 namespace {

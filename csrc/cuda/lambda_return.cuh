@@ -9,7 +9,7 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros_like.h>
 
-#include "../check.h"
+#include "../lambda_return_check.h"
 #include "dreamer_fast/lambda_return.h"
 #include "launch.h"
 
@@ -68,25 +68,12 @@ __global__ void backward(const scalar_t* __restrict__ g, const scalar_t* __restr
   }
 }
 
-inline void check_inputs(const char* op, const at::Tensor& reward, const at::Tensor& value,
-                         const at::Tensor& discount, const at::Tensor& bootstrap) {
-  check_float(op, "reward", reward, /*allow_half=*/true);
-  TORCH_CHECK(reward.dim() == 2, op, ": `reward` must be [T, B], got shape ", reward.sizes());
-  TORCH_CHECK(reward.is_contiguous(), op, ": `reward` must be contiguous");
-  check_same(op, "value", value, reward, "reward");
-  check_same(op, "discount", discount, reward, "reward");
-  check_same(op, "bootstrap", bootstrap, reward, "reward");
-  check_shape(op, "value", value, reward.sizes());
-  check_shape(op, "discount", discount, reward.sizes());
-  check_shape(op, "bootstrap", bootstrap, {reward.size(1)});
-}
-
 }  // namespace lambda_return_kernels
 
 at::Tensor lambda_return(const at::Tensor& reward, const at::Tensor& value, const at::Tensor& discount,
                          const at::Tensor& bootstrap, double lam) {
   namespace k = lambda_return_kernels;
-  k::check_inputs("lambda_return", reward, value, discount, bootstrap);
+  check_lambda_return_inputs("lambda_return", /*allow_half=*/true, reward, value, discount, bootstrap);
   const int64_t T = reward.size(0), B = reward.size(1);
   at::Tensor ret = at::empty_like(reward);
   if (T == 0 || B == 0) return ret;
@@ -103,7 +90,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lambda_return_backwar
     const at::Tensor& bootstrap, double lam) {
   namespace k = lambda_return_kernels;
   const char* op = "lambda_return_backward";
-  k::check_inputs(op, grad, value, discount, bootstrap);
+  check_lambda_return_inputs(op, /*allow_half=*/true, grad, value, discount, bootstrap);
   check_same(op, "ret", ret, grad, "grad");
   check_shape(op, "ret", ret, grad.sizes());
   const int64_t T = grad.size(0), B = grad.size(1);

@@ -6,19 +6,19 @@
 
 inline int g_failures = 0;
 
-#define CHECK(cond)                                                         \
+#define EXPECT(cond)                                                         \
   do {                                                                      \
     if (!(cond)) {                                                          \
-      std::printf("%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+      std::printf("%s:%d: EXPECT failed: %s\n", __FILE__, __LINE__, #cond); \
       ++g_failures;                                                         \
     }                                                                       \
   } while (0)
 
-#define CHECK_NEAR(a, b, tol)                                                                                 \
+#define EXPECT_NEAR(a, b, tol)                                                                                 \
   do {                                                                                                        \
     const double a_ = (a), b_ = (b);                                                                          \
     if (!(std::fabs(a_ - b_) <= (tol))) {                                                                     \
-      std::printf("%s:%d: CHECK_NEAR failed: %s = %.17g vs %s = %.17g\n", __FILE__, __LINE__, #a, a_, #b, b_); \
+      std::printf("%s:%d: EXPECT_NEAR failed: %s = %.17g vs %s = %.17g\n", __FILE__, __LINE__, #a, a_, #b, b_); \
       ++g_failures;                                                                                           \
     }                                                                                                         \
   } while (0)

@@ -45,7 +45,7 @@ int main() {
   const at::Tensor want = naive(r, v, d, b, 0.9);
   for (const char* ns : {"dreamer_fast", "dreamer_fast_emu"}) {
     const at::Tensor got = call_lambda_return(ns, r, v, d, b, 0.9);
-    CHECK(at::allclose(got, want, 1e-12, 1e-12));
+    EXPECT(at::allclose(got, want, 1e-12, 1e-12));
   }
   std::string msg;
   try {
@@ -53,6 +53,6 @@ int main() {
   } catch (const c10::Error& e) {
     msg = e.what();
   }
-  CHECK(msg.find("`bootstrap` must have shape") != std::string::npos);
+  EXPECT(msg.find("`bootstrap` must have shape") != std::string::npos);
   return report("test_ops_libtorch");
 }

@@ -85,7 +85,14 @@ def cases(device: torch.device, dtype: torch.dtype):
             x = torch.rand(*shape, device=device, generator=g).mul(1 - low).add(low).to(dtype)
         return x.requires_grad_()
 
-    out = []
+    w = torch.randn(800, 32, 32, device=device, generator=g).to(dtype)
+    out = [
+        ("straight_through_categorical 800x32x32", [rnd(800, 32, 32)],
+         lambda x: (df.straight_through_categorical(x, backend="fused")[0] * w).sum(),
+         lambda x: (ref.straight_through_categorical_ref(x)[0] * w).sum()),
+        ("kl_balance 50x16x32x32", [rnd(50, 16, 32, 32), rnd(50, 16, 32, 32)],
+         lambda p, q: df.kl_balance(p, q, backend="fused")[0], lambda p, q: ref.kl_balance_ref(p, q)[0]),
+    ]
     for T, B in ((15, 800), (50, 16)):
         inputs = [rnd(T, B), rnd(T, B), rnd(T, B, low=0.9), rnd(B)]
         out.append((f"lambda_return {T}x{B}", inputs,

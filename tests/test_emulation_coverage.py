@@ -47,3 +47,15 @@ def test_gpu_check_fails_loudly_without_gpu():
     result = subprocess.run([sys.executable, str(script), "--no-build"], capture_output=True, text=True)
     assert result.returncode == 2
     assert "no CUDA GPU visible" in result.stderr
+
+
+def test_gpu_check_cases_run_on_cpu():
+    """gpu_check.py's cases are exercised here (on the CPU, float32) so the GPU script is not first run on a GPU."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.pop(0)
+    for label, inputs, fused, reference in gpu_check.cases(torch.device("cpu"), torch.float32):
+        gpu_check.fwd_bwd(fused, inputs)()
+        gpu_check.fwd_bwd(reference, inputs)()

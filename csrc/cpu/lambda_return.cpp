@@ -4,6 +4,7 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros_like.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "../lambda_return_check.h"
@@ -13,7 +14,10 @@
 namespace dreamer_fast::cpu {
 namespace {
 
-constexpr int64_t kGrain = 512;  // batch columns per task: keeps a task's G buffer in L1
+// Batch columns per task: at least 512 (a task's G buffer stays in L1), and at least 64k elements of work, because
+// below that a parallel region costs more than it saves (15x800 takes ~10 us on one core) and, when other processes
+// hold the cores, OpenMP's waiting threads turned 10 us into milliseconds in our measurements.
+int64_t grain(int64_t T) { return std::max<int64_t>(512, (65536 + T - 1) / std::max<int64_t>(T, 1)); }
 
 }  // namespace
 
@@ -30,7 +34,7 @@ at::Tensor lambda_return(const at::Tensor& reward, const at::Tensor& value, cons
     const scalar_t* boot = bootstrap.const_data_ptr<scalar_t>();
     scalar_t* R = ret.mutable_data_ptr<scalar_t>();
     const scalar_t l = static_cast<scalar_t>(lam);
-    at::parallel_for(0, B, kGrain, [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, B, grain(T), [&](int64_t b0, int64_t b1) {
       const int64_t last = (T - 1) * B;
       for (int64_t b = b0; b < b1; ++b) R[last + b] = lambda_step(r[last + b], d[last + b], boot[b], boot[b], l);
       for (int64_t t = T - 2; t >= 0; --t) {
@@ -64,7 +68,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lambda_return_backwar
     scalar_t* dd = d_discount.mutable_data_ptr<scalar_t>();
     scalar_t* db = d_boot.mutable_data_ptr<scalar_t>();
     const scalar_t l = static_cast<scalar_t>(lam);
-    at::parallel_for(0, B, kGrain, [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, B, grain(T), [&](int64_t b0, int64_t b1) {
       std::vector<scalar_t> G(b1 - b0, scalar_t(0));
       for (int64_t b = b0; b < b1; ++b) dv[b] = scalar_t(0);  // value[0] feeds no return
       for (int64_t t = 0; t < T; ++t) {

@@ -61,19 +61,7 @@ def _register() -> None:
     def _(grad, ret, value, discount, bootstrap, lam):
         return (torch.empty_like(grad), torch.empty_like(grad), torch.empty_like(grad), torch.empty_like(bootstrap))
 
-    def setup_context(ctx, inputs, output):
-        _, value, discount, bootstrap, lam = inputs
-        ctx.save_for_backward(output, value, discount, bootstrap)
-        ctx.lam = lam
-
-    def backward(ctx, grad):
-        ret, value, discount, bootstrap = ctx.saved_tensors
-        d_reward, d_value, d_discount, d_boot = torch.ops.dreamer_fast.lambda_return_backward.default(
-            grad.contiguous(), ret, value, discount, bootstrap, ctx.lam
-        )
-        return d_reward, d_value, d_discount, d_boot, None
-
-    torch.library.register_autograd("dreamer_fast::lambda_return", backward, setup_context=setup_context)
+    # The autograd formula is in C++ (csrc/autograd/lambda_return.cpp): a Python one cost ~100 us per call.
 
 
 if _backend.extension_loaded():

@@ -77,6 +77,27 @@ def test_emulated_cuda_kernel_equals_cpu_kernel():
         torch.testing.assert_close(a, b, rtol=0, atol=1e-14)
 
 
+@pytest.mark.parametrize("ns", kernel_namespaces())
+def test_backward_writes_every_gradient_element(ns):
+    """The gradients are allocated uninitialised (at::empty_like), so an element a kernel never writes returns whatever
+    the allocator held: often 0, which is d_value[0]'s true value (R never depends on value[0]). Free blocks of the
+    gradients' size filled with NaN first, so that an unwritten element shows whatever the allocator does."""
+    T, B = 4, 6
+    inputs = make(T, B, "cpu", torch.float64, requires_grad=True)
+    ref = lambda_return_ref(*inputs, 0.9)
+    grad = torch.randn_like(ref)
+    want = torch.autograd.grad(ref, inputs, grad)
+    plain = [t.detach() for t in inputs]
+    ret = ns.lambda_return(*plain, 0.9)
+    for _ in range(3):
+        poison = [torch.full((T, B), float("nan"), dtype=torch.float64) for _ in range(8)]
+        del poison
+        got = ns.lambda_return_backward(grad, ret, *plain[1:], 0.9)
+        assert torch.equal(got[1][0], torch.zeros(B, dtype=torch.float64)), "d_value[0] must be exactly 0"
+        for name, a, b in zip(("reward", "value", "discount", "bootstrap"), got, want):
+            torch.testing.assert_close(a, b, **tol(torch.float64), msg=lambda m, n=name: f"d{n}: {m}")
+
+
 def test_gradcheck(device):
     inputs = make(5, 4, device, torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda *x: df.lambda_return(*x, 0.9, backend="fused"), inputs)

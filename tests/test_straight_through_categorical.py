@@ -100,16 +100,16 @@ def test_raw_kernels_match_reference(ns, dtype):
 def test_emulated_cuda_kernel_equals_cpu_kernel(K, dtype):
     """Same reduction order (warp lanes, sequential cumsum) and the same exp: identical probs, samples and gradients."""
     logits, noise = make((45, K), dtype, scale=3.0, seed=K)
-    g = torch.randn_like(logits)
+    g, g2 = torch.randn_like(logits), torch.randn_like(logits)  # not g and -g: their sum, the gradient used, is 0
     cpu, emu = torch.ops.dreamer_fast, torch.ops.dreamer_fast_emu
     for noise_arg, seed in ((None, seed_tensor(-12345)), (None, seed_tensor(2**62)), (noise, seed_tensor())):
         s1, p1 = cpu.straight_through_categorical(logits, noise_arg, seed, 0.05)
         s2, p2 = emu.straight_through_categorical(logits, noise_arg, seed, 0.05)
         assert torch.equal(s1, s2) and torch.equal(p1, p2)
-    assert torch.equal(
-        cpu.straight_through_categorical_backward(g, -g, p1, 0.05),
-        emu.straight_through_categorical_backward(g, -g, p1, 0.05),
-    )
+    for grads in ((g, g2), (g, None), (None, g2)):
+        want = cpu.straight_through_categorical_backward(*grads, p1, 0.05)
+        assert torch.equal(emu.straight_through_categorical_backward(*grads, p1, 0.05), want)
+        assert K == 1 or want.abs().sum() > 0
 
 
 # ---- the random stream ----------------------------------------------------------------------------------------------
@@ -212,6 +212,22 @@ def test_draw_rule_at_the_boundaries():
     for backend in ("fused", "reference"):
         sample, _ = OP(logits, noise=noise, backend=backend)
         assert sample.argmax(-1).tolist() == [0, 0, 1, 2, 2], backend
+
+
+@pytest.mark.parametrize("ns", kernel_namespaces())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_raw_kernels_draw_rule_at_the_boundaries(ns, dtype):
+    """test_draw_rule_at_the_boundaries on each raw kernel, with probs whose cumsum is exact (powers of 2): a noise at
+    or above the last cumsum (1 here) still picks K - 1, also when the row spans two chunks of 32 lanes (K = 64)."""
+    cases = [
+        ([0.25, 0.25, 0.5], [0.0, 0.2499, 0.25, 0.5, 1.0], [0, 0, 1, 2, 2]),
+        ([1 / 64] * 64, [0.0, 1 / 64, 0.5, 63 / 64, 1.0], [0, 1, 32, 63, 63]),
+    ]
+    for probs, noise, want in cases:
+        logits = torch.tensor(probs, dtype=torch.float64).log().to(dtype).expand(len(noise), -1).contiguous()
+        sample, _ = ns.straight_through_categorical(logits, torch.tensor(noise, dtype=dtype), seed_tensor(), 0.0)
+        assert torch.equal(sample.sum(-1), torch.ones(len(noise), dtype=dtype)), "sample is not one-hot"
+        assert sample.argmax(-1).tolist() == want, f"K={len(probs)}"
 
 
 def test_unimix(device):

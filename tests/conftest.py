@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -41,6 +42,18 @@ def kernel_namespaces() -> list:
         pytest.param(torch.ops.dreamer_fast, id="cpu-kernel"),
         pytest.param(torch.ops.dreamer_fast_emu, id="emulated-cuda-kernel"),
     ]
+
+
+@contextlib.contextmanager
+def emulator_schedule(name: str):
+    """Emulated launches inside run under the emulator's `name` schedule: "in-order" (the default) or "reverse" (warps
+    and lanes last first, a warp running ahead of the others; see csrc/emulation/emulator.h). A kernel whose results
+    differ between the two has a missing barrier."""
+    previous = torch.ops.dreamer_fast_emu.set_schedule(name)
+    try:
+        yield
+    finally:
+        torch.ops.dreamer_fast_emu.set_schedule(previous)
 
 
 # ---- every CUDA kernel must run under the emulator --------------------------------------------------------------

@@ -8,7 +8,7 @@ from unittest import mock
 
 import pytest
 import torch
-from conftest import CUDA, kernel_namespaces, tol
+from conftest import CUDA, emulator_schedule, kernel_namespaces, tol
 
 import dreamer_fast as df
 from dreamer_fast.reference import straight_through_categorical_ref
@@ -110,6 +110,23 @@ def test_emulated_cuda_kernel_equals_cpu_kernel(K, dtype):
         want = cpu.straight_through_categorical_backward(*grads, p1, 0.05)
         assert torch.equal(emu.straight_through_categorical_backward(*grads, p1, 0.05), want)
         assert K == 1 or want.abs().sum() > 0
+
+
+@pytest.mark.parametrize("K", [5, 33, 70])
+def test_emulated_cuda_kernel_is_schedule_independent(K):
+    """Under the emulator's reverse schedule (lanes last first) the CUDA kernels still give the CPU kernel's bits:
+    every lane's read of the shared chunk waits (__syncwarp) for the lanes that write it, in whatever order they run."""
+    logits, noise = make((20, K), torch.float64, scale=3.0, seed=K)
+    g, g2 = torch.randn_like(logits), torch.randn_like(logits)
+    cpu, emu = torch.ops.dreamer_fast, torch.ops.dreamer_fast_emu
+    s1, p1 = cpu.straight_through_categorical(logits, noise, seed_tensor(), 0.05)
+    want = cpu.straight_through_categorical_backward(g, g2, p1, 0.05)
+    with emulator_schedule("reverse"):
+        s2, p2 = emu.straight_through_categorical(logits, noise, seed_tensor(), 0.05)
+        got = emu.straight_through_categorical_backward(g, g2, p1, 0.05)
+    assert torch.equal(p2, p1)
+    assert torch.equal(s2, s1)
+    assert torch.equal(got, want)
 
 
 # ---- the random stream ----------------------------------------------------------------------------------------------

@@ -7,6 +7,13 @@
 // values only once all lanes of the warp have arrived. Blocks run in parallel on OpenMP threads, each with its own
 // copy of __shared__ memory (a function-local `static thread_local`).
 //
+// Schedules (set_schedule): kInOrder, the default, runs the threads of a block in order (thread 0 first), each until it
+// reaches a barrier, and releases a warp's shuffle once every warp is waiting somewhere, so warps advance together.
+// That order hides a missing barrier wherever a thread only reads what lower threads wrote, or where warps must not run
+// ahead of each other. kReverse runs warps last to first and each warp's lanes last to first, and lets one warp run
+// alone, through its shuffles, until it waits at __syncthreads() or exits: a warp races ahead of the others, as
+// nothing on a GPU prevents. A kernel whose results differ between the two schedules has a race.
+//
 // Errors CUDA would leave undefined are reported: a barrier that some threads of the block never reach (they exited
 // or wait at another barrier), and a warp-synchronous op issued while lanes of the warp have exited. The report
 // names the kernel launch, block and thread.
@@ -61,6 +68,16 @@ class EmulationError : public std::runtime_error {
 
 enum class State : int { kRunnable, kAtBlockBarrier, kAtWarpBarrier, kDone };
 
+enum class Schedule : int { kInOrder, kReverse };
+
+// The schedule of the launches that start from now on (the emulated register.cpp exposes it as set_schedule).
+inline std::atomic<int>& schedule_setting() {
+  static std::atomic<int> setting{static_cast<int>(Schedule::kInOrder)};
+  return setting;
+}
+inline void set_schedule(Schedule s) { schedule_setting().store(static_cast<int>(s)); }
+inline Schedule schedule() { return static_cast<Schedule>(schedule_setting().load()); }
+
 constexpr int kWarpSize = 32;
 constexpr size_t kStackBytes = 64 * 1024;
 
@@ -73,6 +90,7 @@ struct Fiber {
 // Runs the threads of one block at a time; one per OS thread, reused across blocks and launches.
 struct BlockRunner {
   const char* kernel_name = "";
+  Schedule schedule = Schedule::kInOrder;
   dim3 grid_dim, block_dim, block_idx;
   std::vector<Fiber> fibers;
   std::vector<uint64_t> warp_slots;  // one 8-byte exchange slot per thread, for shuffles
@@ -137,11 +155,25 @@ inline void BlockRunner::run_block(dim3 idx) {
     makecontext(&f.ctx, fiber_entry, 0);
   }
   const int num_warps = (n + kWarpSize - 1) / kWarpSize;
+  auto run = [&](int tid) {
+    if (fibers[tid].state != State::kRunnable) return;
+    current = tid;
+    swapcontext(&scheduler, &fibers[tid].ctx);
+  };
   for (;;) {
-    for (int tid = 0; tid < n; ++tid) {
-      if (fibers[tid].state != State::kRunnable) continue;
-      current = tid;
-      swapcontext(&scheduler, &fibers[tid].ctx);
+    if (schedule == Schedule::kInOrder) {
+      for (int tid = 0; tid < n; ++tid) run(tid);
+    } else {  // kReverse: a warp runs, its shuffles released at once, until it waits at __syncthreads() or is done
+      for (int w = num_warps - 1; w >= 0; --w) {
+        const int lo = w * kWarpSize, hi = std::min(n, lo + kWarpSize);
+        for (;;) {
+          for (int tid = hi - 1; tid >= lo; --tid) run(tid);
+          int waiting = 0;
+          for (int tid = lo; tid < hi; ++tid) waiting += fibers[tid].state == State::kAtWarpBarrier;
+          if (waiting != hi - lo) break;  // errors (lanes exited, deadlock) are reported below
+          for (int tid = lo; tid < hi; ++tid) fibers[tid].state = State::kRunnable;
+        }
+      }
     }
     // Everyone is done or waiting. Release warps whose live lanes all wait at a warp barrier.
     bool released = false, any_done = false, all_done = true;
@@ -205,6 +237,7 @@ void launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, A
     throw EmulationError(std::string("invalid launch configuration for kernel ") + name +
                          ": more than 1024 threads per block");
   const std::function<void()> body = [&]() { kernel(args...); };
+  const Schedule sched = schedule();
   std::string error;
 #pragma omp parallel
   {
@@ -212,6 +245,7 @@ void launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, A
     BlockRunner* saved = tl_runner;
     tl_runner = &local;
     local.kernel_name = name;
+    local.schedule = sched;
     local.grid_dim = grid;
     local.block_dim = block;
     local.body = &body;

@@ -52,6 +52,37 @@ __global__ void shuffle_after_exit(float* out) {
   out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.0f, 1);
 }
 
+// Two block sums through the same shared slots. Without the trailing barrier a warp that runs ahead overwrites its
+// slot with the second sum before warp 0 has read the first: only a schedule that lets warps run ahead shows it.
+__global__ void two_block_sums(const int* in, int* out, bool trailing_barrier) {
+  __shared__ int partial[8];
+  int total[2];
+  for (int round = 0; round < 2; ++round) {
+    int v = in[threadIdx.x] * (round + 1);
+    for (int m = 16; m > 0; m /= 2) v += __shfl_xor_sync(0xffffffffu, v, m);
+    if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = v;
+    __syncthreads();
+    total[round] = 0;
+    for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) total[round] += partial[w];
+    if (trailing_barrier) __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    out[0] = total[0];
+    out[1] = total[1];
+  }
+}
+
+// Lane l sums what lanes 0..l stored; without the __syncwarp() it reads lanes that have not stored yet, unless they
+// happen to run first (in order, they do).
+__global__ void lane_prefix(const int* in, int* out, bool with_syncwarp) {
+  __shared__ int buf[32];
+  buf[threadIdx.x] = in[threadIdx.x];
+  if (with_syncwarp) __syncwarp();
+  int c = 0;
+  for (int i = 0; i <= static_cast<int>(threadIdx.x); ++i) c += buf[i];
+  out[threadIdx.x] = c;
+}
+
 __global__ void count_atomic(int* counter) { atomicAdd(counter, 1); }
 
 __global__ void index_3d(int* out) {
@@ -111,6 +142,39 @@ int main() {
     const std::string err =
         error_of([&] { df_emu::launch("shuffle_after_exit", shuffle_after_exit, dim3(1), dim3(32), out.data()); });
     EXPECT(err.find("lanes of the warp have exited") != std::string::npos);
+  }
+  {  // schedules: the reverse one (warps and lanes last first, a warp runs ahead) exposes what in-order hides
+    using df_emu::Schedule;
+    std::vector<int> in(128), out(2);
+    std::iota(in.begin(), in.end(), 1);
+    const int sum = 128 * 129 / 2;
+    for (Schedule s : {Schedule::kInOrder, Schedule::kReverse}) {
+      df_emu::set_schedule(s);
+      df_emu::launch("two_block_sums", two_block_sums, dim3(3), dim3(128), in.data(), out.data(), true);
+      EXPECT(out[0] == sum && out[1] == 2 * sum);
+    }
+    df_emu::set_schedule(Schedule::kInOrder);
+    df_emu::launch("two_block_sums_racy", two_block_sums, dim3(3), dim3(128), in.data(), out.data(), false);
+    EXPECT(out[0] == sum && out[1] == 2 * sum);  // in order, every warp reads before any writes again
+    df_emu::set_schedule(Schedule::kReverse);
+    df_emu::launch("two_block_sums_racy", two_block_sums, dim3(3), dim3(128), in.data(), out.data(), false);
+    EXPECT(out[0] != sum);
+
+    std::vector<int> prefix(32);
+    for (Schedule s : {Schedule::kInOrder, Schedule::kReverse}) {
+      df_emu::set_schedule(s);
+      df_emu::launch("lane_prefix", lane_prefix, dim3(1), dim3(32), in.data(), prefix.data(), true);
+      for (int l = 0; l < 32; ++l) EXPECT(prefix[l] == (l + 1) * (l + 2) / 2);
+    }
+    // New values: whichever OS thread runs the block, its shared `buf` holds none of them yet.
+    std::vector<int> fresh(32);
+    std::iota(fresh.begin(), fresh.end(), 1000);
+    const int fresh_sum = 32 * 1000 + 31 * 32 / 2;
+    df_emu::launch("lane_prefix_racy", lane_prefix, dim3(1), dim3(32), fresh.data(), prefix.data(), false);
+    EXPECT(prefix[31] != fresh_sum);  // lane 31 ran first and read lanes 0..30's stale stores
+    df_emu::set_schedule(Schedule::kInOrder);
+    df_emu::launch("lane_prefix_racy", lane_prefix, dim3(1), dim3(32), fresh.data(), prefix.data(), false);
+    EXPECT(prefix[31] == fresh_sum);  // in order, lanes 0..30 stored first: the missing __syncwarp() is hidden
   }
   {
     int counter = 0;

@@ -3,11 +3,13 @@
 Ops (time-major ``[T, B, ...]``; each has a plain-PyTorch twin ``*_ref`` in :mod:`dreamer_fast.reference`):
 
 - :func:`lambda_return` — TD(λ) returns ``[T, B]``.
+- :func:`ln_gru` — DreamerV2's LayerNorm-GRU update ``[B, 3D], [B, D] -> [B, D]``.
 """
 
 from dreamer_fast._backend import BACKENDS, extension_loaded, has_kernel
 from dreamer_fast.ops.lambda_return import lambda_return
-from dreamer_fast.reference import lambda_return_ref
+from dreamer_fast.ops.ln_gru import ln_gru
+from dreamer_fast.reference import lambda_return_ref, ln_gru_ref
 
 __version__ = "0.1.0"
 
@@ -17,4 +19,6 @@ __all__ = [
     "has_kernel",
     "lambda_return",
     "lambda_return_ref",
+    "ln_gru",
+    "ln_gru_ref",
 ]

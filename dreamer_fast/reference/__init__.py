@@ -1,5 +1,6 @@
 """Plain-PyTorch references of every fused op: the executable specification, same signatures as dreamer_fast.ops."""
 
 from dreamer_fast.reference.lambda_return import lambda_return_ref
+from dreamer_fast.reference.ln_gru import ln_gru_ref
 
-__all__ = ["lambda_return_ref"]
+__all__ = ["lambda_return_ref", "ln_gru_ref"]

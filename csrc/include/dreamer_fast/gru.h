@@ -1,0 +1,64 @@
+// DreamerV2's LayerNorm-GRU cell after its one Dense layer: the per-element math of the ln_gru op.
+//
+// A row holds the Dense output x = gates[b, 0:3D]. LayerNorm over the whole row, then an affine map:
+//   mean = Σ x / 3D,  var = Σ (x - mean)² / 3D,  rstd = 1 / sqrt(var + eps),  x̂ = (x - mean) rstd,  y = x̂ w + β
+// The row splits into (reset, cand, update) = (y[0:D], y[D:2D], y[2D:3D]); for each i < D:
+//   r = σ(y_r),  c = tanh(r y_c),  u = σ(y_u - 1),  h' = u c + (1 - u) h
+//
+// Gradient, given g = dL/dh':
+//   dh = g (1 - u),  dy_u = g (c - h) u (1 - u),  da = g u (1 - c²)  (a = r y_c),
+//   dy_c = da r,     dy_r = da y_c r (1 - r)
+// then through the affine map and the normalisation (m1 = mean_j dx̂_j, m2 = mean_j dx̂_j x̂_j over the row):
+//   dx̂ = dy w,  dw = Σ_b dy x̂,  dβ = Σ_b dy,  dx = rstd (dx̂ - m1 - x̂ m2)
+#pragma once
+
+#include "macros.h"
+
+namespace dreamer_fast {
+
+DF_INLINE float df_tanh(float x) { return ::tanhf(x); }
+DF_INLINE double df_tanh(double x) { return ::tanh(x); }
+DF_INLINE float df_rsqrt(float x) { return 1.0f / ::sqrtf(x); }
+DF_INLINE double df_rsqrt(double x) { return 1.0 / ::sqrt(x); }
+
+template <typename T>
+DF_INLINE T df_sigmoid(T x) {
+  return T(1) / (T(1) + df_exp(-x));
+}
+
+// 1 / sqrt(var + eps) from the row's sum of squared deviations (biased variance, as torch's LayerNorm).
+template <typename T>
+DF_INLINE T ln_rstd(T sum_sq_dev, int64_t n, T eps) {
+  return df_rsqrt(sum_sq_dev / static_cast<T>(n) + eps);
+}
+
+// One unit i of the cell from its three normalised-and-affine gate values; returns h'.
+template <typename T>
+DF_INLINE T gru_cell(T y_reset, T y_cand, T y_update, T h) {
+  const T r = df_sigmoid(y_reset);
+  const T c = df_tanh(r * y_cand);
+  const T u = df_sigmoid(y_update - T(1));
+  return u * c + (T(1) - u) * h;
+}
+
+// Gradients of gru_cell with respect to its four inputs, given g = dL/dh'.
+template <typename T>
+DF_INLINE void gru_cell_backward(T g, T y_reset, T y_cand, T y_update, T h, T* d_reset, T* d_cand, T* d_update,
+                                 T* d_h) {
+  const T r = df_sigmoid(y_reset);
+  const T c = df_tanh(r * y_cand);
+  const T u = df_sigmoid(y_update - T(1));
+  const T da = g * u * (T(1) - c * c);
+  *d_h = g * (T(1) - u);
+  *d_update = g * (c - h) * u * (T(1) - u);
+  *d_cand = da * r;
+  *d_reset = da * y_cand * r * (T(1) - r);
+}
+
+// The LayerNorm input gradient of one element: rstd (dx̂ - mean(dx̂) - x̂ mean(dx̂ x̂)).
+template <typename T>
+DF_INLINE T ln_input_grad(T d_xhat, T xhat, T mean_d_xhat, T mean_d_xhat_xhat, T rstd) {
+  return rstd * (d_xhat - mean_d_xhat - xhat * mean_d_xhat_xhat);
+}
+
+}  // namespace dreamer_fast

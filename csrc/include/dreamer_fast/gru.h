@@ -12,18 +12,18 @@
 //   dx̂ = dy w,  dw = Σ_b dy x̂,  dβ = Σ_b dy,  dx = rstd (dx̂ - m1 - x̂ m2)
 #pragma once
 
+#include "fast_math.h"
 #include "macros.h"
 
 namespace dreamer_fast {
 
-DF_INLINE float df_tanh(float x) { return ::tanhf(x); }
-DF_INLINE double df_tanh(double x) { return ::tanh(x); }
 DF_INLINE float df_rsqrt(float x) { return 1.0f / ::sqrtf(x); }
 DF_INLINE double df_rsqrt(double x) { return 1.0 / ::sqrt(x); }
 
-template <typename T>
+// M: the exp/tanh policy (fast_math.h): StdMath everywhere, FastMath in the CPU kernels' float loops.
+template <typename T, typename M = StdMath>
 DF_INLINE T df_sigmoid(T x) {
-  return T(1) / (T(1) + df_exp(-x));
+  return T(1) / (T(1) + M::exp(-x));
 }
 
 // 1 / sqrt(var + eps) from the row's sum of squared deviations (biased variance, as torch's LayerNorm).
@@ -33,21 +33,21 @@ DF_INLINE T ln_rstd(T sum_sq_dev, int64_t n, T eps) {
 }
 
 // One unit i of the cell from its three normalised-and-affine gate values; returns h'.
-template <typename T>
+template <typename T, typename M = StdMath>
 DF_INLINE T gru_cell(T y_reset, T y_cand, T y_update, T h) {
-  const T r = df_sigmoid(y_reset);
-  const T c = df_tanh(r * y_cand);
-  const T u = df_sigmoid(y_update - T(1));
+  const T r = df_sigmoid<T, M>(y_reset);
+  const T c = M::tanh(r * y_cand);
+  const T u = df_sigmoid<T, M>(y_update - T(1));
   return u * c + (T(1) - u) * h;
 }
 
 // Gradients of gru_cell with respect to its four inputs, given g = dL/dh'.
-template <typename T>
+template <typename T, typename M = StdMath>
 DF_INLINE void gru_cell_backward(T g, T y_reset, T y_cand, T y_update, T h, T* d_reset, T* d_cand, T* d_update,
                                  T* d_h) {
-  const T r = df_sigmoid(y_reset);
-  const T c = df_tanh(r * y_cand);
-  const T u = df_sigmoid(y_update - T(1));
+  const T r = df_sigmoid<T, M>(y_reset);
+  const T c = M::tanh(r * y_cand);
+  const T u = df_sigmoid<T, M>(y_update - T(1));
   const T da = g * u * (T(1) - c * c);
   *d_h = g * (T(1) - u);
   *d_update = g * (c - h) * u * (T(1) - u);

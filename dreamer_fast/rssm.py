@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dreamer_fast import _backend
+from dreamer_fast._sequence_linear import SequenceLinear
 from dreamer_fast.reference.ln_gru import ln_gru_ref
 
 _GRU_EPS = 1e-3  # Keras' LayerNorm default, DreamerV2's
@@ -449,15 +450,22 @@ class RSSM(nn.Module):
         # the action) and the embed part of obs_out.
         act_proj = F.linear(action * keep[..., None], self.img_in.weight[:, flat:], self.img_in.bias)
         emb_proj = F.linear(embed, self.obs_out.weight[:, D:], self.obs_out.bias)
-        w_stoch_t = self.img_in.weight[:, :flat].t()
-        w_deter_t = self.obs_out.weight[:, :D].t()
+        # The GEMMs of the loop, whose weight gradients are summed over the sequence in one GEMM each.
+        stoch_in = SequenceLinear(self.img_in.weight[:, :flat])
+        gru = SequenceLinear(self.gru.weight)
+        deter_out = SequenceLinear(self.obs_out.weight[:, :D])
+        post_out = SequenceLinear(self.post_logits.weight)
         deter, stoch = state.deter, state.stoch.flatten(-2)
         deters, stochs, logits_seq = [], [], []
+        resets = (keep == 0).any(1).tolist()  # one host sync per sequence; steps without a reset skip the masking
         for t in range(T):
-            k = keep[t][:, None]
-            deter = self._gru_fused(torch.addmm(act_proj[t], stoch * k, w_stoch_t), deter * k)
-            x = F.elu(torch.addmm(emb_proj[t], deter, w_deter_t))
-            logits = self._logits(F.linear(x, self.post_logits.weight, self.post_logits.bias))
+            if resets[t]:
+                k = keep[t][:, None]
+                deter, stoch = deter * k, stoch * k
+            gates = gru(self.gru.bias, torch.cat([F.elu(stoch_in(act_proj[t], stoch)), deter], -1))
+            deter = self._ln_gru(gates, deter)
+            x = F.elu(deter_out(emb_proj[t], deter))
+            logits = self._logits(post_out(self.post_logits.bias, x))
             sample, _ = _st_categorical(logits, self.unimix, noise[t])
             stoch = sample.flatten(-2)
             deters.append(deter)
@@ -491,7 +499,10 @@ class RSSM(nn.Module):
 
     def _gru_fused(self, x_pre, deter):
         """ELU(img_in pre-activation) -> GRU Dense -> fused LayerNorm-GRU update."""
-        gates = F.linear(torch.cat([F.elu(x_pre), deter], -1), self.gru.weight, self.gru.bias)
+        return self._ln_gru(F.linear(torch.cat([F.elu(x_pre), deter], -1), self.gru.weight, self.gru.bias), deter)
+
+    def _ln_gru(self, gates, deter):
+        """The fused op, without the public wrapper's checks (the shapes are ours)."""
         return torch.ops.dreamer_fast.ln_gru.default(
             gates.to(deter.dtype), deter.contiguous(), self.gru_norm.weight, self.gru_norm.bias, _GRU_EPS
         )[0]

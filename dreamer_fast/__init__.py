@@ -3,15 +3,17 @@
 Ops (time-major ``[T, B, ...]``; each has a plain-PyTorch twin ``*_ref`` in :mod:`dreamer_fast.reference`):
 
 - :func:`lambda_return` — TD(λ) returns ``[T, B]``.
+- :func:`kl_balance` — DreamerV2's balanced KL loss between ``[..., S, K]`` posterior and prior logits.
 - :func:`ln_gru` — DreamerV2's LayerNorm-GRU update ``[B, 3D], [B, D] -> [B, D]``.
 
 Modules: :class:`RSSM` (DreamerV2's recurrent state-space model, drop-in) and its state :class:`RSSMState`.
 """
 
 from dreamer_fast._backend import BACKENDS, extension_loaded, has_kernel
+from dreamer_fast.ops.kl_balance import kl_balance
 from dreamer_fast.ops.lambda_return import lambda_return
 from dreamer_fast.ops.ln_gru import ln_gru
-from dreamer_fast.reference import lambda_return_ref, ln_gru_ref
+from dreamer_fast.reference import kl_balance_ref, lambda_return_ref, ln_gru_ref
 from dreamer_fast.rssm import RSSM, RSSMState
 
 __version__ = "0.1.0"
@@ -22,6 +24,8 @@ __all__ = [
     "RSSMState",
     "extension_loaded",
     "has_kernel",
+    "kl_balance",
+    "kl_balance_ref",
     "lambda_return",
     "lambda_return_ref",
     "ln_gru",

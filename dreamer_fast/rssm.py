@@ -22,6 +22,8 @@ from torch import nn
 
 from dreamer_fast import _backend
 from dreamer_fast._sequence_linear import SequenceLinear
+from dreamer_fast.ops.kl_balance import kl_balance
+from dreamer_fast.reference.kl_balance import kl_balance_ref
 from dreamer_fast.reference.ln_gru import ln_gru_ref
 
 _GRU_EPS = 1e-3  # Keras' LayerNorm default, DreamerV2's
@@ -80,10 +82,10 @@ class RSSMState(NamedTuple):
         return RSSMState(*(torch.cat(fields, dim) for fields in zip(*states)))
 
 
-# ---- private stand-ins for the straight_through_categorical and kl_balance ops -------------------------------------
-# TEMPORARY: these two ops are written on other branches. Until they are merged into main, these helpers have exactly
-# their semantics; then the fused backend calls dreamer_fast.straight_through_categorical / dreamer_fast.kl_balance and
-# the reference backend their *_ref twins.
+# ---- private stand-in for the straight_through_categorical op --------------------------------------------------------
+# TEMPORARY: the op is written on another branch. Until it is merged into main, this helper has exactly its
+# semantics; then the fused backend calls dreamer_fast.straight_through_categorical and the reference backend
+# dreamer_fast.reference.straight_through_categorical_ref.
 
 
 def _st_categorical(logits: torch.Tensor, unimix: float, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,31 +106,6 @@ def _probs(logits: torch.Tensor, unimix: float) -> torch.Tensor:
     if unimix > 0:
         probs = (1 - unimix) * probs + unimix / logits.shape[-1]
     return probs
-
-
-def _categorical_kl(post_logits: torch.Tensor, prior_logits: torch.Tensor, unimix: float) -> torch.Tensor:
-    if unimix == 0:
-        log_q, log_p = post_logits.log_softmax(-1), prior_logits.log_softmax(-1)
-        q = log_q.exp()
-    else:
-        q = _probs(post_logits, unimix)
-        log_q, log_p = q.log(), _probs(prior_logits, unimix).log()
-    return (q * (log_q - log_p)).sum((-2, -1))
-
-
-def _kl_balance(
-    post_logits: torch.Tensor, prior_logits: torch.Tensor, balance: float, free: float, free_avg: bool, unimix: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """DreamerV2's balanced KL loss of ``[..., S, K]`` logits: ``(loss, kl [...])`` (kl summed over S)."""
-
-    def clamp(kl: torch.Tensor) -> torch.Tensor:
-        return kl.mean().clamp(min=free) if free_avg else kl.clamp(min=free).mean()
-
-    mix = 1 - balance
-    kl = _categorical_kl(post_logits, prior_logits, unimix)
-    lhs = clamp(_categorical_kl(post_logits, prior_logits.detach(), unimix))
-    rhs = clamp(_categorical_kl(post_logits.detach(), prior_logits, unimix))
-    return mix * lhs + (1 - mix) * rhs, kl
 
 
 # ---- the module ---------------------------------------------------------------------------------------------------
@@ -395,7 +372,9 @@ class RSSM(nn.Module):
         ``F`` the free-nats clamp (of the mean KL if ``free_avg``, else per position). Returns ``(loss [], kl [...])``
         with ``kl = KL(post || prior)`` summed over the S variables.
         """
-        return _kl_balance(post.logits, prior.logits, balance, free, free_avg, self.unimix)
+        if self._fused(post.logits.device):
+            return kl_balance(post.logits, prior.logits, balance, free, free_avg, self.unimix, backend="fused")
+        return kl_balance_ref(post.logits, prior.logits, balance, free, free_avg, self.unimix)
 
     # ---- reference backend: the specification, one step at a time -------------------------------------------------
 

@@ -1,8 +1,8 @@
 // LayerNorm-GRU on the CPU: rows in parallel, one pass over a row for each of forward and backward.
 //
-// The loops over a row are written for the vectoriser (`omp simd`; float uses the branch-free exp/tanh of
-// dreamer_fast/fast_math.h) and the float versions are compiled for AVX-512, AVX2 and baseline x86-64, chosen at
-// load time (GCC/Clang target_clones), since the extension is built without -march flags.
+// The loops over a row are written for the vectoriser (`omp simd`; float uses the straight-line exp/tanh of
+// dreamer_fast/fastmath.h and gru.h), and the float versions are compiled for AVX-512, AVX2+FMA and the x86-64
+// baseline, chosen at load time (target_clones), since the extension is built without -march flags.
 // The weight/bias gradients are summed over fixed blocks of rows, then over the blocks in order, so the result does
 // not depend on the number of threads.
 #include <ATen/Dispatch.h>
@@ -17,15 +17,16 @@
 
 #include "../ln_gru_check.h"
 #include "../ops.h"
-#include "dreamer_fast/gru.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__APPLE__)
-#define DF_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#define DF_ALWAYS_INLINE __attribute__((always_inline)) inline
+// As in kl_balance.cpp, confined to this file's own functions (after the library headers): without -ftrapping-math
+// the selects of the polynomials vectorise (nothing here uses FP exceptions).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#pragma GCC optimize("no-trapping-math")
+#define DF_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define DF_CPU_CLONES
-#define DF_ALWAYS_INLINE inline
 #endif
+#include "dreamer_fast/gru.h"
 
 namespace dreamer_fast::cpu {
 namespace {
@@ -44,7 +45,7 @@ struct MathFor<float> {
 
 // Forward of rows [r0, r1): deter', mean, rstd.
 template <typename T>
-DF_ALWAYS_INLINE void forward_rows(const T* x, const T* h, const T* w, const T* b, T* out, T* mean, T* rstd, int64_t r0,
+DF_FORCE_INLINE void forward_rows(const T* x, const T* h, const T* w, const T* b, T* out, T* mean, T* rstd, int64_t r0,
                          int64_t r1, int64_t D, T eps) {
   using M = typename MathFor<T>::type;
   const int64_t N = 3 * D;
@@ -74,7 +75,7 @@ DF_ALWAYS_INLINE void forward_rows(const T* x, const T* h, const T* w, const T* 
 
 // Backward of rows [r0, r1): d gates, d deter; adds Σ dy x̂ to pw and Σ dy to pb. dy: scratch of 3D values.
 template <typename T>
-DF_ALWAYS_INLINE void backward_rows(const T* g, const T* x, const T* h, const T* w, const T* b, const T* mean, const T* rstd,
+DF_FORCE_INLINE void backward_rows(const T* g, const T* x, const T* h, const T* w, const T* b, const T* mean, const T* rstd,
                           T* dx, T* dh, T* pw, T* pb, T* dy, int64_t r0, int64_t r1, int64_t D) {
   using M = typename MathFor<T>::type;
   const int64_t N = 3 * D;

@@ -46,7 +46,7 @@ def lambda_return(
     _checks.shape(_OP, "bootstrap", bootstrap, (B,), "[B]")
     lam = _checks.number_in(_OP, "lam", lam, 0.0, 1.0)
     if _backend.use_fused(_OP, reward.device, backend):
-        return torch.ops.dreamer_fast.lambda_return(
+        return torch.ops.dreamer_fast.lambda_return.default(
             reward.contiguous(), value.contiguous(), discount.contiguous(), bootstrap.contiguous(), lam
         )
     return lambda_return_ref(reward, value, discount, bootstrap, lam)
@@ -68,7 +68,7 @@ def _register() -> None:
 
     def backward(ctx, grad):
         ret, value, discount, bootstrap = ctx.saved_tensors
-        d_reward, d_value, d_discount, d_boot = torch.ops.dreamer_fast.lambda_return_backward(
+        d_reward, d_value, d_discount, d_boot = torch.ops.dreamer_fast.lambda_return_backward.default(
             grad.contiguous(), ret, value, discount, bootstrap, ctx.lam
         )
         return d_reward, d_value, d_discount, d_boot, None

@@ -1,6 +1,7 @@
 """Plain-PyTorch references of every fused op: the executable specification, same signatures as dreamer_fast.ops."""
 
+from dreamer_fast.reference.kl_balance import kl_balance_ref
 from dreamer_fast.reference.lambda_return import lambda_return_ref
 from dreamer_fast.reference.ln_gru import ln_gru_ref
 
-__all__ = ["lambda_return_ref", "ln_gru_ref"]
+__all__ = ["kl_balance_ref", "lambda_return_ref", "ln_gru_ref"]

@@ -12,15 +12,51 @@
 //   dx̂ = dy w,  dw = Σ_b dy x̂,  dβ = Σ_b dy,  dx = rstd (dx̂ - m1 - x̂ m2)
 #pragma once
 
-#include "fast_math.h"
+#include "fastmath.h"
 #include "macros.h"
 
 namespace dreamer_fast {
 
+DF_INLINE float df_tanh(float x) { return ::tanhf(x); }
+DF_INLINE double df_tanh(double x) { return ::tanh(x); }
+
+// tanh for float as straight-line code (see fastmath.h): Cephes' odd polynomial for |x| < 0.625, where
+// 1 - 2/(e^{2|x|} + 1) would cancel, that formula beyond. Within 3e-7 absolute; NaN stays NaN, ±inf gives ±1.
+DF_FORCE_INLINE float tanh_poly(float x) {
+  const float a = x < 0.0f ? -x : x;
+  const float z = x * x;
+  float p = -5.70498872745e-3f;
+  p = p * z + 2.06390887954e-2f;
+  p = p * z - 5.37397155531e-2f;
+  p = p * z + 1.33314422036e-1f;
+  p = p * z - 3.33332819422e-1f;
+  const float small = p * z * x + x;
+  const float big = 1.0f - 2.0f / (exp_poly(2.0f * a) + 1.0f);  // NaN in, NaN out
+  return a < 0.625f ? small : (x < 0.0f ? -big : big);
+}
+
+// The exp/tanh policies of the cell: StdMath is libm (host) or CUDA's (device); FastMath the float polynomials of
+// the CPU kernels' vectorised loops.
+struct StdMath {
+  template <typename T>
+  DF_INLINE static T exp(T x) {
+    return df_exp(x);
+  }
+  template <typename T>
+  DF_INLINE static T tanh(T x) {
+    return df_tanh(x);
+  }
+};
+
+struct FastMath {
+  DF_FORCE_INLINE static float exp(float x) { return exp_poly(x); }
+  DF_FORCE_INLINE static float tanh(float x) { return tanh_poly(x); }
+};
+
 DF_INLINE float df_rsqrt(float x) { return 1.0f / ::sqrtf(x); }
 DF_INLINE double df_rsqrt(double x) { return 1.0 / ::sqrt(x); }
 
-// M: the exp/tanh policy (fast_math.h): StdMath everywhere, FastMath in the CPU kernels' float loops.
+// M: the exp/tanh policy: StdMath everywhere, FastMath in the CPU kernels' float loops.
 template <typename T, typename M = StdMath>
 DF_INLINE T df_sigmoid(T x) {
   return T(1) / (T(1) + M::exp(-x));

@@ -278,7 +278,9 @@ class RSSM(nn.Module):
         B = self._check_action("img_step", "prev_action", prev_action)
         prev_state = self._check_state("img_step", "prev_state", prev_state, B)
         noise = self._noise("img_step", noise, (B,), dtype)
-        return self._img_step(prev_state, prev_action, noise, self._fused(prev_action.device))
+        if self._fused(prev_action.device):
+            return _FusedImagination(self).step(prev_state, noise, action=prev_action)
+        return self._img_step_reference(prev_state, prev_action, noise)
 
     def imagine_with_action(
         self, action: torch.Tensor, start: RSSMState, noise: torch.Tensor | None = None
@@ -300,22 +302,22 @@ class RSSM(nn.Module):
         self._check_action("imagine_with_action", "action", action[0] if H else action.new_empty(B, action.shape[2]))
         start = self._check_state("imagine_with_action", "start", start, B)
         noise = self._noise("imagine_with_action", noise, (H, B), dtype)
-        fused = self._fused(action.device)
-        if fused and H:
+        if not H:
+            return self._empty_sequence(B, action)
+        states, state = [], start
+        if self._fused(action.device):
             # The action part of img_in does not depend on the state: one GEMM for all steps.
             flat = self.stoch_size * self.classes
             act_proj = F.linear(action, self.img_in.weight[:, flat:], self.img_in.bias)
-            w_stoch_t = self.img_in.weight[:, :flat].t()
-            states, state = [], start
+            loop = _FusedImagination(self)
             for t in range(H):
-                state = self._img_step_fused(state, torch.addmm(act_proj[t], state.stoch.flatten(-2), w_stoch_t), noise[t])
+                state = loop.step(state, noise[t], act_proj=act_proj[t])
                 states.append(state)
-            return RSSMState.stack(states)
-        states, state = [], start
-        for t in range(H):
-            state = self._img_step(state, action[t], noise[t], fused)
-            states.append(state)
-        return RSSMState.stack(states) if states else self._empty_sequence(B, action)
+        else:
+            for t in range(H):
+                state = self._img_step_reference(state, action[t], noise[t])
+                states.append(state)
+        return RSSMState.stack(states)
 
     def imagine(
         self,
@@ -347,14 +349,17 @@ class RSSM(nn.Module):
         start = self._check_state("imagine", "start", start, None).flatten()
         N = start.deter.shape[0]
         noise = self._noise("imagine", noise, (horizon, N), dtype)
-        fused = self._fused(start.deter.device)
+        loop = _FusedImagination(self) if self._fused(start.deter.device) else None
         states, actions, state = [start], [], start
         for t in range(horizon):
             action = policy(self.get_feat(state).detach())
             if not isinstance(action, torch.Tensor) or tuple(action.shape) != (N, self.action_dim):
                 raise ValueError(f"RSSM.imagine: `policy` must return a [N, action_dim] = {[N, self.action_dim]} "
                                  f"tensor, got {_describe(action)}")
-            state = self._img_step(state, action, noise[t], fused)
+            if loop is not None:
+                state = loop.step(state, noise[t], action=action)
+            else:
+                state = self._img_step_reference(state, action, noise[t])
             states.append(state)
             actions.append(action)
         out = RSSMState.stack(states)
@@ -411,10 +416,7 @@ class RSSM(nn.Module):
                            self.gru_norm.bias, _GRU_EPS)
         return deter, self._logits(self.prior_logits(F.elu(self.img_out(deter))))
 
-    def _img_step(self, prev_state, prev_action, noise, fused):
-        if fused:
-            x_pre = self.img_in(torch.cat([prev_state.stoch.flatten(-2), prev_action], -1))
-            return self._img_step_fused(prev_state, x_pre, noise)
+    def _img_step_reference(self, prev_state, prev_action, noise):
         deter, logits = self._img_core_reference(prev_state, prev_action)
         stoch, _ = _st_categorical(logits, self.unimix, noise)
         return RSSMState(deter, stoch, logits)
@@ -468,13 +470,6 @@ class RSSM(nn.Module):
         stoch, _ = _st_categorical(logits, self.unimix, noise)
         prior_logits = self._logits(self.prior_logits(F.elu(self.img_out(deter))))
         return RSSMState(deter, stoch, logits), RSSMState(deter, _probs(prior_logits, self.unimix), prior_logits)
-
-    def _img_step_fused(self, prev_state, x_pre, noise):
-        """img_step given img_in's pre-activation ``x_pre``."""
-        deter = self._gru_fused(x_pre, prev_state.deter)
-        logits = self._logits(self.prior_logits(F.elu(self.img_out(deter))))
-        stoch, _ = _st_categorical(logits, self.unimix, noise)
-        return RSSMState(deter, stoch, logits)
 
     def _gru_fused(self, x_pre, deter):
         """ELU(img_in pre-activation) -> GRU Dense -> fused LayerNorm-GRU update."""
@@ -586,6 +581,32 @@ class RSSM(nn.Module):
         if not noise.is_floating_point():
             raise TypeError(f"RSSM.{op}: `noise` must be floating point (uniform in [0, 1)), got {noise.dtype}")
         return noise.to(dtype)
+
+
+class _FusedImagination:
+    """img_step of the fused backend for a whole rollout: its GEMMs are SequenceLinears, so each weight's gradient
+    is one GEMM over all the steps taken with this object."""
+
+    def __init__(self, rssm: RSSM) -> None:
+        flat = rssm.stoch_size * rssm.classes
+        self.rssm = rssm
+        self.stoch_in = SequenceLinear(rssm.img_in.weight[:, :flat])
+        self.action_in = SequenceLinear(rssm.img_in.weight[:, flat:])
+        self.gru = SequenceLinear(rssm.gru.weight)
+        self.out = SequenceLinear(rssm.img_out.weight)
+        self.logits = SequenceLinear(rssm.prior_logits.weight)
+
+    def step(self, state: RSSMState, noise: torch.Tensor, action: torch.Tensor | None = None,
+             act_proj: torch.Tensor | None = None) -> RSSMState:
+        """One prior step from ``action`` or from its img_in projection ``act_proj`` (bias included)."""
+        m = self.rssm
+        if act_proj is None:
+            act_proj = self.action_in(m.img_in.bias, action)
+        x = F.elu(self.stoch_in(act_proj, state.stoch.flatten(-2)))
+        deter = m._ln_gru(self.gru(m.gru.bias, torch.cat([x, state.deter], -1)), state.deter)
+        logits = m._logits(self.logits(m.prior_logits.bias, F.elu(self.out(m.img_out.bias, deter))))
+        stoch, _ = _st_categorical(logits, m.unimix, noise)
+        return RSSMState(deter, stoch, logits)
 
 
 def _describe(x: object) -> str:

@@ -315,7 +315,10 @@ def test_autocast_bf16_cpu_runs_and_stays_close():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             got = m.observe(embed, action, is_first, noise=noise)
             loss, _ = m.kl_loss(*got)
+            imagined = m.imagine(lambda f: f[:, :A].softmax(-1), got[0], 3, noise=noise[:3].repeat(1, 6, 1))
+            loss = loss + m.get_feat(imagined).float().square().mean()
         loss.backward()
+        assert imagined.deter.dtype == torch.float32
         for state in got:  # states and distributions stay float32 (LayerNorm-GRU and logits in float32)
             assert all(x.dtype == torch.float32 and torch.isfinite(x).all() for x in state)
         # the first step, before samples can differ: bf16 GEMMs, loose tolerance

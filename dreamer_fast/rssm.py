@@ -269,7 +269,9 @@ class RSSM(nn.Module):
             return self._obs_step_fused(prev_state, prev_action, embed, keep, noise)
         return self._obs_step_reference(prev_state, prev_action, embed, keep, noise)
 
-    def img_step(self, prev_state: RSSMState, prev_action: torch.Tensor, noise: torch.Tensor | None = None) -> RSSMState:
+    def img_step(
+        self, prev_state: RSSMState, prev_action: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> RSSMState:
         """One step of the prior (no observation): ``[B]`` state and ``[B, action_dim]`` action -> ``[B]`` state.
 
         ``noise``: ``[B, S]``, the prior sample's noise.

@@ -256,7 +256,8 @@ def test_default_sizes_shapes_and_init():
     T, B = 2, 3
     with torch.no_grad():
         post, prior = m.observe(torch.randn(T, B, 1536), torch.zeros(T, B, 18), torch.ones(T, B, dtype=torch.bool))
-        assert post.deter.shape == (T, B, 600) and post.stoch.shape == (T, B, 32, 32) and prior.logits.shape == (T, B, 32, 32)
+        assert post.deter.shape == (T, B, 600) and post.stoch.shape == (T, B, 32, 32)
+        assert prior.logits.shape == (T, B, 32, 32)
         assert m.get_feat(post).shape == (T, B, 1624)
         states = m.imagine(lambda f: torch.zeros(f.shape[0], 18), post, 4)
         assert states.batch_shape == (5, T * B)
@@ -343,25 +344,31 @@ def test_backend_selection(monkeypatch):
         m.observe(embed, action, is_first, noise=noise)
 
 
+def _f64(*shape, **kw):
+    return torch.zeros(*shape, dtype=kw.pop("dtype", torch.float64), **kw)
+
+
 def _bad_observe_cases():
     T, B = 5, 2
-    ok = dict(
-        embed=torch.zeros(T, B, E, dtype=torch.float64),
-        action=torch.zeros(T, B, A, dtype=torch.float64),
-        is_first=torch.zeros(T, B, dtype=torch.bool),
-    )
+    ok = dict(embed=_f64(T, B, E), action=_f64(T, B, A), is_first=torch.zeros(T, B, dtype=torch.bool))
+    bad_state = RSSMState(_f64(B, D + 1), _f64(B, S, K), _f64(B, S, K))
     cases = [
-        ("embed size", dict(embed=torch.zeros(T, B, E + 1, dtype=torch.float64)), ValueError, "`embed` must be [T, B, embed_dim] with embed_dim = 7"),
-        ("embed 2d", dict(embed=torch.zeros(T, E, dtype=torch.float64)), ValueError, "`embed` must be [T, B, embed_dim]"),
-        ("action size", dict(action=torch.zeros(T, B, A + 2, dtype=torch.float64)), ValueError, "`action` must have shape [T, B, action_dim] = [5, 2, 3], got [5, 2, 5]"),
-        ("T mismatch", dict(action=torch.zeros(T - 1, B, A, dtype=torch.float64)), ValueError, "`action` must have shape [T, B, action_dim] = [5, 2, 3], got [4, 2, 3]"),
-        ("is_first", dict(is_first=torch.zeros(T, B + 1, dtype=torch.bool)), ValueError, "`is_first` must have shape [T, B]"),
-        ("dtype", dict(embed=torch.zeros(T, B, E, dtype=torch.float32)), TypeError, "`embed` has dtype torch.float32 but the RSSM's parameters are torch.float64"),
-        ("int action", dict(action=torch.zeros(T, B, A, dtype=torch.long)), TypeError, "`action` has dtype torch.int64"),
+        ("embed size", dict(embed=_f64(T, B, E + 1)), ValueError,
+         "`embed` must be [T, B, embed_dim] with embed_dim = 7"),
+        ("embed 2d", dict(embed=_f64(T, E)), ValueError, "`embed` must be [T, B, embed_dim]"),
+        ("action size", dict(action=_f64(T, B, A + 2)), ValueError,
+         "`action` must have shape [T, B, action_dim] = [5, 2, 3], got [5, 2, 5]"),
+        ("T mismatch", dict(action=_f64(T - 1, B, A)), ValueError,
+         "`action` must have shape [T, B, action_dim] = [5, 2, 3], got [4, 2, 3]"),
+        ("is_first", dict(is_first=torch.zeros(T, B + 1, dtype=torch.bool)), ValueError,
+         "`is_first` must have shape [T, B]"),
+        ("dtype", dict(embed=_f64(T, B, E, dtype=torch.float32)), TypeError,
+         "`embed` has dtype torch.float32 but the RSSM's parameters are torch.float64"),
+        ("int action", dict(action=_f64(T, B, A, dtype=torch.long)), TypeError, "`action` has dtype torch.int64"),
         ("not a tensor", dict(action=[[0.0]]), TypeError, "`action` must be a torch.Tensor"),
-        ("noise", dict(noise=torch.zeros(T, B, S + 1, dtype=torch.float64)), ValueError, "`noise` must have shape [T, B, S] = [5, 2, 4]"),
-        ("state", dict(state=RSSMState(torch.zeros(B, D + 1), torch.zeros(B, S, K), torch.zeros(B, S, K))), ValueError, "`state.deter` must have shape [B, D] = [2, 16]"),
-        ("device", dict(embed=torch.zeros(T, B, E, dtype=torch.float64, device="meta")), ValueError, "`embed` is on meta"),
+        ("noise", dict(noise=_f64(T, B, S + 1)), ValueError, "`noise` must have shape [T, B, S] = [5, 2, 4]"),
+        ("state", dict(state=bad_state), ValueError, "`state.deter` must have shape [B, D] = [2, 16]"),
+        ("device", dict(embed=_f64(T, B, E, device="meta")), ValueError, "`embed` is on meta"),
     ]
     return ok, cases
 
@@ -380,7 +387,7 @@ def test_bad_observe_inputs(case, backend):
 
 def test_bad_step_inputs():
     m = model()
-    state, act, emb, first = m.initial(2), torch.zeros(2, A, dtype=torch.float64), torch.zeros(2, E, dtype=torch.float64), torch.zeros(2)
+    state, act, emb, first = m.initial(2), _f64(2, A), _f64(2, E), torch.zeros(2)
     with pytest.raises(ValueError, match=r"RSSM.obs_step: `embed` must have shape \[B, embed_dim\]"):
         m.obs_step(state, act, emb[:, 1:], first)
     with pytest.raises(ValueError, match=r"RSSM.obs_step: `prev_state.stoch` must have shape \[B, S, K\]"):

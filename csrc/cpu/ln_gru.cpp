@@ -45,8 +45,8 @@ struct MathFor<float> {
 
 // Forward of rows [r0, r1): deter', mean, rstd.
 template <typename T>
-DF_FORCE_INLINE void forward_rows(const T* x, const T* h, const T* w, const T* b, T* out, T* mean, T* rstd, int64_t r0,
-                         int64_t r1, int64_t D, T eps) {
+DF_FORCE_INLINE void forward_rows(const T* x, const T* h, const T* w, const T* b, T* out, T* mean, T* rstd,
+                                  int64_t r0, int64_t r1, int64_t D, T eps) {
   using M = typename MathFor<T>::type;
   const int64_t N = 3 * D;
   for (int64_t row = r0; row < r1; ++row) {
@@ -75,8 +75,9 @@ DF_FORCE_INLINE void forward_rows(const T* x, const T* h, const T* w, const T* b
 
 // Backward of rows [r0, r1): d gates, d deter; adds Σ dy x̂ to pw and Σ dy to pb. dy: scratch of 3D values.
 template <typename T>
-DF_FORCE_INLINE void backward_rows(const T* g, const T* x, const T* h, const T* w, const T* b, const T* mean, const T* rstd,
-                          T* dx, T* dh, T* pw, T* pb, T* dy, int64_t r0, int64_t r1, int64_t D) {
+DF_FORCE_INLINE void backward_rows(const T* g, const T* x, const T* h, const T* w, const T* b, const T* mean,
+                                   const T* rstd, T* dx, T* dh, T* pw, T* pb, T* dy, int64_t r0, int64_t r1,
+                                   int64_t D) {
   using M = typename MathFor<T>::type;
   const int64_t N = 3 * D;
   for (int64_t row = r0; row < r1; ++row) {

@@ -121,7 +121,8 @@ __global__ void backward(const scalar_t* __restrict__ g, const scalar_t* __restr
       for (int k = 0; k < 3; ++k) {
         const int64_t j = k * D + i;
         const acc_t xhat = (static_cast<acc_t>(xr[j]) - m) * s;
-        dx[row * N + j] = static_cast<scalar_t>(ln_input_grad<acc_t>(dyr[j] * static_cast<acc_t>(w[j]), xhat, m1, m2, s));
+        const acc_t d_xhat = dyr[j] * static_cast<acc_t>(w[j]);
+        dx[row * N + j] = static_cast<scalar_t>(ln_input_grad<acc_t>(d_xhat, xhat, m1, m2, s));
       }
     }
   }

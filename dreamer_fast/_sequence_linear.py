@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import torch
 
+# Rows per step from which the per-step GEMMs are efficient on their own (e.g. imagination's B = 800): the weight
+# gradient is then accumulated step by step with addmm_, which moves less memory than concatenating all the steps.
+_ROWS_PER_STEP_FOR_GEMM = 256
+
 
 class SequenceLinear:
     def __init__(self, weight: torch.Tensor) -> None:
@@ -77,8 +81,14 @@ class _Sink(torch.autograd.Function):
         if not steps:
             return torch.zeros(ctx.shape, dtype=record.dtype, device=record.device), None
         with torch.autocast(record.device.type, enabled=False):
-            dy = torch.cat([record.grads[i].to(record.dtype) for i in steps])
-            x = torch.cat([record.inputs[i].to(record.dtype) for i in steps])
-            d_weight = dy.t() @ x
+            dys = [record.grads[i].to(record.dtype) for i in steps]
+            xs = [record.inputs[i].to(record.dtype) for i in steps]
+            if dys[0].shape[0] >= _ROWS_PER_STEP_FOR_GEMM:
+                # Each step's GEMM is big enough already: accumulate in place instead of copying all steps together.
+                d_weight = dys[0].t() @ xs[0]
+                for dy, x in zip(dys[1:], xs[1:]):
+                    d_weight.addmm_(dy.t(), x)
+            else:
+                d_weight = torch.cat(dys).t() @ torch.cat(xs)
         record.grads.clear()  # a second backward (retain_graph) records them again
         return d_weight, None

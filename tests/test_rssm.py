@@ -432,3 +432,27 @@ def test_fused_weight_gradients_over_part_of_the_sequence_and_twice():
             assert (a if a is not None else b).abs().sum() == 0
         else:
             torch.testing.assert_close(a, b, **tol(torch.float64))
+
+
+@pytest.mark.parametrize("rows", [5, 300], ids=["concatenated", "accumulated"])
+def test_sequence_linear_weight_gradient(rows):
+    """The fused loop's Linear: one weight gradient for all steps, equal to autograd's per-step sum."""
+    from dreamer_fast._sequence_linear import SequenceLinear
+
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
+    x0 = torch.randn(rows, 4, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def unroll(linear):
+        x, outs = x0, []
+        for _ in range(4):
+            y = linear(bias, x)
+            outs.append(y)
+            x = y[:, :4].tanh()
+        return sum((o * (i + 1)).sum() for i, o in enumerate(outs[:3]))  # the last step reaches no loss
+
+    want = torch.autograd.grad(unroll(lambda b, x: torch.addmm(b, x, weight.t())), [weight, bias, x0])
+    got = torch.autograd.grad(unroll(SequenceLinear(weight)), [weight, bias, x0])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)

@@ -412,7 +412,7 @@ class RSSM(nn.Module):
         deter, prior_logits = self._img_core_reference(prev_state, prev_action)
         x = F.elu(self.obs_out(torch.cat([deter, embed], -1)))
         logits = self._logits(self.post_logits(x))
-        stoch, _ = _st_categorical(logits, self.unimix, noise)
+        stoch, _ = self._sample(logits, noise, fused=False)
         return RSSMState(deter, stoch, logits), RSSMState(deter, _probs(prior_logits, self.unimix), prior_logits)
 
     def _img_core_reference(self, prev_state, prev_action):
@@ -425,7 +425,7 @@ class RSSM(nn.Module):
 
     def _img_step_reference(self, prev_state, prev_action, noise):
         deter, logits = self._img_core_reference(prev_state, prev_action)
-        stoch, _ = _st_categorical(logits, self.unimix, noise)
+        stoch, _ = self._sample(logits, noise, fused=False)
         return RSSMState(deter, stoch, logits)
 
     # ---- fused backend -----------------------------------------------------------------------------------------------
@@ -454,7 +454,7 @@ class RSSM(nn.Module):
             deter = self._ln_gru(gates, deter)
             x = F.elu(deter_out(emb_proj[t], deter))
             logits = self._logits(post_out(self.post_logits.bias, x))
-            sample, _ = _st_categorical(logits, self.unimix, noise[t])
+            sample, _ = self._sample(logits, noise[t], fused=True)
             stoch = sample.flatten(-2)
             deters.append(deter)
             stochs.append(sample)
@@ -474,7 +474,7 @@ class RSSM(nn.Module):
         deter = self._gru_fused(x_pre, prev_state.deter * k)
         x = F.elu(self.obs_out(torch.cat([deter, embed], -1)))
         logits = self._logits(self.post_logits(x))
-        stoch, _ = _st_categorical(logits, self.unimix, noise)
+        stoch, _ = self._sample(logits, noise, fused=True)
         prior_logits = self._logits(self.prior_logits(F.elu(self.img_out(deter))))
         return RSSMState(deter, stoch, logits), RSSMState(deter, _probs(prior_logits, self.unimix), prior_logits)
 
@@ -489,6 +489,10 @@ class RSSM(nn.Module):
         )[0]
 
     # ---- helpers ---------------------------------------------------------------------------------------------------
+
+    def _sample(self, logits: torch.Tensor, noise: torch.Tensor, fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The straight-through sample and probabilities of ``[..., S, K]`` logits with ``noise [..., S]``."""
+        return _st_categorical(logits, self.unimix, noise)
 
     def _dtype(self) -> torch.dtype:
         return self.gru_norm.weight.dtype
@@ -612,7 +616,7 @@ class _FusedImagination:
         x = F.elu(self.stoch_in(act_proj, state.stoch.flatten(-2)))
         deter = m._ln_gru(self.gru(m.gru.bias, torch.cat([x, state.deter], -1)), state.deter)
         logits = m._logits(self.logits(m.prior_logits.bias, F.elu(self.out(m.img_out.bias, deter))))
-        stoch, _ = _st_categorical(logits, m.unimix, noise)
+        stoch, _ = m._sample(logits, noise, fused=True)
         return RSSMState(deter, stoch, logits)
 
 

@@ -469,18 +469,22 @@ class RSSM(nn.Module):
         return post, RSSMState(deters_all, _probs(prior_logits, self.unimix), prior_logits)
 
     def _obs_step_fused(self, prev_state, prev_action, embed, keep, noise):
+        # The acting path (B = 1 under torch.no_grad, every environment step): functional calls on the parameters,
+        # no module calls, the fused op without its wrapper's checks.
+        p = self._params()
         k = keep[:, None]
-        x_pre = self.img_in(torch.cat([prev_state.stoch.flatten(-2), prev_action], -1) * k)
-        deter = self._gru_fused(x_pre, prev_state.deter * k)
-        x = F.elu(self.obs_out(torch.cat([deter, embed], -1)))
-        logits = self._logits(self.post_logits(x))
+        x = F.elu(F.linear(torch.cat([prev_state.stoch.flatten(-2), prev_action], -1) * k, *p["img_in"]))
+        deter = prev_state.deter * k
+        deter = self._ln_gru(F.linear(torch.cat([x, deter], -1), *p["gru"]), deter)
+        x = F.elu(F.linear(torch.cat([deter, embed], -1), *p["obs_out"]))
+        logits = self._logits(F.linear(x, *p["post_logits"]))
         stoch, _ = self._sample(logits, noise, fused=True)
-        prior_logits = self._logits(self.prior_logits(F.elu(self.img_out(deter))))
+        prior_logits = self._logits(F.linear(F.elu(F.linear(deter, *p["img_out"])), *p["prior_logits"]))
         return RSSMState(deter, stoch, logits), RSSMState(deter, _probs(prior_logits, self.unimix), prior_logits)
 
-    def _gru_fused(self, x_pre, deter):
-        """ELU(img_in pre-activation) -> GRU Dense -> fused LayerNorm-GRU update."""
-        return self._ln_gru(F.linear(torch.cat([F.elu(x_pre), deter], -1), self.gru.weight, self.gru.bias), deter)
+    def _params(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """(weight, bias) of every layer, read without nn.Module's attribute lookup."""
+        return {name: (m._parameters["weight"], m._parameters["bias"]) for name, m in self._modules.items()}
 
     def _ln_gru(self, gates, deter):
         """The fused op, without the public wrapper's checks (the shapes are ours)."""
@@ -495,7 +499,7 @@ class RSSM(nn.Module):
         return _st_categorical(logits, self.unimix, noise)
 
     def _dtype(self) -> torch.dtype:
-        return self.gru_norm.weight.dtype
+        return self._modules["gru_norm"]._parameters["weight"].dtype
 
     def _fused(self, device: torch.device) -> bool:
         return _backend.use_fused("ln_gru", device, self._backend)

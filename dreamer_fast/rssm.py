@@ -537,7 +537,9 @@ class RSSM(nn.Module):
             raise TypeError(f"RSSM.{op}: `is_first` must be bool or 0/1 numbers, got {t.dtype}")
 
     def _check_sequence(self, op, embed, action, is_first) -> tuple[int, int]:
-        if not isinstance(embed, torch.Tensor) or embed.dim() != 3 or embed.shape[-1] != self.embed_dim:
+        if not isinstance(embed, torch.Tensor):
+            raise TypeError(f"RSSM.{op}: `embed` must be a torch.Tensor, got {type(embed).__name__}")
+        if embed.dim() != 3 or embed.shape[-1] != self.embed_dim:
             raise ValueError(f"RSSM.{op}: `embed` must be [T, B, embed_dim] with embed_dim = {self.embed_dim}, "
                              f"got {_describe(embed)}")
         T, B = embed.shape[:2]

@@ -366,6 +366,7 @@ def _bad_observe_cases():
          "`embed` has dtype torch.float32 but the RSSM's parameters are torch.float64"),
         ("int action", dict(action=_f64(T, B, A, dtype=torch.long)), TypeError, "`action` has dtype torch.int64"),
         ("not a tensor", dict(action=[[0.0]]), TypeError, "`action` must be a torch.Tensor"),
+        ("embed not a tensor", dict(embed=None), TypeError, "`embed` must be a torch.Tensor"),
         ("noise", dict(noise=_f64(T, B, S + 1)), ValueError, "`noise` must have shape [T, B, S] = [5, 2, 4]"),
         ("state", dict(state=bad_state), ValueError, "`state.deter` must have shape [B, D] = [2, 16]"),
         ("device", dict(embed=_f64(T, B, E, device="meta")), ValueError, "`embed` is on meta"),

@@ -13,9 +13,11 @@ void define_schemas(torch::Library& m) {
   m.def(
       "lambda_return_backward(Tensor grad, Tensor ret, Tensor value, Tensor discount, Tensor bootstrap, float lam)"
       " -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("straight_through_categorical(Tensor logits, Tensor? noise, int seed, float unimix) -> (Tensor, Tensor)");
+  // `seed` is a one-element int64 CPU tensor, drawn in Python from a torch.Generator: a tensor, not an int, so that
+  // torch.compile traces the draw instead of breaking the graph at .item(). Missing gradients stay None (no zeros).
+  m.def("straight_through_categorical(Tensor logits, Tensor? noise, Tensor seed, float unimix) -> (Tensor, Tensor)");
   m.def(
-      "straight_through_categorical_backward(Tensor grad_sample, Tensor grad_probs, Tensor probs, float unimix)"
+      "straight_through_categorical_backward(Tensor? grad_sample, Tensor? grad_probs, Tensor probs, float unimix)"
       " -> Tensor");
   m.def(
       "kl_balance(Tensor post_logits, Tensor prior_logits, float balance, float free, bool free_avg, float unimix)"

@@ -13,8 +13,9 @@
       const at::Tensor& grad, const at::Tensor& ret, const at::Tensor& value, const at::Tensor& discount,       \
       const at::Tensor& bootstrap, double lam);                                                                 \
   std::tuple<at::Tensor, at::Tensor> straight_through_categorical(                                              \
-      const at::Tensor& logits, const std::optional<at::Tensor>& noise, int64_t seed, double unimix);           \
-  at::Tensor straight_through_categorical_backward(const at::Tensor& grad_sample, const at::Tensor& grad_probs, \
+      const at::Tensor& logits, const std::optional<at::Tensor>& noise, const at::Tensor& seed, double unimix); \
+  at::Tensor straight_through_categorical_backward(const std::optional<at::Tensor>& grad_sample,                \
+                                                   const std::optional<at::Tensor>& grad_probs,                 \
                                                    const at::Tensor& probs, double unimix);                     \
   std::tuple<at::Tensor, at::Tensor> kl_balance(const at::Tensor& post_logits, const at::Tensor& prior_logits,  \
                                                 double balance, double free, bool free_avg, double unimix);     \

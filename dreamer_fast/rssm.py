@@ -28,7 +28,9 @@ from torch import nn
 from dreamer_fast import _backend
 from dreamer_fast._sequence_linear import SequenceLinear
 from dreamer_fast.ops.kl_balance import kl_balance
+from dreamer_fast.ops.straight_through_categorical import straight_through_categorical
 from dreamer_fast.reference.kl_balance import kl_balance_ref
+from dreamer_fast.reference.straight_through_categorical import straight_through_categorical_ref
 from dreamer_fast.reference.ln_gru import ln_gru_ref
 
 _GRU_EPS = 1e-3  # Keras' LayerNorm default, DreamerV2's
@@ -87,26 +89,8 @@ class RSSMState(NamedTuple):
         return RSSMState(*(torch.cat(fields, dim) for fields in zip(*states)))
 
 
-# ---- private stand-in for the straight_through_categorical op --------------------------------------------------------
-# TEMPORARY: the op is written on another branch. Until it is merged into main, this helper has exactly its
-# semantics; then the fused backend calls dreamer_fast.straight_through_categorical and the reference backend
-# dreamer_fast.reference.straight_through_categorical_ref.
-
-
-def _st_categorical(logits: torch.Tensor, unimix: float, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Straight-through one-hot sample of ``[..., K]`` logits with uniform ``noise [...]``: ``(sample, probs)``.
-
-    ``probs = (1 - unimix) softmax(logits) + unimix / K``; the sample is the smallest k with
-    ``noise < cumsum(probs)[k]`` (K - 1 if rounding leaves none); its gradient is the gradient of ``probs``.
-    """
-    probs = _probs(logits, unimix)
-    K = probs.shape[-1]
-    index = (noise.unsqueeze(-1) >= probs.cumsum(-1)).sum(-1).clamp(max=K - 1)
-    onehot = F.one_hot(index, K).to(probs.dtype)
-    return onehot + probs - probs.detach(), probs
-
-
 def _probs(logits: torch.Tensor, unimix: float) -> torch.Tensor:
+    """The categorical's probabilities (the prior's mean in observe): ``(1 - unimix) softmax(logits) + unimix / K``."""
     probs = logits.softmax(-1)
     if unimix > 0:
         probs = (1 - unimix) * probs + unimix / logits.shape[-1]
@@ -135,9 +119,10 @@ class RSSM(nn.Module):
         backend: "auto" | "fused" | "reference" (default: $DREAMER_FAST_BACKEND or "auto"); may be changed later
             through the ``backend`` attribute. "auto" runs fused where the extension has a kernel for the device.
 
-    Randomness: every sample is ``smallest k with noise < cumsum(probs)[k]`` for a uniform ``noise``; pass it to
-    reproduce runs or compare backends sample for sample, or leave it ``None`` to draw it with ``torch.rand`` (the
-    global generator; both backends draw the same shapes in the same order, so the same seed gives the same run).
+    Randomness: every sample is ``smallest k with noise < cumsum(probs)[k]`` for a uniform ``noise``
+    (:func:`dreamer_fast.straight_through_categorical`); pass it to compare backends sample for sample, or leave it
+    ``None``: each step's sample then comes from the op's Philox stream under a seed drawn from torch's default CPU
+    generator, the same on CPU and CUDA and in both backends, so ``torch.manual_seed`` reproduces a run.
 
     Under ``torch.autocast`` the GEMMs run in the low precision while the states, the LayerNorm-GRU and the
     distributions stay in the parameters' dtype (DreamerV2's mixed precision).
@@ -233,7 +218,7 @@ class RSSM(nn.Module):
             is_first: ``[T, B]`` (bool or 0/1); where set, the state and ``action[t]`` are reset to zero before step t.
             state: the state before step 0 (``[B]`` fields); default :meth:`initial`.
             noise: ``[T, B, S]`` uniform noise of the posterior samples (``noise[t, b, s]`` draws ``post.stoch[t, b,
-                s]``); default ``torch.rand``. The prior's sample is never drawn.
+                s]``); default: the Philox stream (see the class). The prior's sample is never drawn.
 
         Returns:
             ``(post, prior)``, states with leading dims ``[T, B]``. ``post.deter == prior.deter``; ``prior.stoch`` holds
@@ -318,11 +303,11 @@ class RSSM(nn.Module):
             act_proj = F.linear(action, self.img_in.weight[:, flat:], self.img_in.bias)
             loop = _FusedImagination(self)
             for t in range(H):
-                state = loop.step(state, noise[t], act_proj=act_proj[t])
+                state = loop.step(state, _at(noise, t), act_proj=act_proj[t])
                 states.append(state)
         else:
             for t in range(H):
-                state = self._img_step_reference(state, action[t], noise[t])
+                state = self._img_step_reference(state, action[t], _at(noise, t))
                 states.append(state)
         return RSSMState.stack(states)
 
@@ -364,9 +349,9 @@ class RSSM(nn.Module):
                 raise ValueError(f"RSSM.imagine: `policy` must return a [N, action_dim] = {[N, self.action_dim]} "
                                  f"tensor, got {_describe(action)}")
             if loop is not None:
-                state = loop.step(state, noise[t], action=action)
+                state = loop.step(state, _at(noise, t), action=action)
             else:
-                state = self._img_step_reference(state, action, noise[t])
+                state = self._img_step_reference(state, action, _at(noise, t))
             states.append(state)
             actions.append(action)
         out = RSSMState.stack(states)
@@ -393,7 +378,7 @@ class RSSM(nn.Module):
     def _observe_reference(self, embed, action, keep, state, noise):
         posts, priors = [], []
         for t in range(embed.shape[0]):
-            post, prior = self._obs_step_reference(state, action[t], embed[t], keep[t], noise[t])
+            post, prior = self._obs_step_reference(state, action[t], embed[t], keep[t], _at(noise, t))
             posts.append(post)
             priors.append(prior)
             state = post
@@ -454,7 +439,7 @@ class RSSM(nn.Module):
             deter = self._ln_gru(gates, deter)
             x = F.elu(deter_out(emb_proj[t], deter))
             logits = self._logits(post_out(self.post_logits.bias, x))
-            sample, _ = self._sample(logits, noise[t], fused=True)
+            sample, _ = self._sample(logits, _at(noise, t), fused=True)
             stoch = sample.flatten(-2)
             deters.append(deter)
             stochs.append(sample)
@@ -495,8 +480,11 @@ class RSSM(nn.Module):
     # ---- helpers ---------------------------------------------------------------------------------------------------
 
     def _sample(self, logits: torch.Tensor, noise: torch.Tensor, fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """The straight-through sample and probabilities of ``[..., S, K]`` logits with ``noise [..., S]``."""
-        return _st_categorical(logits, self.unimix, noise)
+        """The straight-through sample and probabilities of ``[..., S, K]`` logits with ``noise [..., S]`` (None: the
+        op's Philox stream, seeded from torch's default generator)."""
+        if fused:
+            return straight_through_categorical(logits, self.unimix, noise=noise, backend="fused")
+        return straight_through_categorical_ref(logits, self.unimix, noise=noise)
 
     def _dtype(self) -> torch.dtype:
         return self._modules["gru_norm"]._parameters["weight"].dtype
@@ -586,11 +574,12 @@ class RSSM(nn.Module):
                                 f"{self._dtype()}")
         return state
 
-    def _noise(self, op: str, noise: torch.Tensor | None, lead: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    def _noise(
+        self, op: str, noise: torch.Tensor | None, lead: tuple[int, ...], dtype: torch.dtype
+    ) -> torch.Tensor | None:
         shape = (*lead, self.stoch_size)
-        w = self.gru_norm.weight
         if noise is None:
-            return torch.rand(shape, dtype=dtype, device=w.device)
+            return None
         what = "[" + ", ".join(("T", "B") if len(lead) == 2 else ("B",)) + ", S]"
         if op in ("imagine", "imagine_with_action"):
             what = "[H, B, S]"
@@ -624,6 +613,10 @@ class _FusedImagination:
         logits = m._logits(self.logits(m.prior_logits.bias, F.elu(self.out(m.img_out.bias, deter))))
         stoch, _ = m._sample(logits, noise, fused=True)
         return RSSMState(deter, stoch, logits)
+
+
+def _at(noise: torch.Tensor | None, t: int) -> torch.Tensor | None:
+    return None if noise is None else noise[t]
 
 
 def _describe(x: object) -> str:

@@ -1,0 +1,1 @@
+#include "straight_through_categorical.cuh"

@@ -1,0 +1,160 @@
+// Straight-through categorical CUDA kernels: one warp per row, kWarps rows per block. Lanes stride over K
+// (lane l takes k = l, l + 32, ...: coalesced), max and sum are xor-shuffle butterflies. Compiled by nvcc
+// (csrc/cuda/straight_through_categorical.cu) and by the host compiler against the emulator
+// (csrc/emulated/straight_through_categorical.cpp).
+//
+// The draw needs the inclusive cumsum of probs. A shuffle scan would add in another order than the CPU kernel's
+// sequential cumsum and could move a sample across a class boundary in the last bit, so instead each chunk of 32
+// probs goes to shared memory and lane l sums p[0..l] sequentially (32 dependent adds per chunk, off the memory
+// path): the same additions in the same order as the CPU, so CPU and emulated CUDA kernels draw identical samples.
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros_like.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "../straight_through_categorical_checks.h"
+#include "dreamer_fast/categorical.h"
+#include "launch.h"
+
+namespace dreamer_fast::DF_KERNEL_NS {
+namespace straight_through_categorical_kernels {
+
+namespace cat = categorical;
+constexpr int kLanes = cat::kLanes;
+constexpr int kWarps = 8;  // rows per block
+constexpr unsigned kAll = 0xffffffffu;
+
+// Butterflies: every lane ends with the result of lane 0, which equals cat::reduce_lanes on the CPU.
+template <typename T>
+__device__ __forceinline__ T warp_max(T v) {
+  for (int offset = kLanes / 2; offset > 0; offset /= 2) v = cat::larger(v, __shfl_xor_sync(kAll, v, offset));
+  return v;
+}
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+  for (int offset = kLanes / 2; offset > 0; offset /= 2) v = v + __shfl_xor_sync(kAll, v, offset);
+  return v;
+}
+
+template <typename scalar_t>
+__global__ void forward(const scalar_t* __restrict__ logits, const scalar_t* __restrict__ noise, uint64_t seed,
+                        double unimix, int64_t N, int64_t K, scalar_t* __restrict__ sample,
+                        scalar_t* __restrict__ probs) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ acc_t chunk[kWarps][kLanes];  // one chunk of a row's probs per warp, for the sequential cumsum
+  const int warp = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
+  if (row >= N) return;  // whole warps leave together
+  const scalar_t* x = logits + row * K;
+
+  acc_t m = -std::numeric_limits<acc_t>::infinity();
+  for (int64_t k = lane; k < K; k += kLanes) m = cat::larger(m, static_cast<acc_t>(x[k]));
+  m = warp_max(m);
+  acc_t sum = 0;
+  for (int64_t k = lane; k < K; k += kLanes) sum += cat::shifted_exp(static_cast<acc_t>(x[k]), m);
+  const cat::Mix<acc_t> mix = cat::mix(warp_sum(sum), static_cast<acc_t>(unimix), K);
+  const acc_t u = noise ? static_cast<acc_t>(noise[row]) : cat::row_uniform<acc_t>(seed, static_cast<uint64_t>(row));
+
+  acc_t carry = 0;  // cumsum up to the previous chunk
+  int count = 0;    // this lane's share of the number of prefixes <= u
+  for (int64_t k0 = 0; k0 < K; k0 += kLanes) {
+    const int64_t k = k0 + lane;
+    acc_t p = 0;
+    if (k < K) {
+      p = cat::prob(cat::shifted_exp(static_cast<acc_t>(x[k]), m), mix);
+      probs[row * K + k] = static_cast<scalar_t>(p);
+    }
+    chunk[warp][lane] = p;
+    __syncwarp();
+    acc_t c = carry;
+    for (int i = 0; i <= lane; ++i) c += chunk[warp][i];
+    count += (k < K - 1 && c <= u);
+    carry = __shfl_sync(kAll, c, kLanes - 1);
+    __syncwarp();  // everyone has read the chunk before the next one overwrites it
+  }
+  const int index = warp_sum(count);
+  for (int64_t k = lane; k < K; k += kLanes) sample[row * K + k] = static_cast<scalar_t>(k == index ? 1.0f : 0.0f);
+}
+
+// g = grad_a (+ grad_b when kTwo): the gradients of sample and probs, whichever were given.
+template <typename scalar_t, bool kTwo>
+__global__ void backward(const scalar_t* __restrict__ grad_a, const scalar_t* __restrict__ grad_b,
+                         const scalar_t* __restrict__ probs, double unimix_, int64_t N, int64_t K,
+                         scalar_t* __restrict__ grad_logits) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int warp = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
+  if (row >= N) return;
+  const int64_t o = row * K;
+  const acc_t unimix = static_cast<acc_t>(unimix_);
+  const acc_t floor = unimix / static_cast<acc_t>(K);
+  auto g = [&](int64_t k) {
+    const acc_t a = static_cast<acc_t>(grad_a[o + k]);
+    return kTwo ? a + static_cast<acc_t>(grad_b[o + k]) : a;
+  };
+  acc_t dot = 0;
+  for (int64_t k = lane; k < K; k += kLanes) dot += (static_cast<acc_t>(probs[o + k]) - floor) * g(k);
+  const acc_t shift = cat::grad_shift(warp_sum(dot), unimix);
+  for (int64_t k = lane; k < K; k += kLanes)
+    grad_logits[o + k] = static_cast<scalar_t>(cat::grad_logit(static_cast<acc_t>(probs[o + k]), floor, g(k), shift));
+}
+
+inline unsigned blocks_for(const char* op, int64_t rows) {
+  TORCH_CHECK(rows / kWarps < (int64_t{1} << 31) - 1, op, ": too many rows for one launch (", rows, ")");
+  return ceil_div(rows, kWarps);
+}
+
+}  // namespace straight_through_categorical_kernels
+
+std::tuple<at::Tensor, at::Tensor> straight_through_categorical(const at::Tensor& logits,
+                                                                const std::optional<at::Tensor>& noise,
+                                                                const at::Tensor& seed, double unimix) {
+  namespace k = straight_through_categorical_kernels;
+  const uint64_t seed_value = st_checks::forward(logits, noise, seed, unimix, /*allow_half=*/true);
+  at::Tensor sample = at::empty_like(logits), probs = at::empty_like(logits);
+  const int64_t K = logits.size(-1), N = logits.numel() / K;
+  if (N == 0) return {sample, probs};
+  const unsigned blocks = k::blocks_for("straight_through_categorical", N);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "straight_through_categorical_cuda",
+                                  [&] {
+                                    launch("straight_through_categorical.forward", k::forward<scalar_t>, dim3(blocks),
+                                           dim3(k::kWarps * k::kLanes), logits.const_data_ptr<scalar_t>(),
+                                           noise ? noise->const_data_ptr<scalar_t>() : nullptr, seed_value, unimix,
+                                           N, K, sample.mutable_data_ptr<scalar_t>(),
+                                           probs.mutable_data_ptr<scalar_t>());
+                                  });
+  return {sample, probs};
+}
+
+at::Tensor straight_through_categorical_backward(const std::optional<at::Tensor>& grad_sample,
+                                                 const std::optional<at::Tensor>& grad_probs,
+                                                 const at::Tensor& probs, double unimix) {
+  namespace k = straight_through_categorical_kernels;
+  st_checks::backward(grad_sample, grad_probs, probs, unimix, /*allow_half=*/true);
+  const int64_t K = probs.size(-1), N = probs.numel() / K;
+  // Constant probs (one class, or unimix = 1) or no incoming gradient: the gradient is zero.
+  if (N == 0 || K == 1 || unimix == 1.0 || !(grad_sample || grad_probs)) return at::zeros_like(probs);
+  at::Tensor grad_logits = at::empty_like(probs);
+  const at::Tensor& ga = grad_sample ? *grad_sample : *grad_probs;
+  const bool two = grad_sample && grad_probs;
+  const unsigned blocks = k::blocks_for("straight_through_categorical_backward", N);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, probs.scalar_type(), "straight_through_categorical_backward_cuda", [&] {
+        const scalar_t* gb = two ? grad_probs->const_data_ptr<scalar_t>() : nullptr;
+        auto kernel = two ? k::backward<scalar_t, true> : k::backward<scalar_t, false>;
+        launch("straight_through_categorical.backward", kernel, dim3(blocks), dim3(k::kWarps * k::kLanes),
+               ga.const_data_ptr<scalar_t>(), gb, probs.const_data_ptr<scalar_t>(), unimix, N, K,
+               grad_logits.mutable_data_ptr<scalar_t>());
+      });
+  return grad_logits;
+}
+
+}  // namespace dreamer_fast::DF_KERNEL_NS

@@ -1,0 +1,34 @@
+"""Straight-through categorical sampling in plain PyTorch: the executable specification of the fused op."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dreamer_fast.reference.philox import draw_seed, philox_uniform
+
+
+def straight_through_categorical_ref(
+    logits: torch.Tensor,
+    unimix: float = 0.0,
+    *,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One-hot sample with straight-through gradient, and the mixed probs (shapes as the fused op).
+
+    ``probs = (1 - unimix) * softmax(logits) + unimix / K``. The class is the smallest k with
+    ``noise < cumsum(probs)[k]``, at most K - 1; without ``noise``, the uniforms come from the Philox stream under a
+    seed drawn from ``generator`` (row n of the flattened leading dims takes stream element n), as in the fused op.
+    ``sample = onehot + (probs - probs.detach())``: the one-hot's value, probs' gradient (DreamerV2).
+    """
+    K = logits.shape[-1]
+    probs = (1 - unimix) * torch.softmax(logits, dim=-1) + unimix / K
+    if noise is None:
+        noise = philox_uniform(draw_seed(generator), logits.shape[:-1], logits.dtype, logits.device)
+    cdf = probs.detach().cumsum(dim=-1)
+    # cdf is nondecreasing: counting the prefixes <= noise (all but the last) finds the class, clamped to K - 1.
+    index = (cdf[..., :-1] <= noise[..., None]).sum(dim=-1)
+    onehot = F.one_hot(index, K).to(probs.dtype)
+    sample = onehot + (probs - probs.detach())  # parenthesised: 1 + p - p could round away from 1
+    return sample, probs

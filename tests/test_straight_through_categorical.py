@@ -1,0 +1,419 @@
+"""straight_through_categorical: fused (CPU kernel, emulated CUDA kernel, real CUDA where present) against the
+reference, the random stream, the sampling distribution, gradients, compile and argument checks."""
+
+from __future__ import annotations
+
+import math
+from unittest import mock
+
+import pytest
+import torch
+from conftest import CUDA, kernel_namespaces, tol
+
+import dreamer_fast as df
+from dreamer_fast.reference import straight_through_categorical_ref
+from dreamer_fast.reference.philox import draw_seed, philox4x32_10, philox_uniform
+
+OP = df.straight_through_categorical
+SHAPES = [(1, 1), (7, 2), (4, 5, 32), (3, 40), (2, 3, 70), (33, 32)]
+
+
+def make(shape, dtype=torch.float32, device="cpu", seed=0, scale=2.0, requires_grad=False):
+    g = torch.Generator().manual_seed(seed)
+    logits = (scale * torch.randn(shape, generator=g, dtype=torch.float64)).to(dtype=dtype, device=device)
+    noise = torch.rand(shape[:-1], generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+    return logits.requires_grad_(requires_grad), noise
+
+
+def seed_tensor(value=0):
+    return torch.tensor(value, dtype=torch.int64)
+
+
+def away_from_boundaries(probs: torch.Tensor, noise: torch.Tensor, margin: float = 1e-5) -> torch.Tensor:
+    """Rows whose noise is more than `margin` from every cumsum boundary (where float32 rounding cannot matter)."""
+    cdf = probs.detach().double().cumsum(-1)
+    return ((cdf - noise.double()[..., None]).abs() > margin).all(-1)
+
+
+def assert_samples_equal(got: torch.Tensor, want: torch.Tensor, probs: torch.Tensor, noise: torch.Tensor) -> None:
+    """Equal one-hots: everywhere in float64, away from class boundaries in float32 (see away_from_boundaries)."""
+    got, want = got.detach(), want.detach()
+    assert ((got == 0) | (got == 1)).all() and (got.sum(-1) == 1).all(), "sample is not one-hot"
+    rows = torch.ones(got.shape[:-1], dtype=torch.bool, device=got.device)
+    if got.dtype != torch.float64:
+        rows = away_from_boundaries(probs, noise)
+        assert rows.float().mean() > 0.9, "too few rows to compare"
+    torch.testing.assert_close(got[rows], want[rows], rtol=0, atol=0)
+
+
+def losses(sample, probs, w, v):
+    return (sample * w).sum() + (probs * v).sum()
+
+
+# ---- values and gradients against the reference --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("unimix", [0.0, 0.01, 0.5])
+def test_values_and_grads_match_reference(shape, unimix, device, dtype):
+    logits, noise = make(shape, dtype, device, requires_grad=True)
+    ref_logits = logits.detach().clone().requires_grad_()
+    sample, probs = OP(logits, unimix, noise=noise, backend="fused")
+    ref_sample, ref_probs = straight_through_categorical_ref(ref_logits, unimix, noise=noise)
+    torch.testing.assert_close(probs, ref_probs, **tol(dtype))
+    assert_samples_equal(sample, ref_sample, ref_probs, noise)
+    w, v = torch.randn_like(probs), torch.randn_like(probs)
+    got = torch.autograd.grad(losses(sample, probs, w, v), logits)[0]
+    want = torch.autograd.grad(losses(ref_sample, ref_probs, w, v), ref_logits)[0]
+    torch.testing.assert_close(got, want, **tol(dtype))
+
+
+@pytest.mark.parametrize("shape", [(500, 32), (20, 3, 7)], ids=str)
+def test_seeded_samples_match_reference(shape, device, dtype):
+    """Without noise both draw from Philox under the generator's seed: the same samples, fused or reference."""
+    logits, _ = make(shape, dtype, device, seed=1)
+    sample, probs = OP(logits, 0.01, generator=torch.Generator().manual_seed(7), backend="fused")
+    ref_sample, ref_probs = straight_through_categorical_ref(logits, 0.01, generator=torch.Generator().manual_seed(7))
+    noise = philox_uniform(draw_seed(torch.Generator().manual_seed(7)), shape[:-1], dtype, device)  # what both drew
+    assert_samples_equal(sample, ref_sample, ref_probs, noise)
+    torch.testing.assert_close(probs, ref_probs, **tol(dtype))
+
+
+@pytest.mark.parametrize("ns", kernel_namespaces())
+def test_raw_kernels_match_reference(ns, dtype):
+    """Each kernel on its own (no autograd): forward, and backward with either or both incoming gradients."""
+    logits, noise = make((60, 37), dtype, requires_grad=True)
+    ref_sample, ref_probs = straight_through_categorical_ref(logits, 0.1, noise=noise)
+    sample, probs = ns.straight_through_categorical(logits.detach(), noise, seed_tensor(), 0.1)
+    torch.testing.assert_close(probs, ref_probs.detach(), **tol(dtype))
+    assert_samples_equal(sample, ref_sample, ref_probs, noise)
+    w, v = torch.randn_like(probs), torch.randn_like(probs)
+    for gs, gp in ((w, v), (w, None), (None, v)):
+        loss = sum((o * g).sum() for o, g in ((ref_sample, gs), (ref_probs, gp)) if g is not None)
+        want = torch.autograd.grad(loss, logits, retain_graph=True)[0]
+        got = ns.straight_through_categorical_backward(gs, gp, probs, 0.1)
+        torch.testing.assert_close(got, want, **tol(dtype))
+    assert torch.equal(ns.straight_through_categorical_backward(None, None, probs, 0.1), torch.zeros_like(probs))
+
+
+@pytest.mark.parametrize("K", [1, 5, 31, 32, 33, 70])
+def test_emulated_cuda_kernel_equals_cpu_kernel(K, dtype):
+    """Same reduction order (warp lanes, sequential cumsum) and the same exp: identical probs, samples and gradients."""
+    logits, noise = make((45, K), dtype, scale=3.0, seed=K)
+    g = torch.randn_like(logits)
+    cpu, emu = torch.ops.dreamer_fast, torch.ops.dreamer_fast_emu
+    for noise_arg, seed in ((None, seed_tensor(-12345)), (None, seed_tensor(2**62)), (noise, seed_tensor())):
+        s1, p1 = cpu.straight_through_categorical(logits, noise_arg, seed, 0.05)
+        s2, p2 = emu.straight_through_categorical(logits, noise_arg, seed, 0.05)
+        assert torch.equal(s1, s2) and torch.equal(p1, p2)
+    assert torch.equal(
+        cpu.straight_through_categorical_backward(g, -g, p1, 0.05),
+        emu.straight_through_categorical_backward(g, -g, p1, 0.05),
+    )
+
+
+# ---- the random stream ----------------------------------------------------------------------------------------------
+
+
+def test_reference_philox_known_answers():
+    """Random123's known answers for Philox4x32-10 (csrc/include/dreamer_fast/philox.h passes the same ones)."""
+    t = lambda *v: tuple(torch.tensor(x, dtype=torch.int64) for x in v)  # noqa: E731
+    got = philox4x32_10(t(0, 0, 0, 0), t(0, 0))
+    assert [x.item() for x in got] == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+    f = 0xFFFFFFFF
+    got = philox4x32_10(t(f, f, f, f), t(f, f))
+    assert [x.item() for x in got] == [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]
+
+
+@pytest.mark.parametrize("ns", kernel_namespaces())
+def test_kernels_draw_row_n_from_stream_element_n(ns):
+    """With K = 2 and probs (1/2, 1/2) the class is (u >= 1/2): the kernel's uniforms are the reference stream's."""
+    seed = seed_tensor(-(2**40) - 3)
+    sample, _ = ns.straight_through_categorical(torch.zeros(3, 100, 2, dtype=torch.float64), None, seed, 0.0)
+    u = philox_uniform(seed, (3, 100), torch.float64, "cpu")
+    assert torch.equal(sample[..., 1], (u >= 0.5).double())
+
+
+def chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    """Goodness of fit of `counts` to `probs`: P(chi2 >= statistic), from the regularised upper incomplete gamma
+    function (scipy.stats.chi2.sf without scipy)."""
+    expected = probs * counts.sum()
+    statistic = ((counts - expected) ** 2 / expected).sum()
+    dof = torch.tensor(probs.numel() - 1, dtype=torch.float64)
+    return torch.special.gammaincc(dof / 2, statistic / 2).item()
+
+
+DISTRIBUTIONS = [
+    ([0.5, 0.25, 0.125, 0.0625, 0.0625], 0.0),
+    ([0.7, 0.2, 0.05, 0.03, 0.01, 0.01], 0.0),
+    ([0.97, 0.01, 0.01, 0.01], 0.2),  # mixed: (1 - 0.2) p + 0.2 / 4
+]
+
+
+@pytest.mark.parametrize(
+    "ns,draws",
+    [
+        pytest.param(torch.ops.dreamer_fast, 200_000, id="cpu-kernel"),
+        pytest.param(torch.ops.dreamer_fast_emu, 8_000, id="emulated-cuda-kernel"),  # the emulator is slow
+    ],
+)
+@pytest.mark.parametrize("dist", DISTRIBUTIONS, ids=lambda d: f"K{len(d[0])}-u{d[1]}")
+def test_sampling_distribution(ns, draws, dist):
+    """Fixed seed, many rows with the same logits: the class frequencies fit the mixed probs (chi-square p > 1e-6),
+    and clearly do not fit a slightly different distribution (so the test can fail)."""
+    p, unimix = torch.tensor(dist[0], dtype=torch.float64), dist[1]
+    mixed = (1 - unimix) * p + unimix / p.numel()
+    logits = p.log().expand(draws, -1).contiguous()
+    sample, probs = ns.straight_through_categorical(logits, None, seed_tensor(20240601), unimix)
+    torch.testing.assert_close(probs[0], mixed)
+    counts = sample.sum(0)
+    assert counts.sum() == draws
+    assert chi_square_p_value(counts, mixed) > 1e-6
+    wrong = mixed.roll(1) * 0.2 + mixed * 0.8  # moves 20% of the mass: a real bug would move more
+    assert chi_square_p_value(counts, wrong) < 1e-6
+
+
+def test_same_seed_same_samples_different_seed_different():
+    logits, _ = make((400, 32))
+    a, _ = OP(logits, generator=torch.Generator().manual_seed(1), backend="fused")
+    b, _ = OP(logits, generator=torch.Generator().manual_seed(1), backend="fused")
+    c, _ = OP(logits, generator=torch.Generator().manual_seed(2), backend="fused")
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_reproducible_under_manual_seed():
+    logits, _ = make((200, 32))
+    torch.manual_seed(123)
+    a, _ = OP(logits, backend="fused")
+    b, _ = OP(logits, backend="fused")  # the default generator moved on: a fresh draw
+    torch.manual_seed(123)
+    c, _ = OP(logits, backend="fused")
+    assert torch.equal(a, c)
+    assert not torch.equal(a, b)
+
+
+def test_noise_does_not_consume_the_generator():
+    logits, noise = make((10, 4))
+    g = torch.Generator().manual_seed(5)
+    state = g.get_state()
+    OP(logits, noise=noise, generator=g, backend="fused")
+    assert torch.equal(g.get_state(), state)
+
+
+# ---- semantics ------------------------------------------------------------------------------------------------------
+
+
+def test_draw_rule_at_the_boundaries():
+    """The class is the smallest k with noise < cumsum(probs)[k]: a noise equal to a boundary goes to the next class,
+    and a noise at or above the last cumsum is clamped to K - 1."""
+    logits = torch.tensor([0.25, 0.25, 0.5], dtype=torch.float64).log().expand(5, 3)
+    noise = torch.tensor([0.0, 0.2499, 0.25, 0.5, 1.0], dtype=torch.float64)
+    for backend in ("fused", "reference"):
+        sample, _ = OP(logits, noise=noise, backend=backend)
+        assert sample.argmax(-1).tolist() == [0, 0, 1, 2, 2], backend
+
+
+def test_unimix(device):
+    logits, noise = make((50, 8), torch.float64, device, scale=20.0, requires_grad=True)
+    sample, probs = OP(logits, 0.1, noise=noise, backend="fused")
+    assert (probs >= 0.1 / 8 - 1e-15).all()  # the floor u / K, even for logits far below the max
+    torch.testing.assert_close(probs.sum(-1), torch.ones(50, dtype=torch.float64, device=device))
+    sample, probs = OP(logits, 1.0, noise=noise, backend="fused")
+    assert torch.equal(probs, torch.full_like(probs, 1 / 8))  # u = 1: uniform ...
+    assert torch.equal(sample.argmax(-1), (noise * 8).long())  # ... so the class is floor(8 u)
+    grad = torch.autograd.grad(losses(sample, probs, torch.randn_like(probs), torch.randn_like(probs)), logits)[0]
+    assert torch.equal(grad, torch.zeros_like(grad))  # ... and constant
+
+
+def test_single_class(device, dtype):
+    logits, noise = make((6, 3, 1), dtype, device, requires_grad=True)
+    for kwargs in ({"noise": noise}, {}):
+        sample, probs = OP(logits, 0.3, backend="fused", **kwargs)
+        assert torch.equal(sample, torch.ones_like(sample))
+        torch.testing.assert_close(probs, torch.ones_like(probs))
+        grad = torch.autograd.grad(losses(sample, probs, torch.randn_like(probs), torch.randn_like(probs)), logits)[0]
+        assert torch.equal(grad, torch.zeros_like(grad))
+
+
+def test_sample_gradient_is_the_probs_gradient(device, dtype):
+    logits, noise = make((9, 32), dtype, device, requires_grad=True)
+    w = torch.randn(9, 32, dtype=dtype, device=device)
+    sample, probs = OP(logits, 0.01, noise=noise, backend="fused")
+    via_sample = torch.autograd.grad((sample * w).sum(), logits, retain_graph=True)[0]
+    via_probs = torch.autograd.grad((probs * w).sum(), logits)[0]
+    torch.testing.assert_close(via_sample, via_probs, **tol(dtype))
+    assert via_sample.abs().sum() > 0
+
+
+def test_nan_logits_give_nan_probs():
+    logits, noise = make((4, 6), torch.float64)
+    logits[1, 2] = float("nan")
+    _, probs = OP(logits, 0.01, noise=noise, backend="fused")
+    assert torch.isnan(probs[1]).all()
+    assert not torch.isnan(probs[[0, 2, 3]]).any()
+
+
+def test_extreme_logits():
+    """Large and -inf logits: no overflow, exact zeros where softmax is zero."""
+    logits = torch.tensor([[1e4, 0.0, -1e4, -math.inf], [-math.inf, 3.0, 3.0, -math.inf]])
+    noise = torch.tensor([0.999, 0.5])
+    sample, probs = OP(logits, noise=noise, backend="fused")
+    torch.testing.assert_close(probs, torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.5, 0.5, 0.0]]), rtol=0, atol=1e-7)
+    assert probs[0, 3] == 0 and probs[1, 0] == 0
+    assert sample.argmax(-1).tolist() == [0, 2]
+
+
+# ---- autograd, opcheck, compile ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("unimix", [0.0, 0.3])
+def test_gradcheck(device, unimix):
+    """gradcheck on probs (the sample's gradient is, by design, not the derivative of its value)."""
+    logits, noise = make((4, 3, 6), torch.float64, device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: OP(x, unimix, noise=noise, backend="fused")[1], (logits,))
+
+
+@pytest.mark.parametrize("with_noise", [True, False], ids=["noise", "seed"])
+def test_opcheck(device, with_noise):
+    logits, noise = make((5, 3, 8), torch.float32, device, requires_grad=True)
+    args = (logits, noise, seed_tensor(0), 0.01) if with_noise else (logits, None, seed_tensor(99), 0.01)
+    torch.library.opcheck(torch.ops.dreamer_fast.straight_through_categorical.default, args)
+
+
+def test_compile_fullgraph():
+    logits, _ = make((64, 32), requires_grad=True)
+    w = torch.randn(64, 32)
+
+    def loss(x):
+        sample, probs = OP(x, 0.01, backend="fused")
+        return (sample * w).sum() + probs.square().sum()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    torch.manual_seed(3)  # the seed is drawn inside the graph from the default generator
+    got = compiled(logits)
+    got_grad = torch.autograd.grad(got, logits)[0]
+    torch.manual_seed(3)
+    want = loss(logits)
+    want_grad = torch.autograd.grad(want, logits)[0]
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_grad, want_grad)
+
+
+def test_non_contiguous_inputs(device):
+    logits, noise = make((20, 32), torch.float64, device)
+    strided_logits = logits.t().contiguous().t()  # same values, column-major
+    strided_noise = torch.stack([noise, noise], -1)[..., 0]
+    assert not strided_logits.is_contiguous() and not strided_noise.is_contiguous()
+    for a, b in zip(OP(strided_logits, 0.1, noise=strided_noise, backend="fused"), OP(logits, 0.1, noise=noise)):
+        assert torch.equal(a, b)
+    g = torch.Generator()
+    a, _ = OP(strided_logits, generator=g.manual_seed(0), backend="fused")
+    b, _ = OP(logits, generator=g.manual_seed(0), backend="fused")
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("shape", [(0, 32), (3, 0, 5)], ids=str)
+def test_empty_leading_dims(shape, device):
+    logits, noise = make(shape, torch.float32, device, requires_grad=True)
+    for kwargs in ({"noise": noise}, {}):
+        sample, probs = OP(logits, 0.01, backend="fused", **kwargs)
+        assert sample.shape == probs.shape == shape
+        grad = torch.autograd.grad((sample + probs).sum(), logits)[0]
+        assert grad.shape == shape
+
+
+@pytest.mark.skipif(not CUDA, reason="float16/bfloat16 run on CUDA only")
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_half_precision_on_cuda(half):
+    logits, noise = make((100, 32), torch.float32, "cuda", requires_grad=True)
+    sample, probs = OP(logits.to(half), 0.01, noise=noise.to(half), backend="fused")
+    _, ref_probs = straight_through_categorical_ref(logits, 0.01, noise=noise)
+    assert sample.dtype == probs.dtype == half
+    torch.testing.assert_close(probs.float(), ref_probs, **tol(half))
+
+
+# ---- argument checks ----------------------------------------------------------------------------------------------------
+
+BAD = [
+    ("logits not a tensor", lambda x, n: ([[0.0, 1.0]], {}), TypeError, "`logits` must be a torch.Tensor"),
+    ("logits int", lambda x, n: (x.long(), {}), TypeError, "`logits` must be float32 or float64"),
+    ("half on cpu", lambda x, n: (x.half(), {}), TypeError, "CUDA only"),
+    ("logits 0-dim", lambda x, n: (x[0, 0], {}), ValueError, "`logits` must be [..., K]"),
+    ("K = 0", lambda x, n: (x[:, :0], {}), ValueError, "`logits` must have K >= 1"),
+    ("noise not a tensor", lambda x, n: (x, {"noise": 0.5}), TypeError, "`noise` must be a torch.Tensor"),
+    ("noise shape", lambda x, n: (x, {"noise": n[:-1]}), ValueError, "`noise` must have shape logits.shape[:-1]"),
+    ("noise with K", lambda x, n: (x, {"noise": x}), ValueError, "`noise` must have shape"),
+    ("noise dtype", lambda x, n: (x, {"noise": n.double()}), TypeError, "`noise` has dtype torch.float64"),
+    ("noise device", lambda x, n: (x, {"noise": n.to("meta")}), ValueError, "`noise` is on meta"),
+    ("unimix < 0", lambda x, n: (x, {"unimix": -0.1}), ValueError, "`unimix` must be in [0.0, 1.0]"),
+    ("unimix > 1", lambda x, n: (x, {"unimix": 1.5}), ValueError, "`unimix` must be in"),
+    ("unimix nan", lambda x, n: (x, {"unimix": float("nan")}), ValueError, "`unimix` must be in"),
+    ("unimix str", lambda x, n: (x, {"unimix": "0.1"}), TypeError, "`unimix` must be a number"),
+    ("generator type", lambda x, n: (x, {"generator": 3}), TypeError, "`generator` must be a torch.Generator"),
+    (
+        "generator device",
+        lambda x, n: (x, {"generator": mock.Mock(spec=torch.Generator, device=torch.device("cuda"))}),
+        ValueError,
+        "`generator` must be a CPU torch.Generator",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
+def test_bad_inputs(case):
+    _, mutate, exc, match = case
+    logits, kwargs = mutate(*make((6, 4)))
+    with pytest.raises(exc, match=match.replace("[", r"\[").replace("]", r"\]")):
+        OP(logits, backend="fused", **kwargs)
+
+
+CPP_BAD = [
+    ("seed dtype", lambda x, n: (x, None, torch.tensor(1.0), 0.1), "`seed` must be a one-element int64 tensor"),
+    ("seed shape", lambda x, n: (x, None, torch.tensor([1, 2]), 0.1), "`seed` must be a one-element int64 tensor"),
+    ("noise shape", lambda x, n: (x, n[1:], seed_tensor(), 0.1), "`noise` must have shape"),
+    ("noise dtype", lambda x, n: (x, n.double(), seed_tensor(), 0.1), "`noise` must have the dtype of `logits`"),
+    ("logits dtype", lambda x, n: (x.long(), None, seed_tensor(), 0.1), "`logits` must be float32 or float64"),
+    ("logits 0-dim", lambda x, n: (x[0, 0], None, seed_tensor(), 0.1), "`logits` must be \\[..., K\\]"),
+    ("K = 0", lambda x, n: (x[:, :0].contiguous(), None, seed_tensor(), 0.1), "`logits` must have K >= 1"),
+    ("non-contiguous", lambda x, n: (x.t(), None, seed_tensor(), 0.1), "`logits` must be contiguous"),
+    ("unimix", lambda x, n: (x, None, seed_tensor(), 1.5), "`unimix` must be in \\[0, 1\\]"),
+]
+
+
+@pytest.mark.parametrize("ns", kernel_namespaces())
+@pytest.mark.parametrize("case", CPP_BAD, ids=[c[0] for c in CPP_BAD])
+def test_cpp_checks_name_the_argument(ns, case):
+    """The C++ kernels check too (for callers who skip the Python wrapper)."""
+    _, mutate, match = case
+    with pytest.raises(RuntimeError, match=match):
+        ns.straight_through_categorical(*mutate(*make((5, 5))))
+
+
+def test_seed_on_another_device_is_rejected():
+    """A seed off the CPU dispatches to that device's kernel: the fake (meta) kernel checks it too."""
+    with pytest.raises(ValueError, match="`seed` must be a one-element int64 tensor on the CPU.*meta"):
+        torch.ops.dreamer_fast.straight_through_categorical(make((5, 5))[0], None, seed_tensor().to("meta"), 0.1)
+
+
+@pytest.mark.parametrize("ns", kernel_namespaces())
+def test_cpp_backward_checks(ns):
+    logits, _ = make((5, 4))
+    probs = logits.softmax(-1)
+    with pytest.raises(RuntimeError, match="`grad_sample` must have shape"):
+        ns.straight_through_categorical_backward(probs[1:], None, probs, 0.1)
+    with pytest.raises(RuntimeError, match="`grad_probs` must have the dtype of `probs`"):
+        ns.straight_through_categorical_backward(None, probs.double(), probs, 0.1)
+    with pytest.raises(RuntimeError, match="`probs` must be float32 or float64"):
+        ns.straight_through_categorical_backward(None, None, probs.long(), 0.1)
+    with pytest.raises(RuntimeError, match="`unimix` must be in"):
+        ns.straight_through_categorical_backward(probs, None, probs, -1.0)
+
+
+def test_reference_backend_gives_the_same_samples(monkeypatch):
+    logits, _ = make((30, 32), torch.float64)
+    fused = OP(logits, 0.01, generator=torch.Generator().manual_seed(4), backend="fused")
+    monkeypatch.setenv("DREAMER_FAST_BACKEND", "reference")
+    ref = OP(logits, 0.01, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(fused[0], ref[0])
+    torch.testing.assert_close(fused[1], ref[1], **tol(torch.float64))

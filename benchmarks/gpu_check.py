@@ -97,7 +97,38 @@ def cases(device: torch.device, dtype: torch.dtype):
         inputs = [rnd(T, B), rnd(T, B), rnd(T, B, low=0.9), rnd(B)]
         out.append((f"lambda_return {T}x{B}", inputs,
                     lambda *x: df.lambda_return(*x, 0.95, backend="fused"), lambda *x: ref.lambda_return_ref(*x, 0.95)))
+    for B in (16, 800):  # D = 600: an observe step, an imagination step
+        inputs = [rnd(B, 1800), rnd(B, 600), rnd(1800), rnd(1800)]
+        out.append((f"ln_gru {B}x600", inputs,
+                    lambda *x: df.ln_gru(*x, backend="fused"), lambda *x: ref.ln_gru_ref(*x)))
     return out
+
+
+def rssm_cases(device: torch.device):
+    """(name, inputs, fused, reference) for the RSSM at Atari sizes, float32 (compiling the unrolled reference
+    sequence takes minutes, so it has no compiled column)."""
+    import torch.nn.functional as F
+
+    import dreamer_fast as df
+
+    torch.manual_seed(0)
+    m = df.RSSM(18, 1536).to(device)
+    T, B = 50, 16
+    embed = torch.randn(T, B, 1536, device=device).requires_grad_()
+    action = F.one_hot(torch.randint(18, (T, B), device=device), 18).float()
+    is_first = torch.zeros(T, B, dtype=torch.bool, device=device)
+    is_first[0] = True
+    noise = torch.rand(T, B, 32, device=device)
+
+    def observe(backend):
+        def run(e, *params):  # params: leaves whose gradients are taken
+            m.backend = backend
+            post, prior = m.observe(e, action, is_first, noise=noise)
+            return m.kl_loss(post, prior)[0] + m.get_feat(post).square().mean()
+
+        return run
+
+    return [(f"RSSM observe T={T} B={B}", [embed, *m.parameters()], observe("fused"), observe("reference"))]
 
 
 def main() -> None:
@@ -113,7 +144,7 @@ def main() -> None:
         build()
     import dreamer_fast as df
 
-    for op in ("lambda_return", "straight_through_categorical", "kl_balance"):
+    for op in ("lambda_return", "straight_through_categorical", "kl_balance", "ln_gru"):
         if not df.has_kernel(op, "cuda"):
             die(f"the extension has no CUDA kernel for {op}")
     if not args.no_tests:
@@ -126,11 +157,15 @@ def main() -> None:
             t_ref = cuda_time_ms(fwd_bwd(reference, inputs))
             t_comp = cuda_time_ms(fwd_bwd(torch.compile(reference, dynamic=False), inputs))
             rows.append((label, str(dtype).removeprefix("torch."), t_fused, t_ref, t_comp))
+    for label, inputs, fused, reference in rssm_cases(device):
+        rows.append((label, "float32", cuda_time_ms(fwd_bwd(fused, inputs), reps=10),
+                     cuda_time_ms(fwd_bwd(reference, inputs), reps=10), None))
     print(f"\nGPU forward+backward, median ms ({name})")
     print(f"| {'op':34} | dtype    | fused ms | eager ms | compiled ms | vs eager | vs compiled |")
     print(f"|{'-' * 36}|----------|----------|----------|-------------|----------|-------------|")
     for label, dt, f, r, c in rows:
-        print(f"| {label:34} | {dt:8} | {f:8.3f} | {r:8.3f} | {c:11.3f} | {r / f:7.1f}x | {c / f:10.1f}x |")
+        comp, vs_comp = (f"{c:11.3f}", f"{c / f:10.1f}x") if c is not None else (f"{'-':>11}", f"{'-':>11}")
+        print(f"| {label:34} | {dt:8} | {f:8.3f} | {r:8.3f} | {comp} | {r / f:7.1f}x | {vs_comp} |")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,11 @@ void define_schemas(torch::Library& m) {
   m.def(
       "kl_balance_backward(Tensor grad_loss, Tensor grad_kl, Tensor post_logits, Tensor prior_logits, Tensor kl,"
       " float balance, float free, bool free_avg, float unimix) -> (Tensor, Tensor)");
+  // ln_gru returns (deter', mean, rstd); the per-row mean and rstd are saved for the backward.
+  m.def("ln_gru(Tensor gates, Tensor deter, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "ln_gru_backward(Tensor grad, Tensor gates, Tensor deter, Tensor weight, Tensor bias, Tensor mean,"
+      " Tensor rstd) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 }  // namespace

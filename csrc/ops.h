@@ -22,7 +22,13 @@
   std::tuple<at::Tensor, at::Tensor> kl_balance_backward(                                                       \
       const at::Tensor& grad_loss, const at::Tensor& grad_kl, const at::Tensor& post_logits,                    \
       const at::Tensor& prior_logits, const at::Tensor& kl, double balance, double free, bool free_avg,         \
-      double unimix);
+      double unimix);                                                                                           \
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> ln_gru(const at::Tensor& gates, const at::Tensor& deter,       \
+                                                        const at::Tensor& weight, const at::Tensor& bias,       \
+                                                        double eps);                                            \
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ln_gru_backward(                                   \
+      const at::Tensor& grad, const at::Tensor& gates, const at::Tensor& deter, const at::Tensor& weight,       \
+      const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& rstd);
 
 namespace dreamer_fast {
 namespace cpu {

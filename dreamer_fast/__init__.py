@@ -5,24 +5,38 @@ Ops (time-major ``[T, B, ...]``; each has a plain-PyTorch twin ``*_ref`` in :mod
 - :func:`lambda_return` — TD(λ) returns ``[T, B]``.
 - :func:`kl_balance` — DreamerV2's balanced KL loss between ``[..., S, K]`` posterior and prior logits.
 - :func:`straight_through_categorical` — one-hot sample with straight-through gradient, and probs, ``[..., K]``.
+- :func:`ln_gru` — DreamerV2's LayerNorm-GRU update ``[B, 3D], [B, D] -> [B, D]``.
+
+Modules: :class:`RSSM` (DreamerV2's recurrent state-space model, drop-in) and its state :class:`RSSMState`.
 """
 
 from dreamer_fast._backend import BACKENDS, extension_loaded, has_kernel
 from dreamer_fast.ops.kl_balance import kl_balance
 from dreamer_fast.ops.lambda_return import lambda_return
+from dreamer_fast.ops.ln_gru import ln_gru
 from dreamer_fast.ops.straight_through_categorical import straight_through_categorical
-from dreamer_fast.reference import kl_balance_ref, lambda_return_ref, straight_through_categorical_ref
+from dreamer_fast.reference import (
+    kl_balance_ref,
+    lambda_return_ref,
+    ln_gru_ref,
+    straight_through_categorical_ref,
+)
+from dreamer_fast.rssm import RSSM, RSSMState
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
+    "RSSM",
+    "RSSMState",
     "extension_loaded",
     "has_kernel",
     "kl_balance",
     "kl_balance_ref",
     "lambda_return",
     "lambda_return_ref",
+    "ln_gru",
+    "ln_gru_ref",
     "straight_through_categorical",
     "straight_through_categorical_ref",
 ]

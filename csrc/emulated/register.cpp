@@ -44,4 +44,6 @@ TORCH_LIBRARY_IMPL(dreamer_fast_emu, CPU, m) {
   m.impl("kl_balance_backward", &impl::kl_balance_backward);
   m.impl("straight_through_categorical", &impl::straight_through_categorical);
   m.impl("straight_through_categorical_backward", &impl::straight_through_categorical_backward);
+  m.impl("ln_gru", &impl::ln_gru);
+  m.impl("ln_gru_backward", &impl::ln_gru_backward);
 }

@@ -1,0 +1,147 @@
+"""RSSM at DreamerV2's Atari sizes (deter 600, hidden 600, 32x32 latents, 18 actions, 1536 embed), float32.
+
+- observe T=50 B=16 forward+backward (a world-model batch): fused vs reference vs a torch.compile'd reference step
+  (the reference's obs_step compiled once and called in the Python loop; compiling the 50-step unrolled sequence
+  takes minutes, so it is not timed: see `test_observe` below);
+- imagine H=15 B=800 with a 4x400 ELU actor (straight-through one-hot actions) forward+backward: fused vs reference
+  (both GEMM-bound: ~360 GFLOP a round);
+- one policy step, B=1, under torch.no_grad (acting in the environment): fused vs reference.
+
+Run:  pytest benchmarks/bench_rssm.py --benchmark-only --benchmark-columns=mean,stddev,rounds
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import dreamer_fast as df
+from dreamer_fast import RSSM, RSSMState
+
+ACTIONS, EMBED = 18, 1536
+COMPILE_BUDGET_S = 120.0
+
+
+def rssm(backend: str) -> RSSM:
+    torch.manual_seed(0)
+    return RSSM(ACTIONS, EMBED, backend=backend)
+
+
+def observe_batch(T=50, B=16):
+    g = torch.Generator().manual_seed(1)
+    embed = torch.randn(T, B, EMBED, generator=g).requires_grad_()
+    action = F.one_hot(torch.randint(ACTIONS, (T, B), generator=g), ACTIONS).float()
+    is_first = torch.zeros(T, B, dtype=torch.bool)
+    is_first[0] = True
+    noise = torch.rand(T, B, 32, generator=g)
+    return embed, action, is_first, noise
+
+
+def world_model_loss(m: RSSM, post: RSSMState, prior: RSSMState) -> torch.Tensor:
+    loss, _ = m.kl_loss(post, prior)
+    return loss + m.get_feat(post).square().mean()  # stands in for the decoder/reward heads
+
+
+_compiled_step: dict[int, object] = {}
+
+
+def compiled_observe(m: RSSM, embed, action, is_first, noise):
+    """The reference observe loop with its obs_step compiled (inductor); the compile happens in the warm-up."""
+    step = _compiled_step.setdefault(id(m), torch.compile(m._obs_step_reference, dynamic=False))
+    keep = (is_first == 0).float()
+    state = m.initial(embed.shape[1])
+    posts, priors = [], []
+    for t in range(embed.shape[0]):
+        state, prior = step(state, action[t], embed[t], keep[t], noise[t])
+        posts.append(state)
+        priors.append(prior)
+    return RSSMState.stack(posts), RSSMState.stack(priors)
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference", "compiled"])
+def test_observe(benchmark, impl):
+    benchmark.group = "rssm observe fwd+bwd T=50 B=16 (f32)"
+    m = rssm("fused" if impl == "fused" else "reference")
+    embed, action, is_first, noise = observe_batch()
+    params = [embed, *m.parameters()]
+
+    def run():
+        if impl == "compiled":
+            post, prior = compiled_observe(m, embed, action, is_first, noise)
+        else:
+            post, prior = m.observe(embed, action, is_first, noise=noise)
+        return torch.autograd.grad(world_model_loss(m, post, prior), params)
+
+    start = time.perf_counter()
+    run()
+    if impl == "compiled" and time.perf_counter() - start > COMPILE_BUDGET_S:
+        pytest.skip(f"torch.compile of the reference step took {time.perf_counter() - start:.0f} s (> "
+                    f"{COMPILE_BUDGET_S:.0f} s budget)")
+    run()
+    grads = benchmark.pedantic(run, rounds=5, iterations=1)
+    assert len(grads) == len(params)
+
+
+class Actor(nn.Module):
+    """DreamerV2's Atari actor: 4x400 ELU MLP -> one-hot categorical, straight-through sample."""
+
+    def __init__(self, feat: int, actions: int):
+        super().__init__()
+        layers, width = [], feat
+        for _ in range(4):
+            layers += [nn.Linear(width, 400), nn.ELU()]
+            width = 400
+        self.net = nn.Sequential(*layers, nn.Linear(width, actions))
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        probs = self.net(feat).softmax(-1)
+        index = torch.multinomial(probs.detach(), 1).squeeze(-1)
+        return F.one_hot(index, probs.shape[-1]).to(probs.dtype) + probs - probs.detach()
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+def test_imagine(benchmark, impl):
+    benchmark.group = "rssm imagine fwd+bwd H=15 B=800 + 4x400 actor (f32)"
+    m = rssm(impl)
+    actor = Actor(m.feat_size, ACTIONS)
+    g = torch.Generator().manual_seed(2)
+    start = RSSMState(
+        torch.randn(800, 600, generator=g).tanh(),
+        F.one_hot(torch.randint(32, (800, 32), generator=g), 32).float(),
+        torch.randn(800, 32, 32, generator=g),
+    )
+    used = [p for name, p in m.named_parameters() if not name.startswith(("obs_out", "post_logits"))]
+    params = [*used, *actor.parameters()]
+
+    def run():
+        torch.manual_seed(3)
+        states = m.imagine(actor, start, 15)
+        return torch.autograd.grad(m.get_feat(states).square().mean(), params)
+
+    run()
+    grads = benchmark.pedantic(run, rounds=3, iterations=1)  # ~360 GFLOP per round
+    assert len(grads) == len(params)
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+def test_policy_step(benchmark, impl):
+    benchmark.group = "rssm obs_step B=1 no_grad (f32)"
+    m = rssm(impl)
+    g = torch.Generator().manual_seed(4)
+    embed = torch.randn(1, EMBED, generator=g)
+    action = torch.zeros(1, ACTIONS)
+    is_first = torch.zeros(1, dtype=torch.bool)
+    state = m.initial(1)
+
+    def run():
+        with torch.no_grad():
+            return m.obs_step(state, action, embed, is_first)
+
+    for _ in range(10):
+        run()
+    post, _ = benchmark(run)
+    assert post.deter.shape == (1, 600) and df.RSSMState is RSSMState

@@ -1,0 +1,217 @@
+// LayerNorm-GRU on the CPU: rows in parallel, one pass over a row for each of forward and backward.
+//
+// The loops over a row are written for the vectoriser (`omp simd`; float uses the straight-line exp/tanh of
+// dreamer_fast/fastmath.h and gru.h), and the float versions are compiled for AVX-512, AVX2+FMA and the x86-64
+// baseline, chosen at load time (target_clones), since the extension is built without -march flags.
+// The weight/bias gradients are summed over fixed blocks of rows, then over the blocks in order, so the result does
+// not depend on the number of threads.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "../ln_gru_check.h"
+#include "../ops.h"
+
+// As in kl_balance.cpp, confined to this file's own functions (after the library headers): without -ftrapping-math
+// the selects of the polynomials vectorise (nothing here uses FP exceptions).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#pragma GCC optimize("no-trapping-math")
+#define DF_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define DF_CPU_CLONES
+#endif
+#include "dreamer_fast/gru.h"
+
+namespace dreamer_fast::cpu {
+namespace {
+
+constexpr int64_t kRowsPerBlock = 32;     // rows whose weight/bias gradients one task sums
+constexpr int64_t kGrainElems = 1 << 15;  // gate values per task: smaller work runs on the calling thread
+
+template <typename T>
+struct MathFor {
+  using type = StdMath;
+};
+template <>
+struct MathFor<float> {
+  using type = FastMath;
+};
+
+// Forward of rows [r0, r1): deter', mean, rstd.
+template <typename T>
+DF_FORCE_INLINE void forward_rows(const T* x, const T* h, const T* w, const T* b, T* out, T* mean, T* rstd,
+                                  int64_t r0, int64_t r1, int64_t D, T eps) {
+  using M = typename MathFor<T>::type;
+  const int64_t N = 3 * D;
+  for (int64_t row = r0; row < r1; ++row) {
+    const T* xr = x + row * N;
+    T sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < N; ++j) sum += xr[j];
+    const T m = sum / static_cast<T>(N);
+    T ssd = 0;
+#pragma omp simd reduction(+ : ssd)
+    for (int64_t j = 0; j < N; ++j) ssd += (xr[j] - m) * (xr[j] - m);
+    const T s = ln_rstd(ssd, N, eps);
+    mean[row] = m;
+    rstd[row] = s;
+    const T* hr = h + row * D;
+    T* o = out + row * D;
+#pragma omp simd
+    for (int64_t i = 0; i < D; ++i) {
+      const T yr = (xr[i] - m) * s * w[i] + b[i];
+      const T yc = (xr[D + i] - m) * s * w[D + i] + b[D + i];
+      const T yu = (xr[2 * D + i] - m) * s * w[2 * D + i] + b[2 * D + i];
+      o[i] = gru_cell<T, M>(yr, yc, yu, hr[i]);
+    }
+  }
+}
+
+// Backward of rows [r0, r1): d gates, d deter; adds Σ dy x̂ to pw and Σ dy to pb. dy: scratch of 3D values.
+template <typename T>
+DF_FORCE_INLINE void backward_rows(const T* g, const T* x, const T* h, const T* w, const T* b, const T* mean,
+                                   const T* rstd, T* dx, T* dh, T* pw, T* pb, T* dy, int64_t r0, int64_t r1,
+                                   int64_t D) {
+  using M = typename MathFor<T>::type;
+  const int64_t N = 3 * D;
+  for (int64_t row = r0; row < r1; ++row) {
+    const T* xr = x + row * N;
+    const T m = mean[row], s = rstd[row];
+    T m1 = 0, m2 = 0;
+#pragma omp simd reduction(+ : m1, m2)
+    for (int64_t i = 0; i < D; ++i) {
+      const T xr_ = (xr[i] - m) * s, xc_ = (xr[D + i] - m) * s, xu_ = (xr[2 * D + i] - m) * s;
+      T dr, dc, du, d_h;
+      gru_cell_backward<T, M>(g[row * D + i], xr_ * w[i] + b[i], xc_ * w[D + i] + b[D + i],
+                              xu_ * w[2 * D + i] + b[2 * D + i], h[row * D + i], &dr, &dc, &du, &d_h);
+      dh[row * D + i] = d_h;
+      dy[i] = dr;
+      dy[D + i] = dc;
+      dy[2 * D + i] = du;
+      m1 += dr * w[i] + dc * w[D + i] + du * w[2 * D + i];
+      m2 += dr * w[i] * xr_ + dc * w[D + i] * xc_ + du * w[2 * D + i] * xu_;
+    }
+    m1 /= static_cast<T>(N);
+    m2 /= static_cast<T>(N);
+    T* dxr = dx + row * N;
+#pragma omp simd
+    for (int64_t j = 0; j < N; ++j) {
+      const T xhat = (xr[j] - m) * s;
+      dxr[j] = ln_input_grad(dy[j] * w[j], xhat, m1, m2, s);
+      pw[j] += dy[j] * xhat;
+      pb[j] += dy[j];
+    }
+  }
+}
+
+DF_CPU_CLONES void forward_rows_f32(const float* x, const float* h, const float* w, const float* b, float* out,
+                                    float* mean, float* rstd, int64_t r0, int64_t r1, int64_t D, float eps) {
+  forward_rows<float>(x, h, w, b, out, mean, rstd, r0, r1, D, eps);
+}
+
+DF_CPU_CLONES void backward_rows_f32(const float* g, const float* x, const float* h, const float* w, const float* b,
+                                     const float* mean, const float* rstd, float* dx, float* dh, float* pw, float* pb,
+                                     float* dy, int64_t r0, int64_t r1, int64_t D) {
+  backward_rows<float>(g, x, h, w, b, mean, rstd, dx, dh, pw, pb, dy, r0, r1, D);
+}
+
+template <typename T>
+void forward_dispatch(const T* x, const T* h, const T* w, const T* b, T* out, T* mean, T* rstd, int64_t r0,
+                      int64_t r1, int64_t D, T eps) {
+  if constexpr (std::is_same_v<T, float>)
+    forward_rows_f32(x, h, w, b, out, mean, rstd, r0, r1, D, eps);
+  else
+    forward_rows<T>(x, h, w, b, out, mean, rstd, r0, r1, D, eps);
+}
+
+template <typename T>
+void backward_dispatch(const T* g, const T* x, const T* h, const T* w, const T* b, const T* mean, const T* rstd,
+                       T* dx, T* dh, T* pw, T* pb, T* dy, int64_t r0, int64_t r1, int64_t D) {
+  if constexpr (std::is_same_v<T, float>)
+    backward_rows_f32(g, x, h, w, b, mean, rstd, dx, dh, pw, pb, dy, r0, r1, D);
+  else
+    backward_rows<T>(g, x, h, w, b, mean, rstd, dx, dh, pw, pb, dy, r0, r1, D);
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ln_gru(const at::Tensor& gates, const at::Tensor& deter,
+                                                      const at::Tensor& weight, const at::Tensor& bias, double eps) {
+  const int64_t D = check_ln_gru_inputs("ln_gru", gates, deter, weight, bias, /*allow_half=*/false);
+  const int64_t B = gates.size(0);
+  at::Tensor out = at::empty_like(deter);
+  at::Tensor mean = at::empty({B}, gates.options());
+  at::Tensor rstd = at::empty({B}, gates.options());
+  if (B == 0) return {out, mean, rstd};
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "ln_gru_cpu", [&] {
+    const scalar_t* x = gates.const_data_ptr<scalar_t>();
+    const scalar_t* h = deter.const_data_ptr<scalar_t>();
+    const scalar_t* w = weight.const_data_ptr<scalar_t>();
+    const scalar_t* b = bias.const_data_ptr<scalar_t>();
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    scalar_t* mu = mean.mutable_data_ptr<scalar_t>();
+    scalar_t* rs = rstd.mutable_data_ptr<scalar_t>();
+    const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, 3 * D));
+    at::parallel_for(0, B, grain, [&](int64_t r0, int64_t r1) {
+      forward_dispatch<scalar_t>(x, h, w, b, o, mu, rs, r0, r1, D, static_cast<scalar_t>(eps));
+    });
+  });
+  return {out, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ln_gru_backward(
+    const at::Tensor& grad, const at::Tensor& gates, const at::Tensor& deter, const at::Tensor& weight,
+    const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& rstd) {
+  const char* op = "ln_gru_backward";
+  const int64_t D = check_ln_gru_inputs(op, gates, deter, weight, bias, /*allow_half=*/false);
+  check_same(op, "grad", grad, deter, "deter");
+  check_shape(op, "grad", grad, deter.sizes());
+  check_ln_gru_stats(op, "mean", mean, gates);
+  check_ln_gru_stats(op, "rstd", rstd, gates);
+  const int64_t B = gates.size(0), N = 3 * D;
+  at::Tensor d_gates = at::empty_like(gates), d_deter = at::empty_like(deter);
+  at::Tensor d_weight = at::empty_like(weight), d_bias = at::empty_like(bias);
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "ln_gru_backward_cpu", [&] {
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    const scalar_t* x = gates.const_data_ptr<scalar_t>();
+    const scalar_t* h = deter.const_data_ptr<scalar_t>();
+    const scalar_t* w = weight.const_data_ptr<scalar_t>();
+    const scalar_t* b = bias.const_data_ptr<scalar_t>();
+    const scalar_t* mu = mean.const_data_ptr<scalar_t>();
+    const scalar_t* rs = rstd.const_data_ptr<scalar_t>();
+    scalar_t* dx = d_gates.mutable_data_ptr<scalar_t>();
+    scalar_t* dh = d_deter.mutable_data_ptr<scalar_t>();
+    const int64_t blocks = (B + kRowsPerBlock - 1) / kRowsPerBlock;
+    // partial[k] = (Σ dy x̂, Σ dy) over the rows of block k, each [N]
+    std::vector<scalar_t> partial(static_cast<size_t>(blocks) * 2 * N, scalar_t(0));
+    const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, kRowsPerBlock * N));
+    at::parallel_for(0, blocks, grain, [&](int64_t k0, int64_t k1) {
+      std::vector<scalar_t> dy(N);
+      for (int64_t k = k0; k < k1; ++k) {
+        scalar_t* pw = partial.data() + k * 2 * N;
+        backward_dispatch<scalar_t>(g, x, h, w, b, mu, rs, dx, dh, pw, pw + N, dy.data(), k * kRowsPerBlock,
+                                    std::min(B, (k + 1) * kRowsPerBlock), D);
+      }
+    });
+    scalar_t* dw = d_weight.mutable_data_ptr<scalar_t>();
+    scalar_t* db = d_bias.mutable_data_ptr<scalar_t>();
+    for (int64_t j = 0; j < N; ++j) {
+      scalar_t sw = 0, sb = 0;
+      for (int64_t k = 0; k < blocks; ++k) {
+        sw += partial[k * 2 * N + j];
+        sb += partial[k * 2 * N + N + j];
+      }
+      dw[j] = sw;
+      db[j] = sb;
+    }
+  });
+  return {d_gates, d_deter, d_weight, d_bias};
+}
+
+}  // namespace dreamer_fast::cpu

@@ -1,0 +1,1 @@
+#include "ln_gru.cuh"

@@ -1,0 +1,40 @@
+// Argument checks of the ln_gru kernels, shared by the CPU and CUDA builds (csrc/check.h's helpers).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include "check.h"
+
+namespace dreamer_fast {
+
+// gates [B, 3D], deter [B, D], weight and bias [3D]; all of one dtype and device, contiguous. Returns D.
+inline int64_t check_ln_gru_inputs(const char* op, const at::Tensor& gates, const at::Tensor& deter,
+                                   const at::Tensor& weight, const at::Tensor& bias, bool allow_half) {
+  check_float(op, "gates", gates, allow_half);
+  TORCH_CHECK(gates.dim() == 2, op, ": `gates` must be [B, 3*D], got shape ", gates.sizes());
+  TORCH_CHECK(gates.size(1) % 3 == 0, op, ": `gates` must be [B, 3*D] (its last dim a multiple of 3), got shape ",
+              gates.sizes());
+  TORCH_CHECK(gates.is_contiguous(), op, ": `gates` must be contiguous");
+  const int64_t B = gates.size(0), D = gates.size(1) / 3;
+  check_same(op, "deter", deter, gates, "gates");
+  check_same(op, "weight", weight, gates, "gates");
+  check_same(op, "bias", bias, gates, "gates");
+  check_shape(op, "deter", deter, {B, D});
+  check_shape(op, "weight", weight, {3 * D});
+  check_shape(op, "bias", bias, {3 * D});
+  return D;
+}
+
+// The saved statistics: [B], float32 for float16/bfloat16 gates, else the dtype of gates.
+inline void check_ln_gru_stats(const char* op, const char* name, const at::Tensor& t, const at::Tensor& gates) {
+  const auto s = gates.scalar_type();
+  const auto want = (s == at::kHalf || s == at::kBFloat16) ? at::kFloat : s;
+  TORCH_CHECK(t.scalar_type() == want, op, ": `", name, "` must be ", want, ", got ", t.scalar_type());
+  TORCH_CHECK(t.device() == gates.device(), op, ": `", name, "` must be on the device of `gates` (", gates.device(),
+              "), got ", t.device());
+  TORCH_CHECK(t.is_contiguous(), op, ": `", name, "` must be contiguous");
+  check_shape(op, name, t, {gates.size(0)});
+}
+
+}  // namespace dreamer_fast

@@ -1,0 +1,94 @@
+"""A Linear applied at every step of a recurrence, whose weight gradient is one GEMM over the whole sequence.
+
+Autograd would compute ``dW += dy_t^T x_t`` at every step: T small GEMMs, each writing (and then adding) a full
+``[out, in]`` matrix. Here each step's backward only records ``dy_t`` and returns ``dx_t``; a sink node that every
+step depends on runs after the last of them and computes ``dW = cat(dy)^T cat(x)`` at once (as cuDNN's RNNs do).
+
+Usage (inside ``torch.enable_grad``)::
+
+    lin = SequenceLinear(weight)            # weight [out, in], e.g. a column slice of a parameter
+    for t in ...: y_t = lin(acc_t, x_t)     # acc_t + x_t @ weight^T; acc_t [B, out] or a bias [out]
+
+Under autocast the forward GEMM runs in autocast's dtype, like ``torch.addmm``; the backward computes in the
+weight's dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Rows per step from which the per-step GEMMs are efficient on their own (e.g. imagination's B = 800): the weight
+# gradient is then accumulated step by step with addmm_, which moves less memory than concatenating all the steps.
+_ROWS_PER_STEP_FOR_GEMM = 256
+
+
+class SequenceLinear:
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.weight = weight
+        # What the graph's nodes share; it holds no reference back to the graph (no reference cycle).
+        self._record = _Record(weight)
+        self._token = _Sink.apply(weight, self._record) if weight.requires_grad and torch.is_grad_enabled() else None
+
+    def __call__(self, acc: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self._token is None:
+            return torch.addmm(acc, x, self.weight.t())
+        index = len(self._record.inputs)
+        self._record.inputs.append(x.detach())
+        return _Step.apply(acc, x, self.weight.detach(), self._token, self._record, index)
+
+
+class _Record:
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.dtype, self.device = weight.dtype, weight.device
+        self.inputs: list[torch.Tensor] = []
+        self.grads: dict[int, torch.Tensor] = {}
+
+
+class _Step(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, acc, x, weight, token, record, index):
+        ctx.save_for_backward(weight)
+        ctx.record, ctx.index = record, index
+        ctx.x_dtype, ctx.acc_dtype, ctx.acc_is_row = x.dtype, acc.dtype, acc.dim() == 1
+        return torch.addmm(acc, x, weight.t())
+
+    @staticmethod
+    def backward(ctx, dy):
+        (weight,) = ctx.saved_tensors
+        ctx.record.grads[ctx.index] = dy
+        dx = None
+        if ctx.needs_input_grad[1]:
+            with torch.autocast(dy.device.type, enabled=False):
+                dx = (dy.to(weight.dtype) @ weight).to(ctx.x_dtype)
+        d_acc = None
+        if ctx.needs_input_grad[0]:
+            d_acc = (dy.sum(0) if ctx.acc_is_row else dy).to(ctx.acc_dtype)
+        d_token = torch.zeros((), dtype=weight.dtype, device=weight.device)  # orders the sink after this step
+        return d_acc, dx, None, d_token, None, None
+
+
+class _Sink(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight, record):
+        ctx.record = record
+        ctx.shape = weight.shape
+        return weight.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, _):
+        record: _Record = ctx.record
+        steps = [i for i in range(len(record.inputs)) if i in record.grads]
+        if not steps:
+            return torch.zeros(ctx.shape, dtype=record.dtype, device=record.device), None
+        with torch.autocast(record.device.type, enabled=False):
+            dys = [record.grads[i].to(record.dtype) for i in steps]
+            xs = [record.inputs[i].to(record.dtype) for i in steps]
+            if dys[0].shape[0] >= _ROWS_PER_STEP_FOR_GEMM:
+                # Each step's GEMM is big enough already: accumulate in place instead of copying all steps together.
+                d_weight = dys[0].t() @ xs[0]
+                for dy, x in zip(dys[1:], xs[1:]):
+                    d_weight.addmm_(dy.t(), x)
+            else:
+                d_weight = torch.cat(dys).t() @ torch.cat(xs)
+        record.grads.clear()  # a second backward (retain_graph) records them again
+        return d_weight, None

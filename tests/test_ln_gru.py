@@ -1,0 +1,213 @@
+"""ln_gru: fused (CPU kernel, emulated CUDA kernel, real CUDA where present) against the reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import kernel_namespaces, tol
+
+import dreamer_fast as df
+from dreamer_fast.reference import ln_gru_ref
+
+SHAPES = [(1, 1), (3, 16), (16, 600), (70, 5), (0, 4)]
+
+
+def make(B, D, device, dtype, requires_grad=False, seed=0):
+    """gates, deter, weight, bias at the scales the RSSM feeds them (gates ~ N(0, 1), weight near 1)."""
+    g = torch.Generator().manual_seed(seed)
+    gates = torch.randn(B, 3 * D, generator=g, dtype=dtype) * 2 + 0.3
+    deter = torch.randn(B, D, generator=g, dtype=dtype).tanh()
+    weight = 1 + 0.2 * torch.randn(3 * D, generator=g, dtype=dtype)
+    bias = 0.1 * torch.randn(3 * D, generator=g, dtype=dtype)
+    return [t.to(device).requires_grad_(requires_grad) for t in (gates, deter, weight, bias)]
+
+
+def test_hand_computed():
+    """D = 1: LayerNorm of three values, then the cell, by hand."""
+    x = torch.tensor([[1.0, -0.5, 2.0]], dtype=torch.float64)
+    h = torch.tensor([[0.25]], dtype=torch.float64)
+    w = torch.tensor([1.5, 0.5, 2.0], dtype=torch.float64)
+    b = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64)
+    mean = x.mean()
+    rstd = 1 / ((x - mean).square().mean() + 1e-3).sqrt()
+    y = (x - mean) * rstd * w + b
+    r = torch.sigmoid(y[0, 0])
+    c = torch.tanh(r * y[0, 1])
+    u = torch.sigmoid(y[0, 2] - 1)
+    want = (u * c + (1 - u) * h).reshape(1, 1)
+    torch.testing.assert_close(df.ln_gru(x, h, w, b, backend="fused"), want, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("B,D", SHAPES)
+def test_values_and_grads_match_reference(B, D, device, dtype):
+    fused_in = make(B, D, device, dtype, requires_grad=True)
+    ref_in = [t.detach().clone().requires_grad_() for t in fused_in]
+    out = df.ln_gru(*fused_in, backend="fused")
+    ref = ln_gru_ref(*ref_in)
+    torch.testing.assert_close(out, ref, **tol(dtype))
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, fused_in, grad)
+    want = torch.autograd.grad(ref, ref_in, grad)
+    for name, a, b in zip(("gates", "deter", "weight", "bias"), got, want):
+        torch.testing.assert_close(a, b, **tol(dtype), msg=lambda m, n=name: f"d{n}: {m}")
+
+
+@pytest.mark.parametrize("ns", kernel_namespaces())
+@pytest.mark.parametrize("B,D", [(5, 16), (70, 7), (2, 300)])
+def test_raw_kernels_match_reference(ns, B, D, dtype):
+    """Each kernel on its own (no autograd): forward, saved statistics and backward against the reference."""
+    inputs = make(B, D, "cpu", dtype, requires_grad=True)
+    ref = ln_gru_ref(*inputs)
+    grad = torch.randn_like(ref)
+    want = torch.autograd.grad(ref, inputs, grad)
+    plain = [t.detach() for t in inputs]
+    out, mean, rstd = ns.ln_gru(*plain, 1e-3)
+    torch.testing.assert_close(out, ref.detach(), **tol(dtype))
+    torch.testing.assert_close(mean, plain[0].mean(1), **tol(dtype))
+    torch.testing.assert_close(rstd, (plain[0].var(1, unbiased=False) + 1e-3).rsqrt(), **tol(dtype))
+    got = ns.ln_gru_backward(grad, *plain, mean, rstd)
+    for name, a, b in zip(("gates", "deter", "weight", "bias"), got, want):
+        torch.testing.assert_close(a, b, **tol(dtype), msg=lambda m, n=name: f"d{n}: {m}")
+
+
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_emulated_cuda_kernel_half(half):
+    """float16/bfloat16 storage, float32 math: close to the float32 reference of the rounded inputs."""
+    inputs = [t.to(half) for t in make(9, 40, "cpu", torch.float32)]
+    wide = [t.float().requires_grad_() for t in inputs]
+    ref = ln_gru_ref(*wide)
+    grad = torch.randn_like(ref).to(half)
+    want = torch.autograd.grad(ref, wide, grad.float())
+    out, mean, rstd = torch.ops.dreamer_fast_emu.ln_gru(*inputs, 1e-3)
+    assert out.dtype == half and mean.dtype == rstd.dtype == torch.float32
+    torch.testing.assert_close(out.float(), ref.detach(), **tol(half))
+    got = torch.ops.dreamer_fast_emu.ln_gru_backward(grad, *inputs, mean, rstd)
+    for a, b in zip(got, want):
+        assert a.dtype == half
+        torch.testing.assert_close(a.float(), b, rtol=5e-2, atol=5e-2)
+
+
+def test_emulated_cuda_kernel_equals_cpu_kernel():
+    """Same per-element math (dreamer_fast/gru.h); only the order of the row sums differs."""
+    inputs = [t.detach() for t in make(37, 33, "cpu", torch.float64)]
+    grad = torch.randn(37, 33, dtype=torch.float64)
+    cpu = torch.ops.dreamer_fast.ln_gru(*inputs, 1e-3)
+    emu = torch.ops.dreamer_fast_emu.ln_gru(*inputs, 1e-3)
+    for a, b in zip(emu, cpu):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+    for a, b in zip(
+        torch.ops.dreamer_fast_emu.ln_gru_backward(grad, *inputs, *cpu[1:]),
+        torch.ops.dreamer_fast.ln_gru_backward(grad, *inputs, *cpu[1:]),
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_param_grads_are_deterministic():
+    """The batch sum of the weight/bias gradients has a fixed order: two runs agree bit for bit."""
+    inputs = [t.detach() for t in make(300, 24, "cpu", torch.float32)]
+    grad = torch.randn(300, 24)
+    for ns in (torch.ops.dreamer_fast, torch.ops.dreamer_fast_emu):
+        _, mean, rstd = ns.ln_gru(*inputs, 1e-3)
+        first = ns.ln_gru_backward(grad, *inputs, mean, rstd)
+        second = ns.ln_gru_backward(grad, *inputs, mean, rstd)
+        for a, b in zip(first, second):
+            assert torch.equal(a, b)
+
+
+def test_gradcheck(device):
+    inputs = make(4, 5, device, torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *x: df.ln_gru(*x, backend="fused"), inputs)
+
+
+def test_opcheck(device):
+    inputs = make(6, 5, device, torch.float32, requires_grad=True)
+    torch.library.opcheck(torch.ops.dreamer_fast.ln_gru.default, (*inputs, 1e-3))
+
+
+def test_compile_fullgraph():
+    inputs = make(16, 12, "cpu", torch.float32, requires_grad=True)
+
+    def loss(*x):
+        return df.ln_gru(*x, backend="fused").square().mean()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    got = torch.autograd.grad(compiled(*inputs), inputs)
+    want = torch.autograd.grad(loss(*inputs), inputs)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+def test_non_contiguous_inputs(device):
+    gates, deter, weight, bias = make(10, 6, device, torch.float64)
+    g = gates.t().contiguous().t()
+    h = torch.cat([deter, deter], 1)[:, ::2]
+    w = torch.stack([weight, weight], 1)[:, 0]
+    assert not (g.is_contiguous() or h.is_contiguous() or w.is_contiguous())
+    torch.testing.assert_close(df.ln_gru(g, h, w, bias, backend="fused"), ln_gru_ref(g, h, w, bias))
+
+
+def test_empty_batch_grads(device):
+    inputs = make(0, 4, device, torch.float32, requires_grad=True)
+    out = df.ln_gru(*inputs, backend="fused")
+    assert out.shape == (0, 4)
+    d_gates, d_deter, d_weight, d_bias = torch.autograd.grad(out.sum(), inputs)
+    assert d_gates.shape == (0, 12) and d_deter.shape == (0, 4)
+    assert torch.equal(d_weight, torch.zeros(12, device=device)) and torch.equal(d_bias, torch.zeros(12, device=device))
+
+
+def test_nan_stays_in_its_row():
+    gates, deter, weight, bias = make(4, 3, "cpu", torch.float32)
+    gates[2, 1] = float("nan")
+    out = df.ln_gru(gates, deter, weight, bias, backend="fused")
+    assert torch.isnan(out[2]).all() and not torch.isnan(out[[0, 1, 3]]).any()
+
+
+BAD = [
+    ("gates 1d", lambda g, h, w, b: (g[0], h, w, b), ValueError, "`gates` must be [B, 3*D]"),
+    ("gates not 3D", lambda g, h, w, b: (g[:, :-1], h, w, b), ValueError, "`gates` must be [B, 3*D]"),
+    ("deter", lambda g, h, w, b: (g, h[:, :-1], w, b), ValueError, "`deter` must have shape [B, D]"),
+    ("deter batch", lambda g, h, w, b: (g, h[1:], w, b), ValueError, "`deter` must have shape [B, D]"),
+    ("weight", lambda g, h, w, b: (g, h, w[:-1], b), ValueError, "`weight` must have shape [3*D]"),
+    ("bias", lambda g, h, w, b: (g, h, w, b[None]), ValueError, "`bias` must have shape [3*D]"),
+    ("int dtype", lambda g, h, w, b: (g.long(), h, w, b), TypeError, "`gates` must be float32 or float64"),
+    ("half on cpu", lambda g, h, w, b: (g.half(), h.half(), w.half(), b.half()), TypeError, "CUDA only"),
+    ("mixed dtype", lambda g, h, w, b: (g, h.double(), w, b), TypeError, "`deter` has dtype torch.float64"),
+    ("mixed device", lambda g, h, w, b: (g, h, w, b.to("meta")), ValueError, "`bias` is on meta"),
+    ("not a tensor", lambda g, h, w, b: (g, h, 1.0, b), TypeError, "`weight` must be a torch.Tensor"),
+]
+
+
+@pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
+def test_bad_inputs(case):
+    _, mutate, exc, match = case
+    args = mutate(*make(5, 4, "cpu", torch.float32))
+    with pytest.raises(exc, match=match.replace("[", r"\[").replace("]", r"\]").replace("*", r"\*")):
+        df.ln_gru(*args, backend="fused")
+
+
+@pytest.mark.parametrize("eps", [-1e-3, float("nan"), "1e-3"])
+def test_bad_eps(eps):
+    with pytest.raises((ValueError, TypeError), match="`eps`"):
+        df.ln_gru(*make(3, 2, "cpu", torch.float32), eps)
+
+
+def test_cpp_checks_name_the_argument():
+    """The C++ kernels check too (for callers who skip the Python wrapper)."""
+    g, h, w, b = make(5, 4, "cpu", torch.float32)
+    for ns in (torch.ops.dreamer_fast, torch.ops.dreamer_fast_emu):
+        with pytest.raises(RuntimeError, match="`deter` must have shape"):
+            ns.ln_gru(g, h[:, 1:].contiguous(), w, b, 1e-3)
+        with pytest.raises(RuntimeError, match="`bias` must have the dtype"):
+            ns.ln_gru(g, h, w, b.double(), 1e-3)
+        with pytest.raises(RuntimeError, match=r"`gates` must be \[B, 3\*D\]"):
+            ns.ln_gru(g[:, 1:].contiguous(), h, w, b, 1e-3)
+        out, mean, rstd = ns.ln_gru(g, h, w, b, 1e-3)
+        with pytest.raises(RuntimeError, match="`rstd` must have shape"):
+            ns.ln_gru_backward(out, g, h, w, b, mean, rstd[1:])
+        with pytest.raises(RuntimeError, match="`grad` must have shape"):
+            ns.ln_gru_backward(out[1:], g, h, w, b, mean, rstd)
+
+
+def test_reference_backend_matches():
+    inputs = make(7, 9, "cpu", torch.float64)
+    torch.testing.assert_close(df.ln_gru(*inputs, backend="reference"), df.ln_gru(*inputs, backend="fused"))

@@ -40,11 +40,11 @@ int main() {
   // The cell by hand: r = σ(0.5), c = tanh(r·(-1.2)), u = σ(2 - 1), h' = u c + (1 - u) 0.3.
   {
     const double r = 1 / (1 + std::exp(-0.5)), c = std::tanh(r * -1.2), u = 1 / (1 + std::exp(-1.0));
-    CHECK_NEAR(gru_cell(0.5, -1.2, 2.0, 0.3), u * c + (1 - u) * 0.3, 1e-15);
-    CHECK_NEAR(gru_cell(0.5f, -1.2f, 2.0f, 0.3f), u * c + (1 - u) * 0.3, 1e-6);
+    EXPECT_NEAR(gru_cell(0.5, -1.2, 2.0, 0.3), u * c + (1 - u) * 0.3, 1e-15);
+    EXPECT_NEAR(gru_cell(0.5f, -1.2f, 2.0f, 0.3f), u * c + (1 - u) * 0.3, 1e-6);
     // Saturated gates stay finite: u -> 0 keeps h, u -> 1 takes the candidate.
-    CHECK_NEAR(gru_cell(0.0, 1.0, -1e4, 0.7), 0.7, 1e-15);
-    CHECK_NEAR(gru_cell(1e4, 0.0, 1e4, 0.7), 0.0, 1e-15);
+    EXPECT_NEAR(gru_cell(0.0, 1.0, -1e4, 0.7), 0.7, 1e-15);
+    EXPECT_NEAR(gru_cell(1e4, 0.0, 1e4, 0.7), 0.0, 1e-15);
   }
   // The cell's gradient against central differences.
   {
@@ -52,10 +52,10 @@ int main() {
     double dr, dc, du, dh;
     gru_cell_backward(g, yr, yc, yu, h, &dr, &dc, &du, &dh);
     auto f = [&](double a, double b_, double c, double d) { return g * gru_cell(a, b_, c, d); };
-    CHECK_NEAR(dr, (f(yr + e, yc, yu, h) - f(yr - e, yc, yu, h)) / (2 * e), 1e-8);
-    CHECK_NEAR(dc, (f(yr, yc + e, yu, h) - f(yr, yc - e, yu, h)) / (2 * e), 1e-8);
-    CHECK_NEAR(du, (f(yr, yc, yu + e, h) - f(yr, yc, yu - e, h)) / (2 * e), 1e-8);
-    CHECK_NEAR(dh, (f(yr, yc, yu, h + e) - f(yr, yc, yu, h - e)) / (2 * e), 1e-8);
+    EXPECT_NEAR(dr, (f(yr + e, yc, yu, h) - f(yr - e, yc, yu, h)) / (2 * e), 1e-8);
+    EXPECT_NEAR(dc, (f(yr, yc + e, yu, h) - f(yr, yc - e, yu, h)) / (2 * e), 1e-8);
+    EXPECT_NEAR(du, (f(yr, yc, yu + e, h) - f(yr, yc, yu - e, h)) / (2 * e), 1e-8);
+    EXPECT_NEAR(dh, (f(yr, yc, yu, h + e) - f(yr, yc, yu, h - e)) / (2 * e), 1e-8);
   }
   // A whole row: LayerNorm + affine + cell, every input gradient composed from the header's pieces.
   {
@@ -87,14 +87,14 @@ int main() {
       auto xp = x, xm = x, wp = w, wm = w, bp = b, bm = b;
       xp[j] += e, xm[j] -= e, wp[j] += e, wm[j] -= e, bp[j] += e, bm[j] -= e;
       const double dx = ln_input_grad(dy[j] * w[j], xhat[j], m1, m2, rstd);
-      CHECK_NEAR(dx, (row_loss(xp, h, w, b, g) - row_loss(xm, h, w, b, g)) / (2 * e), 1e-7);
-      CHECK_NEAR(dy[j] * xhat[j], (row_loss(x, h, wp, b, g) - row_loss(x, h, wm, b, g)) / (2 * e), 1e-7);
-      CHECK_NEAR(dy[j], (row_loss(x, h, w, bp, g) - row_loss(x, h, w, bm, g)) / (2 * e), 1e-7);
+      EXPECT_NEAR(dx, (row_loss(xp, h, w, b, g) - row_loss(xm, h, w, b, g)) / (2 * e), 1e-7);
+      EXPECT_NEAR(dy[j] * xhat[j], (row_loss(x, h, wp, b, g) - row_loss(x, h, wm, b, g)) / (2 * e), 1e-7);
+      EXPECT_NEAR(dy[j], (row_loss(x, h, w, bp, g) - row_loss(x, h, w, bm, g)) / (2 * e), 1e-7);
     }
     for (int i = 0; i < D; ++i) {
       auto hp = h, hm = h;
       hp[i] += e, hm[i] -= e;
-      CHECK_NEAR(dh[i], (row_loss(x, hp, w, b, g) - row_loss(x, hm, w, b, g)) / (2 * e), 1e-7);
+      EXPECT_NEAR(dh[i], (row_loss(x, hp, w, b, g) - row_loss(x, hm, w, b, g)) / (2 * e), 1e-7);
     }
   }
   // The straight-line float tanh (exp_poly is tested in test_kl.cpp) and the cell with FastMath.
@@ -102,13 +102,13 @@ int main() {
     double worst_tanh = 0;
     for (float x = -20.0f; x < 20.0f; x += 0.000377f)
       worst_tanh = std::fmax(worst_tanh, std::fabs(tanh_poly(x) - std::tanh(static_cast<double>(x))));
-    CHECK(worst_tanh < 3e-7);
-    CHECK_NEAR(tanh_poly(1e-5f), 1e-5, 1e-12);  // no cancellation near 0
-    CHECK(std::isnan(tanh_poly(NAN)));
-    CHECK(tanh_poly(INFINITY) == 1.0f && tanh_poly(-INFINITY) == -1.0f && tanh_poly(100.0f) == 1.0f);
+    EXPECT(worst_tanh < 3e-7);
+    EXPECT_NEAR(tanh_poly(1e-5f), 1e-5, 1e-12);  // no cancellation near 0
+    EXPECT(std::isnan(tanh_poly(NAN)));
+    EXPECT(tanh_poly(INFINITY) == 1.0f && tanh_poly(-INFINITY) == -1.0f && tanh_poly(100.0f) == 1.0f);
     auto fast_cell = [](float a, float b, float c, float d) { return gru_cell<float, FastMath>(a, b, c, d); };
-    CHECK_NEAR(fast_cell(0.5f, -1.2f, 2.0f, 0.3f), gru_cell(0.5, -1.2, 2.0, 0.3), 3e-7);
-    CHECK(std::isnan(fast_cell(NAN, 0.1f, 0.2f, 0.3f)));
+    EXPECT_NEAR(fast_cell(0.5f, -1.2f, 2.0f, 0.3f), gru_cell(0.5, -1.2, 2.0, 0.3), 3e-7);
+    EXPECT(std::isnan(fast_cell(NAN, 0.1f, 0.2f, 0.3f)));
   }
   return report("test_gru");
 }

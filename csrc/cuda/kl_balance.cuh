@@ -21,6 +21,7 @@
 #include "../kl_balance_check.h"
 #include "dreamer_fast/kl.h"
 #include "launch.h"
+#include "reduce.cuh"
 
 namespace dreamer_fast::DF_KERNEL_NS {
 namespace kl_balance_kernels {
@@ -38,28 +39,9 @@ constexpr int64_t kMaxBlocks = 2;  // the emulator's tests use small shapes: mak
 // all lanes end with identical bits.
 template <typename T>
 struct WarpReduce {
-  __device__ T max(T v) const {
-    for (int o = kWarp / 2; o > 0; o /= 2) v = df_max(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-  }
-  __device__ T sum(T v) const {
-    for (int o = kWarp / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-  }
+  __device__ T max(T v) const { return warp_max(v); }
+  __device__ T sum(T v) const { return warp_sum(v); }
 };
-
-// Sum of one value per thread over the block, in a fixed order; every thread gets it. `partial`: kMaxWarps shared.
-template <typename T>
-__device__ T block_sum(T v, T* partial) {
-  v = WarpReduce<T>{}.sum(v);
-  const int warps = blockDim.x / kWarp;
-  if (threadIdx.x % kWarp == 0) partial[threadIdx.x / kWarp] = v;
-  __syncthreads();
-  T total = T(0);
-  for (int w = 0; w < warps; ++w) total += partial[w];
-  __syncthreads();  // before anyone writes `partial` again
-  return total;
-}
 
 template <typename scalar_t>
 __global__ void forward(const scalar_t* __restrict__ x, const scalar_t* __restrict__ y, scalar_t* __restrict__ kl,

@@ -20,6 +20,7 @@
 #include "../ln_gru_check.h"
 #include "dreamer_fast/gru.h"
 #include "launch.h"
+#include "reduce.cuh"
 
 namespace dreamer_fast::DF_KERNEL_NS {
 namespace ln_gru_kernels {
@@ -33,19 +34,6 @@ constexpr int64_t kMaxBlocks = 1 << 16;  // grid-stride beyond this
 #else
 constexpr int64_t kMaxBlocks = 3;  // the emulator's tests use small shapes: make them take the grid-stride loop too
 #endif
-
-// Sum of one value per thread over the block, in a fixed order; every thread gets it. `partial`: kMaxWarps shared.
-template <typename T>
-__device__ T block_sum(T v, T* partial) {
-  for (int o = kWarp / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-  const int warps = blockDim.x / kWarp;
-  if (threadIdx.x % kWarp == 0) partial[threadIdx.x / kWarp] = v;
-  __syncthreads();
-  T total = T(0);
-  for (int w = 0; w < warps; ++w) total += partial[w];
-  __syncthreads();  // before anyone writes `partial` again
-  return total;
-}
 
 template <typename scalar_t>
 __global__ void forward(const scalar_t* __restrict__ x, const scalar_t* __restrict__ h,

@@ -37,4 +37,16 @@ inline void check_ln_gru_stats(const char* op, const char* name, const at::Tenso
   check_shape(op, name, t, {gates.size(0)});
 }
 
+// ln_gru_backward's inputs: those of ln_gru, plus grad [B, D] and the saved statistics. Returns D.
+inline int64_t check_ln_gru_backward_inputs(const char* op, const at::Tensor& grad, const at::Tensor& gates,
+                                            const at::Tensor& deter, const at::Tensor& weight, const at::Tensor& bias,
+                                            const at::Tensor& mean, const at::Tensor& rstd, bool allow_half) {
+  const int64_t D = check_ln_gru_inputs(op, gates, deter, weight, bias, allow_half);
+  check_same(op, "grad", grad, deter, "deter");
+  check_shape(op, "grad", grad, deter.sizes());
+  check_ln_gru_stats(op, "mean", mean, gates);
+  check_ln_gru_stats(op, "rstd", rstd, gates);
+  return D;
+}
+
 }  // namespace dreamer_fast

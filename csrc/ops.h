@@ -30,6 +30,20 @@
       const at::Tensor& grad, const at::Tensor& gates, const at::Tensor& deter, const at::Tensor& weight,       \
       const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& rstd);
 
+// Registers every op of backend namespace `ns` (dreamer_fast::cpu, ::cuda or ::emulated) on the library `m`:
+// the one list of kernels, so no backend can miss an op.
+#define DF_REGISTER_KERNELS(m, ns)                                                             \
+  do {                                                                                           \
+    m.impl("lambda_return", &ns::lambda_return);                                               \
+    m.impl("lambda_return_backward", &ns::lambda_return_backward);                             \
+    m.impl("kl_balance", &ns::kl_balance);                                                     \
+    m.impl("kl_balance_backward", &ns::kl_balance_backward);                                   \
+    m.impl("straight_through_categorical", &ns::straight_through_categorical);                 \
+    m.impl("straight_through_categorical_backward", &ns::straight_through_categorical_backward); \
+    m.impl("ln_gru", &ns::ln_gru);                                                             \
+    m.impl("ln_gru_backward", &ns::ln_gru_backward);                                           \
+  } while (0)
+
 namespace dreamer_fast {
 namespace cpu {
 DF_DECLARE_OPS

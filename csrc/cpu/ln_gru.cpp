@@ -169,11 +169,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ln_gru_backward(
     const at::Tensor& grad, const at::Tensor& gates, const at::Tensor& deter, const at::Tensor& weight,
     const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& rstd) {
   const char* op = "ln_gru_backward";
-  const int64_t D = check_ln_gru_inputs(op, gates, deter, weight, bias, /*allow_half=*/false);
-  check_same(op, "grad", grad, deter, "deter");
-  check_shape(op, "grad", grad, deter.sizes());
-  check_ln_gru_stats(op, "mean", mean, gates);
-  check_ln_gru_stats(op, "rstd", rstd, gates);
+  const int64_t D = check_ln_gru_backward_inputs(op, grad, gates, deter, weight, bias, mean, rstd,
+                                                     /*allow_half=*/false);
   const int64_t B = gates.size(0), N = 3 * D;
   at::Tensor d_gates = at::empty_like(gates), d_deter = at::empty_like(deter);
   at::Tensor d_weight = at::empty_like(weight), d_bias = at::empty_like(bias);

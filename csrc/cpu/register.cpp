@@ -4,13 +4,5 @@
 #include "../ops.h"
 
 TORCH_LIBRARY_IMPL(dreamer_fast, CPU, m) {
-  namespace impl = dreamer_fast::cpu;
-  m.impl("lambda_return", &impl::lambda_return);
-  m.impl("lambda_return_backward", &impl::lambda_return_backward);
-  m.impl("kl_balance", &impl::kl_balance);
-  m.impl("kl_balance_backward", &impl::kl_balance_backward);
-  m.impl("straight_through_categorical", &impl::straight_through_categorical);
-  m.impl("straight_through_categorical_backward", &impl::straight_through_categorical_backward);
-  m.impl("ln_gru", &impl::ln_gru);
-  m.impl("ln_gru_backward", &impl::ln_gru_backward);
+  DF_REGISTER_KERNELS(m, dreamer_fast::cpu);
 }

@@ -26,7 +26,7 @@
 namespace dreamer_fast::DF_KERNEL_NS {
 namespace kl_balance_kernels {
 
-constexpr int kWarp = 32;
+constexpr int kWarp = kWarpSize;
 constexpr int kMaxWarps = 8;  // warps per block
 constexpr int kThreads = kWarp * kMaxWarps;
 #ifdef __CUDACC__

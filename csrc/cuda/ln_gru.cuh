@@ -25,7 +25,7 @@
 namespace dreamer_fast::DF_KERNEL_NS {
 namespace ln_gru_kernels {
 
-constexpr int kWarp = 32;
+constexpr int kWarp = kWarpSize;
 constexpr int kMaxWarps = 8;
 constexpr int kMaxThreads = kWarp * kMaxWarps;
 constexpr int64_t kRowsPerChunk = 32;  // rows summed by one thread of param_grad_partial (more past 65535 chunks)
@@ -188,11 +188,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ln_gru_backward(
     const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& rstd) {
   namespace k = ln_gru_kernels;
   const char* op = "ln_gru_backward";
-  const int64_t D = check_ln_gru_inputs(op, gates, deter, weight, bias, /*allow_half=*/true);
-  check_same(op, "grad", grad, deter, "deter");
-  check_shape(op, "grad", grad, deter.sizes());
-  check_ln_gru_stats(op, "mean", mean, gates);
-  check_ln_gru_stats(op, "rstd", rstd, gates);
+  const int64_t D = check_ln_gru_backward_inputs(op, grad, gates, deter, weight, bias, mean, rstd,
+                                                     /*allow_half=*/true);
   const int64_t B = gates.size(0), N = 3 * D;
   at::Tensor d_gates = at::empty_like(gates), d_deter = at::empty_like(deter);
   at::Tensor d_weight = at::empty_like(weight), d_bias = at::empty_like(bias);

@@ -1,7 +1,8 @@
 """One-call GPU verification: build for this GPU, run the test suite (CUDA cases included), time every op on the GPU.
 
-    python benchmarks/gpu_check.py               # build (pip install -e, this GPU's arch), tests, GPU table
+    python benchmarks/gpu_check.py               # build in place for this GPU's arch, tests, GPU table
     python benchmarks/gpu_check.py --no-build    # use the extension already built
+    python benchmarks/gpu_check.py --cxx /usr/bin/g++   # build with this compiler (see check_cpp_errors)
 
 Prints one table: per op and dtype (float32, bfloat16), forward+backward time of fused, eager reference and
 torch.compile(reference), and the speed-ups. Fails loudly (exit 2) when no GPU is visible: this script exists to
@@ -28,20 +29,49 @@ def die(msg: str) -> None:
     raise SystemExit(2)
 
 
-def build() -> None:
+def build(cxx: str | None) -> None:
     major, minor = torch.cuda.get_device_capability()
     env = dict(os.environ, TORCH_CUDA_ARCH_LIST=f"{major}.{minor}", DREAMER_FAST_CUDA="1")
-    cmd = [sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", str(ROOT)]
+    if cxx:
+        env["CXX"] = cxx
+    cmd = [sys.executable, "setup.py", "build_ext", "--inplace"]
     print(f"gpu_check: building for sm_{major}{minor}: {' '.join(cmd)}", flush=True)
     subprocess.run(cmd, env=env, check=True, cwd=ROOT)
+    sys.path.insert(0, str(ROOT))  # the in-place build, for this process; pytest below runs from ROOT
 
 
-def run_tests() -> None:
-    cmd = [sys.executable, "-m", "pytest", "tests/", "-q", "-x", "-p", "no:cacheprovider"]
-    print(f"gpu_check: {' '.join(cmd)}", flush=True)
-    result = subprocess.run(cmd, cwd=ROOT)
+CPP_ERROR_PROBE = """
+import torch, dreamer_fast
+x = torch.randn(3, 4, 5)
+try:
+    torch.ops.dreamer_fast.kl_balance(x, x[:2], 0.8, 0.0, True, 0.0)
+except RuntimeError as e:
+    assert "prior_logits" in str(e), e
+    print("gpu_check: C++ argument checks reach Python as RuntimeError")
+"""
+
+
+def check_cpp_errors() -> None:
+    """A C++ check failing inside the extension must surface as a Python RuntimeError. With a compiler whose runtime
+    differs from torch's (the lent H200 image's default CXX, /opt/gcc/bin/g++, is one) every C++ exception thrown by
+    an extension kills the process with SIGSEGV, and the suite dies at its first bad-input test."""
+    result = subprocess.run([sys.executable, "-c", CPP_ERROR_PROBE], cwd=ROOT)
     if result.returncode != 0:
-        die(f"tests failed (exit {result.returncode})")
+        die(f"a C++ argument check crashed the process (exit {result.returncode}) instead of raising: the extension "
+            f"was compiled with a C++ runtime that does not match torch's (CXX={os.environ.get('CXX', 'c++')}); "
+            "rebuild with --cxx /usr/bin/g++ (or another compiler matching torch's libstdc++/libgcc)")
+
+
+def run_tests(timeout_s: float) -> str | None:
+    """Runs the whole suite (CUDA cases included); returns a failure description, or None when it passed. The timing
+    table is still measured after a failure, so that one run of this script reports everything it can."""
+    cmd = [sys.executable, "-m", "pytest", "tests/", "-q", "-p", "no:cacheprovider", "--durations=10"]
+    print(f"gpu_check: {' '.join(cmd)}", flush=True)
+    try:
+        result = subprocess.run(cmd, cwd=ROOT, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return f"tests did not finish in {timeout_s:.0f} s"
+    return None if result.returncode == 0 else f"tests failed (exit {result.returncode})"
 
 
 def cuda_time_ms(fn, reps: int = 50) -> float:
@@ -135,37 +165,43 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-build", action="store_true", help="use the extension already built")
     parser.add_argument("--no-tests", action="store_true", help="skip the test suite")
+    parser.add_argument("--cxx", help="C++ compiler for the build (sets CXX), e.g. /usr/bin/g++ on the lent H200")
+    parser.add_argument("--tests-timeout", type=float, default=1200.0, help="seconds the test suite may take")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         die(f"no CUDA GPU visible (torch {torch.__version__}, CUDA {torch.version.cuda}); nothing was checked")
     name = torch.cuda.get_device_name()
     print(f"gpu_check: {time.strftime('%Y-%m-%d')} on {name}, torch {torch.__version__}, CUDA {torch.version.cuda}")
     if not args.no_build:
-        build()
+        build(args.cxx)
     import dreamer_fast as df
+
+    check_cpp_errors()
 
     for op in ("lambda_return", "straight_through_categorical", "kl_balance", "ln_gru"):
         if not df.has_kernel(op, "cuda"):
             die(f"the extension has no CUDA kernel for {op}")
-    if not args.no_tests:
-        run_tests()
+    test_failure = None if args.no_tests else run_tests(args.tests_timeout)
     device = torch.device("cuda")
-    rows = []
+    print(f"\nGPU forward+backward, median ms ({name}); rows print as they are measured", flush=True)
+    print(f"| {'op':34} | dtype    | fused ms | eager ms | compiled ms | vs eager | vs compiled |")
+    print(f"|{'-' * 36}|----------|----------|----------|-------------|----------|-------------|", flush=True)
+
+    def row(label, dt, f, r, c):
+        comp, vs_comp = (f"{c:11.3f}", f"{c / f:10.1f}x") if c is not None else (f"{'-':>11}", f"{'-':>11}")
+        print(f"| {label:34} | {dt:8} | {f:8.3f} | {r:8.3f} | {comp} | {r / f:7.1f}x | {vs_comp} |", flush=True)
+
+    for label, inputs, fused, reference in rssm_cases(device):
+        row(label, "float32", cuda_time_ms(fwd_bwd(fused, inputs), reps=10),
+            cuda_time_ms(fwd_bwd(reference, inputs), reps=10), None)
     for dtype in (torch.float32, torch.bfloat16):
         for label, inputs, fused, reference in cases(device, dtype):
             t_fused = cuda_time_ms(fwd_bwd(fused, inputs))
             t_ref = cuda_time_ms(fwd_bwd(reference, inputs))
             t_comp = cuda_time_ms(fwd_bwd(torch.compile(reference, dynamic=False), inputs))
-            rows.append((label, str(dtype).removeprefix("torch."), t_fused, t_ref, t_comp))
-    for label, inputs, fused, reference in rssm_cases(device):
-        rows.append((label, "float32", cuda_time_ms(fwd_bwd(fused, inputs), reps=10),
-                     cuda_time_ms(fwd_bwd(reference, inputs), reps=10), None))
-    print(f"\nGPU forward+backward, median ms ({name})")
-    print(f"| {'op':34} | dtype    | fused ms | eager ms | compiled ms | vs eager | vs compiled |")
-    print(f"|{'-' * 36}|----------|----------|----------|-------------|----------|-------------|")
-    for label, dt, f, r, c in rows:
-        comp, vs_comp = (f"{c:11.3f}", f"{c / f:10.1f}x") if c is not None else (f"{'-':>11}", f"{'-':>11}")
-        print(f"| {label:34} | {dt:8} | {f:8.3f} | {r:8.3f} | {comp} | {r / f:7.1f}x | {vs_comp} |")
+            row(label, str(dtype).removeprefix("torch."), t_fused, t_ref, t_comp)
+    if test_failure:
+        die(test_failure)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def run_observe(m, backend, embed, action, is_first, noise, state=None):
     post, prior = m.observe(embed, action, is_first, state=state, noise=noise)
     loss, kl = m.kl_loss(post, prior)
     feat = m.get_feat(post)
-    total = loss + kl.mean() + (feat * torch.linspace(-1, 1, feat.shape[-1], dtype=feat.dtype)).sum() / 100
+    total = loss + kl.mean() + (feat * torch.linspace(-1, 1, feat.shape[-1], dtype=feat.dtype, device=feat.device)).sum() / 100
     total = total + (prior.stoch * prior.logits.detach()).sum() / 100
     inputs = [embed, action, *m.parameters()]
     if state is not None:

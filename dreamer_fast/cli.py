@@ -1,0 +1,125 @@
+"""The ``dreamer-fast`` command.
+
+    dreamer-fast train --config atari --env atari/Pong --logdir runs/pong [--steps N] [--device cpu|cuda] [--seed S]
+                       [--resume] [--set key=value ...] [--<any config key> value ...]
+    dreamer-fast eval --checkpoint runs/pong/checkpoint.pt [--episodes 5] [--device cpu]
+    dreamer-fast config --config small [--set key=value ...]     # print the resolved configuration
+
+Every key of :class:`dreamer_fast.config.Config` can be overridden, either as ``--key value`` or ``--set key=value``.
+Bad values, unknown keys, unknown environments and unreadable checkpoints exit with status 2 and a one-line error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dreamer_fast.config import Config, load_config, presets
+
+
+def _config_overrides(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("config overrides (any key of the preset; see `dreamer-fast config`)")
+    shortcuts = {"env", "steps", "device", "seed"}
+    for f in dataclasses.fields(Config):
+        if f.name in shortcuts:
+            continue
+        group.add_argument(f"--{f.name}", dest=f"cfg_{f.name}", metavar="V", default=None, help=argparse.SUPPRESS)
+    group.add_argument("--set", dest="set", metavar="KEY=VALUE", action="append", default=[],
+                       help="override a config key (repeatable)")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name in ("env", "steps", "device", "seed"):
+        if getattr(args, name, None) is not None:
+            values[name] = getattr(args, name)
+    for key, value in vars(args).items():
+        if key.startswith("cfg_") and value is not None:
+            values[key[4:]] = value
+    for item in args.set:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        values[key.strip()] = value
+    return values
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dreamer-fast", description="DreamerV2 with fused kernels.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train an agent (or continue one with --resume)")
+    train.add_argument("--config", default="atari", help=f"preset: {', '.join(presets())} (default atari)")
+    train.add_argument("--env", help="atari/<Game> (e.g. atari/Pong) or gym/<id> (e.g. gym/CartPole-v1)")
+    train.add_argument("--logdir", required=True, type=Path, help="where logs, plots and checkpoints go")
+    train.add_argument("--steps", help="policy steps in total")
+    train.add_argument("--device", help="cpu, cuda or cuda:N")
+    train.add_argument("--seed")
+    train.add_argument("--resume", action="store_true", help="continue the run in --logdir from its checkpoint")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _config_overrides(train)
+
+    ev = sub.add_parser("eval", help="greedy evaluation episodes of a checkpoint")
+    ev.add_argument("--checkpoint", required=True, type=Path)
+    ev.add_argument("--episodes", type=int, default=5)
+    ev.add_argument("--device", default=None)
+
+    show = sub.add_parser("config", help="print the resolved configuration of a preset with overrides")
+    show.add_argument("--config", default="atari")
+    show.add_argument("--env")
+    show.add_argument("--steps")
+    show.add_argument("--device")
+    show.add_argument("--seed")
+    _config_overrides(show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ValueError as e:  # config, env id, checkpoint errors: one clear line, no traceback
+        print(f"dreamer-fast: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "config":
+        print(yaml.safe_dump(load_config(args.config, _overrides(args)).to_dict(), sort_keys=False), end="")
+        return 0
+    if args.command == "eval":
+        from dreamer_fast.envs import make_env
+        from dreamer_fast.train import evaluate, load_agent
+
+        agent, config, ckpt = load_agent(args.checkpoint, args.device)
+        env = make_env(config, seed=config.seed + 10_000)
+        returns = evaluate(agent, env, args.episodes)
+        env.close()
+        mean = sum(returns) / len(returns)
+        print(f"{config.env}: {len(returns)} greedy episodes after {ckpt['step']:,} steps: mean return {mean:.2f} "
+              f"({', '.join(f'{r:.1f}' for r in returns)})")
+        return 0
+
+    from dreamer_fast.train import resolve_resume_config, train
+
+    overrides = _overrides(args)
+    if args.resume:
+        config = resolve_resume_config(args.logdir, overrides)
+    else:
+        config = load_config(args.config, overrides)
+    result = train(config, args.logdir, resume=args.resume, progress=not args.no_progress)
+    status = "interrupted" if result["interrupted"] else "finished"
+    print(f"dreamer-fast: {status} at step {result['step']:,} ({result['updates']:,} updates, "
+          f"{result['episodes']:,} episodes); logs, plots and checkpoint in {result['logdir']}")
+    if "eval_returns" in result:
+        print(f"dreamer-fast: greedy evaluation returns {result['eval_returns']}")
+    return 130 if result["interrupted"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

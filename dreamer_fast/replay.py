@@ -140,7 +140,7 @@ class Replay:
     def _load(self) -> None:
         for stale in self.directory.glob(_TMP_PREFIX + "*"):  # an interrupted write never became a chunk
             stale.unlink(missing_ok=True)
-        entries = sorted((m, p) for p in self.directory.iterdir() if (m := _NAME.match(p.name)))
+        entries = [(m, p) for p in sorted(self.directory.iterdir()) if (m := _NAME.match(p.name))]
         # Keep the newest chunks that fit; delete the rest without reading them (lengths are in the names).
         total, keep = 0, len(entries)
         for i in range(len(entries) - 1, -1, -1):

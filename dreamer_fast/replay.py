@@ -1,0 +1,235 @@
+"""Sequence replay: steps stored in chunks (in memory and as ``.npz`` files), sampled as time-major windows.
+
+A step is the dict an env returns plus ``"action"`` (float32 ``[A]``, the action taken *before* this observation;
+zeros on ``is_first``). Each worker (parallel env) appends to its own pending chunk; a chunk is finalised when its
+episode ends or it holds ``chunk`` steps. A finalised chunk is written atomically to
+``<directory>/<seq>-w<worker>-<c|s>-<length>.npz`` (``seq`` zero-padded, so names sort in insertion order; ``c``
+when the chunk continues the worker's previous chunk, ``s`` when it starts fresh) and appended to the in-memory
+store. Beyond ``capacity`` steps the oldest chunks are dropped from memory and their files deleted. A new
+``Replay`` over a directory with chunk files loads them in order (resume).
+
+``sample(batch, length)`` draws windows of ``length`` consecutive *stored* steps, uniformly over all start
+positions. Stored order interleaves workers, so a window may run from one worker's chunk into an unrelated one;
+there, and at the window's first step, ``is_first`` is set True and ``action`` zeroed, so the model restarts its
+state from zeros exactly as it does at an episode start. (DreamerV2's official agent instead carries the posterior
+across batches; starting each sequence from zeros is the documented simpler choice.)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_NAME = re.compile(r"^(\d{10})-w(\d+)-([cs])-(\d+)\.npz$")
+_TMP_PREFIX = ".chunk-"
+_FLAGS = ("is_first", "is_last", "is_terminal")
+
+
+@dataclass
+class _Chunk:
+    """Consecutive steps of one worker: ``data[key]`` is ``[n, ...]``."""
+
+    data: dict[str, np.ndarray]
+    worker: int
+    continues: bool  # the worker's previous chunk is the same episode, directly before this one
+    joins: bool  # ... and that chunk is stored directly before this one, so windows may run across
+    path: Path
+
+    def __len__(self) -> int:
+        return len(self.data["reward"])
+
+
+class Replay:
+    """Chunked on-disk + in-memory step replay with uniform sampling of time-major windows.
+
+    Args:
+        directory: where chunk files live (created if missing); existing chunk files are loaded.
+        capacity: the most steps kept; beyond it the oldest chunks are dropped (memory and files).
+        seed: seeds the sampler's ``numpy.random.Generator``.
+        chunk: steps per chunk (a chunk also ends at an episode's last step); at most ``capacity``.
+    """
+
+    def __init__(self, directory: str | os.PathLike, capacity: int, seed: int = 0, chunk: int = 1024) -> None:
+        if capacity <= 0 or chunk <= 0:
+            raise ValueError(f"Replay: capacity and chunk must be > 0, got capacity={capacity}, chunk={chunk}")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.capacity = capacity
+        self.chunk = min(chunk, capacity)  # a chunk bigger than the capacity would evict itself
+        self._rng = np.random.default_rng(seed)
+        self._chunks: list[_Chunk] = []
+        self._starts = np.zeros(0, np.int64)  # start index of each stored chunk, for searchsorted; rebuilt lazily
+        self._starts_valid = True
+        self._size = 0
+        self._episodes = 0
+        self._keys: tuple[str, ...] | None = None
+        self._pending: dict[int, list[dict[str, np.ndarray]]] = {}
+        self._open_episode: dict[int, bool] = {}  # worker -> its last finalised chunk ended mid-episode
+        self._seq = 0
+        self._load()
+
+    # ------------------------------------------------------------------ adding
+
+    def add(self, step: dict[str, Any], worker: int = 0) -> None:
+        """Appends one step (obs keys, ``reward``, ``is_first``, ``is_last``, ``is_terminal``, ``action``)."""
+        step = self._check_step(step)
+        pending = self._pending.setdefault(worker, [])
+        if step["is_first"] and pending:  # a reset without is_last (e.g. the env was abandoned): close the chunk
+            self._finalise(worker)
+            pending = self._pending.setdefault(worker, [])
+        pending.append(step)
+        if step["is_last"] or len(pending) >= self.chunk:
+            self._finalise(worker)
+
+    def save(self) -> None:
+        """Finalises every worker's pending steps (call before a checkpoint so nothing is lost on resume)."""
+        for worker in list(self._pending):
+            self._finalise(worker)
+
+    def _check_step(self, step: dict[str, Any]) -> dict[str, np.ndarray]:
+        required = {"reward", "action", *_FLAGS}
+        missing = required - set(step)
+        if missing:
+            raise ValueError(f"Replay.add: step is missing key(s) {sorted(missing)}; got {sorted(step)}")
+        keys = tuple(sorted(step))
+        if self._keys is None:
+            self._keys = keys
+        elif keys != self._keys:
+            raise ValueError(f"Replay.add: step keys {list(keys)} differ from the stored keys {list(self._keys)}")
+        out = {k: np.asarray(v) for k, v in step.items()}
+        out["reward"] = out["reward"].astype(np.float32)
+        out["action"] = out["action"].astype(np.float32)
+        for flag in _FLAGS:
+            out[flag] = out[flag].astype(bool)
+        return out
+
+    def _finalise(self, worker: int) -> None:
+        steps = self._pending.pop(worker, [])
+        if not steps:
+            return
+        data = {key: np.stack([s[key] for s in steps]) for key in steps[0]}
+        continues = bool(self._open_episode.get(worker, False) and not data["is_first"][0])
+        self._open_episode[worker] = not bool(data["is_last"][-1])
+        name = f"{self._seq:010d}-w{worker}-{'c' if continues else 's'}-{len(steps)}.npz"
+        self._seq += 1
+        path = self.directory / name
+        _write_npz(path, data)
+        self._append(_Chunk(data, worker, continues, False, path))
+
+    def _append(self, chunk: _Chunk) -> None:
+        last = self._chunks[-1] if self._chunks else None
+        chunk.joins = chunk.continues and last is not None and last.worker == chunk.worker
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        self._episodes += int(chunk.data["is_last"].sum())
+        self._starts_valid = False
+        while self._size > self.capacity:
+            old = self._chunks.pop(0)
+            self._size -= len(old)
+            self._episodes -= int(old.data["is_last"].sum())
+            old.path.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ resume
+
+    def _load(self) -> None:
+        for stale in self.directory.glob(_TMP_PREFIX + "*"):  # an interrupted write never became a chunk
+            stale.unlink(missing_ok=True)
+        entries = [(m, p) for p in sorted(self.directory.iterdir()) if (m := _NAME.match(p.name))]
+        # Keep the newest chunks that fit; delete the rest without reading them (lengths are in the names).
+        total, keep = 0, len(entries)
+        for i in range(len(entries) - 1, -1, -1):
+            if total + int(entries[i][0].group(4)) > self.capacity:
+                break
+            total += int(entries[i][0].group(4))
+            keep = i
+        for _, path in entries[:keep]:
+            path.unlink(missing_ok=True)
+        for match, path in entries[keep:]:
+            with np.load(path) as npz:
+                data = {key: npz[key] for key in npz.files}
+            keys = tuple(sorted(data))
+            if self._keys is not None and keys != self._keys:
+                raise ValueError(f"Replay: {path} holds keys {list(keys)}, other chunks {list(self._keys)}")
+            self._keys = keys
+            worker = int(match.group(2))
+            # A new process's envs start new episodes, so no worker continues a loaded chunk.
+            self._append(_Chunk(data, worker, match.group(3) == "c", False, path))
+        if entries:
+            self._seq = int(entries[-1][0].group(1)) + 1
+
+    # ------------------------------------------------------------------ sampling
+
+    def __len__(self) -> int:
+        """Stored (finalised) steps."""
+        return self._size
+
+    @property
+    def episodes(self) -> int:
+        """Completed episodes among the stored steps (steps with ``is_last``)."""
+        return self._episodes
+
+    def sample(self, batch: int, length: int) -> dict[str, np.ndarray]:
+        """``batch`` windows of ``length`` consecutive stored steps, time-major: each value is ``[length, batch, ...]``.
+
+        ``is_first[0]`` is True and ``action[0]`` zero in every window, and likewise at every chunk boundary inside
+        a window where the next chunk does not continue the same worker's episode.
+        """
+        if batch <= 0 or length <= 0:
+            raise ValueError(f"Replay.sample: batch and length must be > 0, got batch={batch}, length={length}")
+        if self._size < length:
+            raise ValueError(f"Replay.sample: need at least length={length} stored steps, have {self._size} "
+                             f"(pending steps count once their chunk is finalised; see save())")
+        if not self._starts_valid:
+            self._starts = np.cumsum([0] + [len(c) for c in self._chunks])[:-1]
+            self._starts_valid = True
+        first = self._chunks[0].data
+        out = {k: np.empty((length, batch) + v.shape[1:], v.dtype) for k, v in first.items()}
+        for b, start in enumerate(self._rng.integers(0, self._size - length + 1, size=batch)):
+            self._fill_window(out, b, int(start), length)
+        out["is_first"][0] = True
+        out["action"][0] = 0.0
+        return out
+
+    def _fill_window(self, out: dict[str, np.ndarray], b: int, start: int, length: int) -> None:
+        index = int(np.searchsorted(self._starts, start, side="right")) - 1
+        offset, t = start - int(self._starts[index]), 0
+        while t < length:
+            chunk = self._chunks[index]
+            n = min(len(chunk) - offset, length - t)
+            for key, value in chunk.data.items():
+                out[key][t:t + n, b] = value[offset:offset + n]
+            if offset == 0 and t > 0 and not chunk.joins:
+                out["is_first"][t, b] = True
+                out["action"][t, b] = 0.0
+            t, offset, index = t + n, 0, index + 1
+
+    def rng_state(self) -> dict[str, Any]:
+        """The sampler's generator state (plain Python ints and strings; goes into a checkpoint)."""
+        return self._rng.bit_generator.state
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        self._rng.bit_generator.state = state
+
+    def __repr__(self) -> str:
+        return (f"Replay({str(self.directory)!r}, steps={self._size}/{self.capacity}, chunks={len(self._chunks)}, "
+                f"episodes={self._episodes})")
+
+
+def _write_npz(path: Path, data: dict[str, np.ndarray]) -> None:
+    """Writes ``data`` as compressed npz to ``path`` atomically: a temp file in the same folder, then rename."""
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

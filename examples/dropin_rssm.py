@@ -78,7 +78,9 @@ class Decoder(nn.Module):
         super().__init__()
         self.side = size // 4
         self.fc = nn.Linear(feat_dim, 32 * self.side**2)
-        self.net = nn.Sequential(nn.ELU(), nn.ConvTranspose2d(32, 16, 4, 2, 1), nn.ELU(), nn.ConvTranspose2d(16, 1, 4, 2, 1))
+        self.net = nn.Sequential(
+            nn.ELU(), nn.ConvTranspose2d(32, 16, 4, 2, 1), nn.ELU(), nn.ConvTranspose2d(16, 1, 4, 2, 1)
+        )
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:  # [N, feat_dim] -> [N, 1, size, size]
         return self.net(self.fc(feat).unflatten(-1, (32, self.side, self.side)))

@@ -10,7 +10,7 @@ Usage (inside ``torch.enable_grad``)::
     for t in ...: y_t = lin(acc_t, x_t)     # acc_t + x_t @ weight^T; acc_t [B, out] or a bias [out]
 
 Under autocast the forward GEMM runs in autocast's dtype, like ``torch.addmm``; the backward computes in the
-weight's dtype.
+weight's dtype. Under ``torch.compile`` it is a plain ``addmm`` (autograd's per-step weight gradients).
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ class SequenceLinear:
         self.weight = weight
         # What the graph's nodes share; it holds no reference back to the graph (no reference cycle).
         self._record = _Record(weight)
-        self._token = _Sink.apply(weight, self._record) if weight.requires_grad and torch.is_grad_enabled() else None
+        # Under torch.compile a plain addmm: dynamo cannot trace the record's side effects in _Step.backward (a
+        # mutation of state from outside the autograd.Function), and AOTAutograd derives the weight gradient itself.
+        tracked = weight.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        self._token = _Sink.apply(weight, self._record) if tracked else None
 
     def __call__(self, acc: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self._token is None:

@@ -36,9 +36,10 @@ def observe_sequence_ref(
     dtype = deter0.dtype
 
     def linear(acc, rows, weight):
+        """acc + rows @ weight.T, the product in gemm_dtype, the sum in the state's dtype."""
         if gemm_dtype is None:
             return torch.addmm(acc, rows, weight.t())
-        return torch.addmm(acc.to(gemm_dtype), rows.to(gemm_dtype), weight.to(gemm_dtype).t()).to(dtype)
+        return (rows.to(gemm_dtype) @ weight.to(gemm_dtype).t()).to(dtype) + acc
 
     deter, stoch = deter0, stoch0.flatten(-2)
     deters, samples, logits_seq = [], [], []

@@ -7,10 +7,11 @@ Both backends compute the same function with the same parameters (``state_dict``
 
 - ``reference``: every step written out in plain PyTorch, one module call per layer (the executable specification);
 - ``fused``: the time-independent GEMMs of a sequence batched over all ``T·B`` rows (the action part of ``img_in``,
-  the embed part of ``obs_out``, the whole prior head after the loop); the GRU's LayerNorm and gates in the fused
-  :func:`dreamer_fast.ln_gru` op; the GEMMs inside the loop through ATen, each weight's gradient computed once for
-  the whole sequence (``_sequence_linear.SequenceLinear``) instead of once per step; single steps (``obs_step``,
-  e.g. acting with B = 1 under ``torch.no_grad``) as a few plain GEMMs around the fused op.
+  the embed part of ``obs_out``, the whole prior head after the loop); ``observe``'s recurrence, forward and backward,
+  in one C++ op (``dreamer_fast.ops.observe_sequence``); imagination loops in Python over the fused
+  :func:`dreamer_fast.ln_gru` op with GEMMs through ATen, each weight's gradient computed once for the whole
+  sequence (``_sequence_linear.SequenceLinear``) instead of once per step; single steps (``obs_step``, e.g. acting
+  with B = 1 under ``torch.no_grad``) as a few plain GEMMs around the fused op.
 
 Differences in floating-point summation order aside (GEMMs split by columns, weight gradients summed in one GEMM),
 the two backends give the same states, samples and gradients for the same parameters and noise.

@@ -120,6 +120,17 @@ def test_reset_restarts_the_sequence():
         torch.testing.assert_close(a[4:], b, rtol=0, atol=1e-14)
 
 
+def test_gradient_of_one_output_leaves_the_rest_of_the_graph():
+    """autograd.grad for `logits` alone must not run (and free) what hangs off `deters` (e.g. the prior head)."""
+    inputs, noise = make(T=4, B=2)
+    fused_in = requiring_grad(inputs)
+    deters, _, logits = observe_sequence(*fused_in.values(), noise=noise, backend="fused")
+    head = deters.tanh().square().sum()
+    torch.autograd.grad(head + logits.sum(), [logits])
+    (d_w_gru,) = torch.autograd.grad(head, [fused_in["w_gru"]])  # head's graph is still there
+    assert d_w_gru.abs().sum() > 0
+
+
 def test_empty_sequence():
     inputs, noise = make(T=0, B=2)
     fused_in = requiring_grad(inputs)

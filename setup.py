@@ -61,7 +61,7 @@ def _extensions():
     with_cuda = _want_cuda(cuda_home)
     csrc = ROOT / "csrc"
     sources = [csrc / "ops.cpp", *sorted(csrc.glob("cpu/*.cpp")), *sorted(csrc.glob("emulated/*.cpp"))]
-    sources += sorted(csrc.glob("autograd/*.cpp"))
+    sources += sorted(csrc.glob("composite/*.cpp")) + sorted(csrc.glob("autograd/*.cpp"))
     cxx = ["-O3", "-fopenmp", "-DDREAMER_FAST_PYTHON_MODULE"]
     kwargs = dict(
         name="dreamer_fast._C",

@@ -30,6 +30,29 @@ void define_schemas(torch::Library& m) {
   m.def(
       "ln_gru_backward(Tensor grad, Tensor gates, Tensor deter, Tensor weight, Tensor bias, Tensor mean,"
       " Tensor rstd) -> (Tensor, Tensor, Tensor, Tensor)");
+  // The whole-sequence RSSM observe (recurrence in csrc/observe_sequence.h): act_proj/emb_proj [T, B, H] are the
+  // time-independent parts of img_in/obs_out (biases included), keep [T, B] is 1 - is_first, stoch0 [B, S, K];
+  // `seeds` [T] (int64, CPU) are the sampler's per-step Philox seeds, used where `noise` [T, B, S] is None;
+  // `gemm_dtype` (autocast's) is the precision of the GEMMs. Returns deters [T, B, D], samples and logits [T, B, S, K].
+  m.def(
+      "observe_sequence(Tensor act_proj, Tensor emb_proj, Tensor keep, Tensor deter0, Tensor stoch0,"
+      " Tensor w_stoch_in, Tensor w_gru, Tensor b_gru, Tensor ln_w, Tensor ln_b, Tensor w_deter_out, Tensor w_post,"
+      " Tensor b_post, Tensor? noise, Tensor seeds, float unimix, float eps, ScalarType? gemm_dtype)"
+      " -> (Tensor, Tensor, Tensor)");
+  // observe_sequence's forward with what its backward needs: (deters, samples, logits, x, gates, mean, rstd, y,
+  // probs), and the backward, which returns the gradients of (act_proj, emb_proj, deter0, stoch0, w_stoch_in,
+  // w_gru, b_gru, ln_w, ln_b, w_deter_out, w_post, b_post).
+  m.def(
+      "observe_sequence_forward(Tensor act_proj, Tensor emb_proj, Tensor keep, Tensor deter0, Tensor stoch0,"
+      " Tensor w_stoch_in, Tensor w_gru, Tensor b_gru, Tensor ln_w, Tensor ln_b, Tensor w_deter_out, Tensor w_post,"
+      " Tensor b_post, Tensor? noise, Tensor seeds, float unimix, float eps, ScalarType? gemm_dtype)"
+      " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "observe_sequence_backward(Tensor grad_deters, Tensor grad_samples, Tensor grad_logits, Tensor keep,"
+      " Tensor deter0, Tensor stoch0, Tensor w_stoch_in, Tensor w_gru, Tensor ln_w, Tensor ln_b, Tensor w_deter_out,"
+      " Tensor w_post, Tensor deters, Tensor samples, Tensor x, Tensor gates, Tensor mean, Tensor rstd, Tensor y,"
+      " Tensor probs, float unimix) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,"
+      " Tensor, Tensor, Tensor)");
 }
 
 }  // namespace

@@ -7,10 +7,11 @@ Both backends compute the same function with the same parameters (``state_dict``
 
 - ``reference``: every step written out in plain PyTorch, one module call per layer (the executable specification);
 - ``fused``: the time-independent GEMMs of a sequence batched over all ``T·B`` rows (the action part of ``img_in``,
-  the embed part of ``obs_out``, the whole prior head after the loop); the GRU's LayerNorm and gates in the fused
-  :func:`dreamer_fast.ln_gru` op; the GEMMs inside the loop through ATen, each weight's gradient computed once for
-  the whole sequence (``_sequence_linear.SequenceLinear``) instead of once per step; single steps (``obs_step``,
-  e.g. acting with B = 1 under ``torch.no_grad``) as a few plain GEMMs around the fused op.
+  the embed part of ``obs_out``, the whole prior head after the loop); ``observe``'s recurrence, forward and backward,
+  in one C++ op (``dreamer_fast.ops.observe_sequence``); imagination loops in Python over the fused
+  :func:`dreamer_fast.ln_gru` op with GEMMs through ATen, each weight's gradient computed once for the whole
+  sequence (``_sequence_linear.SequenceLinear``) instead of once per step; single steps (``obs_step``, e.g. acting
+  with B = 1 under ``torch.no_grad``) as a few plain GEMMs around the fused op.
 
 Differences in floating-point summation order aside (GEMMs split by columns, weight gradients summed in one GEMM),
 the two backends give the same states, samples and gradients for the same parameters and noise.
@@ -28,6 +29,7 @@ from torch import nn
 from dreamer_fast import _backend
 from dreamer_fast._sequence_linear import SequenceLinear
 from dreamer_fast.ops.kl_balance import kl_balance
+from dreamer_fast.ops.observe_sequence import observe_sequence
 from dreamer_fast.ops.straight_through_categorical import straight_through_categorical
 from dreamer_fast.reference.kl_balance import kl_balance_ref
 from dreamer_fast.reference.straight_through_categorical import straight_through_categorical_ref
@@ -416,42 +418,26 @@ class RSSM(nn.Module):
     # ---- fused backend -----------------------------------------------------------------------------------------------
 
     def _observe_fused(self, embed, action, keep, state, noise):
-        T, B = embed.shape[:2]
         D, S, K = self.deter_size, self.stoch_size, self.classes
         flat = S * K
+        dtype = self._dtype()
         # Time-independent GEMMs over all T·B rows at once: the action part of img_in (with the reset applied to
         # the action) and the embed part of obs_out.
         act_proj = F.linear(action * keep[..., None], self.img_in.weight[:, flat:], self.img_in.bias)
         emb_proj = F.linear(embed, self.obs_out.weight[:, D:], self.obs_out.bias)
-        # The GEMMs of the loop, whose weight gradients are summed over the sequence in one GEMM each.
-        stoch_in = SequenceLinear(self.img_in.weight[:, :flat])
-        gru = SequenceLinear(self.gru.weight)
-        deter_out = SequenceLinear(self.obs_out.weight[:, :D])
-        post_out = SequenceLinear(self.post_logits.weight)
-        deter, stoch = state.deter, state.stoch.flatten(-2)
-        deters, stochs, logits_seq = [], [], []
-        resets = (keep == 0).any(1).tolist()  # one host sync per sequence; steps without a reset skip the masking
-        for t in range(T):
-            if resets[t]:
-                k = keep[t][:, None]
-                deter, stoch = deter * k, stoch * k
-            gates = gru(self.gru.bias, torch.cat([F.elu(stoch_in(act_proj[t], stoch)), deter], -1))
-            deter = self._ln_gru(gates, deter)
-            x = F.elu(deter_out(emb_proj[t], deter))
-            logits = self._logits(post_out(self.post_logits.bias, x))
-            sample, _ = self._sample(logits, _at(noise, t), fused=True)
-            stoch = sample.flatten(-2)
-            deters.append(deter)
-            stochs.append(sample)
-            logits_seq.append(logits)
-        if not T:
-            empty = self._empty_sequence(B, embed)
-            return empty, empty
-        deters_all = torch.stack(deters)
-        post = RSSMState(deters_all, torch.stack(stochs), torch.stack(logits_seq))
+        # The recurrence, forward and backward, is one C++ op; under autocast its GEMMs run in autocast's dtype.
+        device_type = embed.device.type
+        gemm_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+        deters, samples, logits = observe_sequence(
+            act_proj.to(dtype), emb_proj.to(dtype), keep, state.deter, state.stoch, self.img_in.weight[:, :flat],
+            self.gru.weight, self.gru.bias, self.gru_norm.weight, self.gru_norm.bias, self.obs_out.weight[:, :D],
+            self.post_logits.weight, self.post_logits.bias, noise=noise, unimix=self.unimix, eps=_GRU_EPS,
+            gemm_dtype=gemm_dtype, backend="fused",
+        )
+        post = RSSMState(deters, samples, logits)
         # The prior head feeds nothing back into the recurrence: one pass over all T·B rows after the loop.
-        prior_logits = self._logits(self.prior_logits(F.elu(self.img_out(deters_all))))
-        return post, RSSMState(deters_all, _probs(prior_logits, self.unimix), prior_logits)
+        prior_logits = self._logits(self.prior_logits(F.elu(self.img_out(deters))))
+        return post, RSSMState(deters, _probs(prior_logits, self.unimix), prior_logits)
 
     def _obs_step_fused(self, prev_state, prev_action, embed, keep, noise):
         # The acting path (B = 1 under torch.no_grad, every environment step): functional calls on the parameters,

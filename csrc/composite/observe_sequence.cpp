@@ -1,0 +1,441 @@
+// The whole-sequence RSSM observe, forward and backward, as one C++ loop over time (the recurrence is written out
+// in csrc/observe_sequence.h). Device-generic: ATen GEMMs and elementwise ops plus our ln_gru and
+// straight_through_categorical kernels, called through the dispatcher, so these functions are the CPU and the CUDA
+// kernels of observe_sequence(_forward|_backward) alike (and, on dreamer_fast_emu, run the emulated CUDA kernels).
+//
+// Why a C++ loop: at DreamerV2's sizes (B = 16) every step is ~10 small ops, and from Python each cost a Python
+// call plus, for our ops, a Python autograd formula (~0.1 ms per call); here a step costs the ops themselves.
+// Why the backward looks like this: only the input gradients are sequential. Each step's backward stores the
+// gradients at the GEMM outputs, and every weight gradient is then ONE GEMM over all T*B rows (as cuDNN's RNNs do)
+// instead of T small ones that each read and write the whole weight.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/library.h>
+
+#include <string>
+#include <vector>
+
+#include "../check.h"
+#include "../observe_sequence.h"
+
+namespace dreamer_fast::observe_sequence {
+namespace {
+
+constexpr const char* kOp = "observe_sequence";
+
+// Our per-step kernels, looked up once per op library.
+struct StepOps {
+  using Tensor = at::Tensor;
+  using Opt = std::optional<at::Tensor>;
+  using LnGru = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&, double);
+  using LnGruBackward = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                                   const Tensor&, const Tensor&, const Tensor&,
+                                                                   const Tensor&);
+  using Sample = std::tuple<Tensor, Tensor>(const Tensor&, const Opt&, const Tensor&, double);
+  using SampleBackward = Tensor(const Opt&, const Opt&, const Tensor&, double);
+  c10::TypedOperatorHandle<LnGru> ln_gru;
+  c10::TypedOperatorHandle<LnGruBackward> ln_gru_backward;
+  c10::TypedOperatorHandle<Sample> sample;
+  c10::TypedOperatorHandle<SampleBackward> sample_backward;
+
+  explicit StepOps(const std::string& ns)
+      : ln_gru(find(ns, "ln_gru").typed<LnGru>()),
+        ln_gru_backward(find(ns, "ln_gru_backward").typed<LnGruBackward>()),
+        sample(find(ns, "straight_through_categorical").typed<Sample>()),
+        sample_backward(find(ns, "straight_through_categorical_backward").typed<SampleBackward>()) {}
+
+  static c10::OperatorHandle find(const std::string& ns, const char* name) {
+    return c10::Dispatcher::singleton().findSchemaOrThrow((ns + "::" + name).c_str(), "");
+  }
+};
+
+const StepOps& step_ops(const std::string& ns) {
+  static const StepOps real("dreamer_fast"), emulated("dreamer_fast_emu");
+  TORCH_CHECK(ns == "dreamer_fast" || ns == "dreamer_fast_emu", kOp, ": unknown op library ", ns);
+  return ns == "dreamer_fast" ? real : emulated;
+}
+
+// ---- argument checks (the Python wrapper checks first with the same names; these guard C++ callers) --------------
+
+void check_like(const char* name, const at::Tensor& t, const at::Tensor& ref) {
+  TORCH_CHECK(t.defined(), kOp, ": `", name, "` is undefined");
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), kOp, ": `", name, "` must have the dtype of `deter0` (",
+              ref.scalar_type(), "), got ", t.scalar_type());
+  TORCH_CHECK(t.device() == ref.device(), kOp, ": `", name, "` must be on the device of `deter0` (", ref.device(),
+              "), got ", t.device());
+}
+
+void check_shape_of(const char* name, const at::Tensor& t, at::IntArrayRef expected, const char* what) {
+  TORCH_CHECK(t.sizes() == expected, kOp, ": `", name, "` must have shape ", what, " = ", expected, ", got ",
+              t.sizes());
+}
+
+struct Sizes {
+  int64_t T, B, D, H, S, K, F;  // F = S * K
+};
+
+Sizes check_args(const Args& a) {
+  TORCH_CHECK(a.deter0.defined(), kOp, ": `deter0` is undefined");
+  check_float(kOp, "deter0", a.deter0, /*allow_half=*/a.deter0.is_cuda());
+  TORCH_CHECK(a.deter0.dim() == 2, kOp, ": `deter0` must be [B, D], got shape ", a.deter0.sizes());
+  TORCH_CHECK(a.stoch0.defined() && a.stoch0.dim() == 3, kOp, ": `stoch0` must be [B, S, K], got ",
+              a.stoch0.defined() ? a.stoch0.sizes() : at::IntArrayRef{});
+  TORCH_CHECK(a.act_proj.defined() && a.act_proj.dim() == 3, kOp, ": `act_proj` must be [T, B, H], got shape ",
+              a.act_proj.defined() ? a.act_proj.sizes() : at::IntArrayRef{});
+  Sizes s{};
+  s.B = a.deter0.size(0);
+  s.D = a.deter0.size(1);
+  s.S = a.stoch0.size(1);
+  s.K = a.stoch0.size(2);
+  s.F = s.S * s.K;
+  s.T = a.act_proj.size(0);
+  s.H = a.act_proj.size(2);
+  const std::pair<const char*, const at::Tensor*> like_deter0[] = {
+      {"act_proj", &a.act_proj}, {"emb_proj", &a.emb_proj},       {"keep", &a.keep},         {"stoch0", &a.stoch0},
+      {"w_stoch_in", &a.w_stoch_in}, {"w_gru", &a.w_gru},         {"b_gru", &a.b_gru},       {"ln_w", &a.ln_w},
+      {"ln_b", &a.ln_b},         {"w_deter_out", &a.w_deter_out}, {"w_post", &a.w_post},     {"b_post", &a.b_post}};
+  for (const auto& [name, t] : like_deter0) check_like(name, *t, a.deter0);
+  check_shape_of("act_proj", a.act_proj, {s.T, s.B, s.H}, "[T, B, H]");
+  check_shape_of("emb_proj", a.emb_proj, {s.T, s.B, s.H}, "[T, B, H]");
+  check_shape_of("keep", a.keep, {s.T, s.B}, "[T, B]");
+  check_shape_of("w_stoch_in", a.w_stoch_in, {s.H, s.F}, "[H, S*K]");
+  check_shape_of("w_gru", a.w_gru, {3 * s.D, s.H + s.D}, "[3*D, H+D]");
+  check_shape_of("b_gru", a.b_gru, {3 * s.D}, "[3*D]");
+  check_shape_of("ln_w", a.ln_w, {3 * s.D}, "[3*D]");
+  check_shape_of("ln_b", a.ln_b, {3 * s.D}, "[3*D]");
+  check_shape_of("w_deter_out", a.w_deter_out, {s.H, s.D}, "[H, D]");
+  check_shape_of("w_post", a.w_post, {s.F, s.H}, "[S*K, H]");
+  check_shape_of("b_post", a.b_post, {s.F}, "[S*K]");
+  if (a.noise) {
+    check_like("noise", *a.noise, a.deter0);
+    check_shape_of("noise", *a.noise, {s.T, s.B, s.S}, "[T, B, S]");
+  }
+  TORCH_CHECK(a.seeds.defined() && a.seeds.device().is_cpu() && a.seeds.scalar_type() == at::kLong, kOp,
+              ": `seeds` must be an int64 CPU tensor (one Philox seed per step), got ",
+              a.seeds.defined() ? c10::toString(a.seeds.scalar_type()) : "undefined", " on ",
+              a.seeds.defined() ? a.seeds.device() : at::Device(at::kCPU));
+  check_shape_of("seeds", a.seeds, {s.T}, "[T]");
+  TORCH_CHECK(a.unimix >= 0.0 && a.unimix <= 1.0, kOp, ": `unimix` must be in [0, 1], got ", a.unimix);
+  TORCH_CHECK(a.eps >= 0.0, kOp, ": `eps` must be >= 0, got ", a.eps);
+  TORCH_CHECK(!a.gemm_dtype || at::isFloatingType(*a.gemm_dtype), kOp,
+              ": `gemm_dtype` must be a floating-point dtype or None, got ", *a.gemm_dtype);
+  return s;
+}
+
+// Where is_first is set (keep == 0) the state is zeroed before the step. On the CPU, steps without a reset skip the
+// two multiplications (reading keep costs nothing there); on a GPU reading it would stall the host, so every step
+// multiplies (two tiny kernels).
+std::vector<bool> steps_with_reset(const at::Tensor& keep) {
+  const int64_t T = keep.size(0);
+  if (!keep.is_cpu()) return std::vector<bool>(T, true);
+  const at::Tensor any = keep.eq(0).any(1);
+  std::vector<bool> out(T);
+  const bool* p = any.const_data_ptr<bool>();
+  for (int64_t t = 0; t < T; ++t) out[t] = p[t];
+  return out;
+}
+
+// The stats dtype of ln_gru: float32 for half gates.
+at::ScalarType stats_dtype(at::ScalarType s) {
+  return (s == at::kHalf || s == at::kBFloat16) ? at::kFloat : s;
+}
+
+// No autocast inside: the GEMMs' precision is the explicit `gemm_dtype`, and everything else stays in the state's
+// dtype (under autocast the op would otherwise see its own addmm's come back in bfloat16).
+struct NoAutocast {
+  c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
+};
+
+// `rows @ W^T` for a weight that every step multiplies with the same number of rows (B).
+//
+// Why: at B = 16 a step's GEMM is too small for the BLAS to amortise its packing of the weight into its own
+// layout, which it redoes at every call (the RNN case). Where MKL's packed GEMM is there (float32 on an MKL build of
+// torch, through its ops mkl::_mkl_reorder_linear_weight / mkl::_mkl_linear), the weight is packed once per
+// sequence instead: measured 0.27 ms instead of 0.46 ms for 16 x 1200 -> 1800 (packing once: ~0.4 ms). Elsewhere
+// (CUDA, float64, half GEMMs) it is a plain at::mm in the GEMM dtype.
+class StepGemm {
+ public:
+  // weight: [out, in], any strides; computes in `gemm_dtype`, returns `out_dtype`.
+  StepGemm(const at::Tensor& weight, int64_t rows, int64_t steps, at::ScalarType gemm_dtype, at::ScalarType out_dtype)
+      : rows_(rows), out_dtype_(out_dtype), gemm_dtype_(gemm_dtype) {
+    const at::Tensor w = weight.to(gemm_dtype);
+    if (packable(w, rows, steps)) {
+      weight_ = w.contiguous();
+      packed_ = pack_op().call(weight_, rows);
+    } else {
+      weight_t_ = w.t();
+    }
+  }
+
+  at::Tensor operator()(const at::Tensor& x) const {
+    const at::Tensor xg = x.to(gemm_dtype_);
+    at::Tensor y = packed_.defined() && x.size(0) == rows_ ? linear_op().call(xg.contiguous(), packed_, weight_,
+                                                                              std::nullopt, rows_)
+                                                            : at::mm(xg, weight_t().to(gemm_dtype_));
+    return y.to(out_dtype_);
+  }
+
+ private:
+  using Pack = at::Tensor(const at::Tensor&, int64_t);
+  using Linear = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                            int64_t);
+
+  static std::optional<c10::OperatorHandle> find(const char* name) {
+    return c10::Dispatcher::singleton().findSchema({name, ""});
+  }
+  static bool available() {
+    static const bool ok = find("mkl::_mkl_reorder_linear_weight").has_value() && find("mkl::_mkl_linear").has_value();
+    return ok;
+  }
+  static const c10::TypedOperatorHandle<Pack>& pack_op() {
+    static const auto op = find("mkl::_mkl_reorder_linear_weight")->typed<Pack>();
+    return op;
+  }
+  static const c10::TypedOperatorHandle<Linear>& linear_op() {
+    static const auto op = find("mkl::_mkl_linear")->typed<Linear>();
+    return op;
+  }
+  // Packing costs about two of the step's GEMMs: worth it from a few steps on.
+  static bool packable(const at::Tensor& w, int64_t rows, int64_t steps) {
+    return w.is_cpu() && w.scalar_type() == at::kFloat && rows > 0 && steps >= 4 && w.numel() > 0 && available();
+  }
+  at::Tensor weight_t() const { return weight_t_.defined() ? weight_t_ : weight_.t(); }
+
+  int64_t rows_;
+  at::ScalarType out_dtype_, gemm_dtype_;
+  at::Tensor weight_, packed_, weight_t_;
+};
+
+}  // namespace
+
+Forward forward(const std::string& ns, const Args& a, bool save) {
+  const Sizes s = check_args(a);
+  const StepOps& ops = step_ops(ns);
+  NoAutocast no_autocast;
+  const auto T = s.T, B = s.B, D = s.D, H = s.H, F = s.F;
+  const at::ScalarType dtype = a.deter0.scalar_type();
+  const at::ScalarType gd = a.gemm_dtype.value_or(dtype);
+  // The loop's weights, each prepared once for the T GEMMs of the sequence. The GRU's Dense layer reads [x, h]:
+  // one GEMM on the concatenation (16 x 1200 values copied per step; two GEMMs would each be less efficient).
+  const StepGemm stoch_in(a.w_stoch_in, B, T, gd, dtype), gru(a.w_gru, B, T, gd, dtype),
+      deter_out(a.w_deter_out, B, T, gd, dtype), post(a.w_post, B, T, gd, dtype);
+  const at::Tensor act_proj = a.act_proj.contiguous(), emb_proj = a.emb_proj.contiguous(), keep = a.keep.contiguous();
+  const at::Tensor ln_w = a.ln_w.contiguous(), ln_b = a.ln_b.contiguous(), seeds = a.seeds.contiguous();
+  const std::optional<at::Tensor> noise = a.noise ? std::optional<at::Tensor>(a.noise->contiguous()) : std::nullopt;
+
+  const auto opts = a.deter0.options();
+  Forward out;
+  out.deters = at::empty({T, B, D}, opts);
+  out.samples = at::empty({T, B, s.S, s.K}, opts);
+  out.logits = at::empty({T, B, s.S, s.K}, opts);
+  if (save) {
+    out.x = at::empty({T, B, H}, opts);
+    out.gates = at::empty({T, B, 3 * D}, opts);
+    out.mean = at::empty({T, B}, opts.dtype(stats_dtype(dtype)));
+    out.rstd = at::empty({T, B}, opts.dtype(stats_dtype(dtype)));
+    out.y = at::empty({T, B, H}, opts);
+    out.probs = at::empty({T, B, s.S, s.K}, opts);
+  }
+  const std::vector<bool> reset = steps_with_reset(keep);
+  at::Tensor h = a.deter0.contiguous(), z = a.stoch0.reshape({B, F});
+  for (int64_t t = 0; t < T; ++t) {
+    if (reset[t]) {
+      const at::Tensor k = keep[t].unsqueeze(1);
+      h = h * k;
+      z = z * k;
+    }
+    // Each result is written straight into its [T, ...] buffer where the backward needs it (no copy).
+    at::Tensor x = save ? out.x[t] : at::empty({B, H}, opts);
+    at::elu_out(x, stoch_in(z).add_(act_proj[t]));
+    at::Tensor gates = save ? out.gates[t] : at::empty({B, 3 * D}, opts);
+    at::add_out(gates, gru(at::cat({x, h}, 1)), a.b_gru);
+    auto [h_next, mean, rstd] = ops.ln_gru.call(gates, h, ln_w, ln_b, a.eps);
+    h = h_next;
+    at::Tensor y = save ? out.y[t] : at::empty({B, H}, opts);
+    at::elu_out(y, deter_out(h).add_(emb_proj[t]));
+    at::Tensor logits = out.logits[t];
+    at::add_out(logits, post(y).view({B, s.S, s.K}), a.b_post.view({s.S, s.K}));
+    std::optional<at::Tensor> noise_t = noise ? std::optional<at::Tensor>((*noise)[t]) : std::nullopt;
+    auto [sample, probs] = ops.sample.call(logits, noise_t, seeds[t], a.unimix);
+    z = sample.view({B, F});
+    // The outputs and saved tensors are preallocated [T, ...] buffers: where an op makes its own result, one small
+    // copy per step instead of a stack over T at the end (and T == 0 needs no special case).
+    out.deters[t].copy_(h);
+    out.samples[t].copy_(sample);
+    if (save) {
+      out.mean[t].copy_(mean);
+      out.rstd[t].copy_(rstd);
+      out.probs[t].copy_(probs);
+    }
+  }
+  return out;
+}
+
+Grads backward(const std::string& ns, const at::Tensor& grad_deters, const at::Tensor& grad_samples,
+               const at::Tensor& grad_logits, const at::Tensor& keep, const at::Tensor& deter0,
+               const at::Tensor& stoch0, const at::Tensor& w_stoch_in, const at::Tensor& w_gru,
+               const at::Tensor& ln_w, const at::Tensor& ln_b, const at::Tensor& w_deter_out,
+               const at::Tensor& w_post, const at::Tensor& deters, const at::Tensor& samples, const at::Tensor& x,
+               const at::Tensor& gates, const at::Tensor& mean, const at::Tensor& rstd, const at::Tensor& y,
+               const at::Tensor& probs, double unimix) {
+  const char* op = "observe_sequence_backward";
+  const StepOps& ops = step_ops(ns);
+  NoAutocast no_autocast;
+  TORCH_CHECK(deters.dim() == 3 && x.dim() == 3 && stoch0.dim() == 3, op,
+              ": `deters` and `x` must be [T, B, D] and [T, B, H], `stoch0` [B, S, K]; got shapes ", deters.sizes(),
+              ", ", x.sizes(), ", ", stoch0.sizes());
+  const int64_t T = deters.size(0), B = deters.size(1), D = deters.size(2), H = x.size(2);
+  const int64_t S = stoch0.size(1), K = stoch0.size(2), F = S * K, N = T * B;
+  check_shape(op, "grad_deters", grad_deters, {T, B, D});
+  check_shape(op, "grad_samples", grad_samples, {T, B, S, K});
+  check_shape(op, "grad_logits", grad_logits, {T, B, S, K});
+  check_shape(op, "keep", keep, {T, B});
+  check_shape(op, "deter0", deter0, {B, D});
+  check_shape(op, "samples", samples, {T, B, S, K});
+  check_shape(op, "gates", gates, {T, B, 3 * D});
+  check_shape(op, "mean", mean, {T, B});
+  check_shape(op, "rstd", rstd, {T, B});
+  check_shape(op, "y", y, {T, B, H});
+  check_shape(op, "probs", probs, {T, B, S, K});
+  check_shape(op, "w_stoch_in", w_stoch_in, {H, F});
+  check_shape(op, "w_gru", w_gru, {3 * D, H + D});
+  check_shape(op, "w_deter_out", w_deter_out, {H, D});
+  check_shape(op, "w_post", w_post, {F, H});
+  // The backward computes in the state's dtype (as autograd would for the weights' gradients).
+  const at::Tensor g_deters = grad_deters.contiguous(), g_samples = grad_samples.reshape({T, B, F}),
+                   g_logits = grad_logits.reshape({T, B, F}), keep_c = keep.contiguous();
+  const at::Tensor ln_wc = ln_w.contiguous(), ln_bc = ln_b.contiguous();
+  const auto opts = deters.options();
+
+  // Gradients at the outputs of the loop's GEMMs, per step; the weight gradients read them after the loop.
+  at::Tensor d_logits = at::empty({T, B, F}, opts);   // post_logits' output
+  at::Tensor d_y_pre = at::empty({T, B, H}, opts);    // obs_out's output (also d emb_proj)
+  at::Tensor d_gates = at::empty({T, B, 3 * D}, opts);  // the GRU Dense layer's output (also d b_gru)
+  at::Tensor d_x_pre = at::empty({T, B, H}, opts);    // img_in's output (also d act_proj)
+  at::Tensor d_ln_w = at::zeros_like(ln_wc), d_ln_b = at::zeros_like(ln_bc);
+
+  const std::vector<bool> reset = steps_with_reset(keep_c);
+  // The input gradients' GEMMs, d rows = d out @ W, i.e. `rows @ (W^T)^T`: the transposed weights, prepared once.
+  const auto dtype = deters.scalar_type();
+  const StepGemm post_back(w_post.t(), B, T, dtype, dtype), deter_out_back(w_deter_out.t(), B, T, dtype, dtype),
+      gru_back(w_gru.t(), B, T, dtype, dtype), stoch_in_back(w_stoch_in.t(), B, T, dtype, dtype);
+  at::Tensor dh = at::zeros({B, D}, opts);  // d deter_t from step t + 1
+  at::Tensor dz = at::zeros({B, F}, opts);  // d sample_t from step t + 1 (its img_in)
+  const at::Tensor deter0_c = deter0.contiguous();
+  for (int64_t t = T - 1; t >= 0; --t) {
+    // sampler: the sample's gradient (from outside and from step t + 1) to the logits, plus the logits' own
+    at::Tensor g_sample = (g_samples[t] + dz).view({B, S, K});
+    at::Tensor dl = d_logits[t];
+    at::add_out(dl, ops.sample_backward.call(g_sample, std::nullopt, probs[t], unimix).view({B, F}), g_logits[t]);
+    // post_logits, then elu(obs_out): the ELU's derivative from its output (y + 1 where y <= 0)
+    at::Tensor dyp = d_y_pre[t];
+    at::elu_backward_out(dyp, post_back(dl), 1, 1, 1, /*is_result=*/true, y[t]);
+    // deter_t: from obs_out, from outside and from step t + 1
+    at::Tensor d_deter = deter_out_back(dyp).add_(g_deters[t]).add_(dh);
+    const at::Tensor k = keep_c[t].unsqueeze(1);
+    const at::Tensor h_prev = t == 0 ? deter0_c : deters[t - 1];
+    auto [dg, d_h_prev, dw, db] =
+        ops.ln_gru_backward.call(d_deter, gates[t], reset[t] ? h_prev * k : h_prev, ln_wc, ln_bc, mean[t], rstd[t]);
+    d_ln_w.add_(dw);
+    d_ln_b.add_(db);
+    d_gates[t].copy_(dg);
+    // the GRU's Dense layer: [x, h_prev] -> gates; one GEMM gives both input gradients
+    const at::Tensor d_in = gru_back(dg);
+    d_h_prev.add_(d_in.narrow(1, H, D));
+    at::Tensor dxp = d_x_pre[t];
+    at::elu_backward_out(dxp, d_in.narrow(1, 0, H), 1, 1, 1, /*is_result=*/true, x[t]);
+    at::Tensor d_z_prev = stoch_in_back(dxp);
+    // the reset: a zeroed state passes no gradient back
+    dh = reset[t] ? d_h_prev * k : d_h_prev;
+    dz = reset[t] ? d_z_prev * k : d_z_prev;
+  }
+
+  // The weight gradients: one GEMM each over all T*B rows. The inputs of img_in and the GRU layer at step t are the
+  // (masked) state of step t - 1: the outputs shifted by one step, with the start state in front.
+  const at::Tensor keep_col = keep_c.reshape({N, 1});
+  const at::Tensor h_in =
+      at::cat({deter0_c.unsqueeze(0), deters}).narrow(0, 0, T).reshape({N, D}).mul_(keep_col);
+  const at::Tensor z_in =
+      at::cat({stoch0.reshape({1, B, F}), samples.reshape({T, B, F})}).narrow(0, 0, T).reshape({N, F}).mul_(keep_col);
+  const at::Tensor dl2 = d_logits.view({N, F}), dyp2 = d_y_pre.view({N, H}), dg2 = d_gates.view({N, 3 * D}),
+                   dxp2 = d_x_pre.view({N, H});
+  at::Tensor d_w_post = at::mm(dl2.t(), y.reshape({N, H}));
+  at::Tensor d_b_post = dl2.sum(0);
+  at::Tensor d_w_deter_out = at::mm(dyp2.t(), deters.reshape({N, D}));
+  at::Tensor d_w_gru = at::empty({3 * D, H + D}, opts);
+  at::Tensor d_w_gru_x = d_w_gru.narrow(1, 0, H), d_w_gru_h = d_w_gru.narrow(1, H, D);  // written in place
+  at::mm_out(d_w_gru_x, dg2.t(), x.reshape({N, H}));
+  at::mm_out(d_w_gru_h, dg2.t(), h_in);
+  at::Tensor d_b_gru = dg2.sum(0);
+  at::Tensor d_w_stoch_in = at::mm(dxp2.t(), z_in);
+  return {d_x_pre,    dyp2.view({T, B, H}), dh,     dz.view({B, S, K}), d_w_stoch_in,  d_w_gru,
+          d_b_gru,    d_ln_w,               d_ln_b, d_w_deter_out,      d_w_post,      d_b_post};
+}
+
+namespace {
+
+// ---- the kernels of the three ops, one instance per op library -------------------------------------------------
+
+using T3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+using T9 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                      at::Tensor>;
+
+constexpr const char* kLibraries[] = {"dreamer_fast", "dreamer_fast_emu"};
+
+template <int kLib>
+T3 observe_kernel(const at::Tensor& act_proj, const at::Tensor& emb_proj, const at::Tensor& keep,
+                  const at::Tensor& deter0, const at::Tensor& stoch0, const at::Tensor& w_stoch_in,
+                  const at::Tensor& w_gru, const at::Tensor& b_gru, const at::Tensor& ln_w, const at::Tensor& ln_b,
+                  const at::Tensor& w_deter_out, const at::Tensor& w_post, const at::Tensor& b_post,
+                  const std::optional<at::Tensor>& noise, const at::Tensor& seeds, double unimix, double eps,
+                  std::optional<at::ScalarType> gemm_dtype) {
+  Forward f = forward(kLibraries[kLib],
+                      {act_proj, emb_proj, keep, deter0, stoch0, w_stoch_in, w_gru, b_gru, ln_w, ln_b, w_deter_out,
+                       w_post, b_post, noise, seeds, unimix, eps, gemm_dtype},
+                      /*save=*/false);
+  return {f.deters, f.samples, f.logits};
+}
+
+template <int kLib>
+T9 forward_kernel(const at::Tensor& act_proj, const at::Tensor& emb_proj, const at::Tensor& keep,
+                  const at::Tensor& deter0, const at::Tensor& stoch0, const at::Tensor& w_stoch_in,
+                  const at::Tensor& w_gru, const at::Tensor& b_gru, const at::Tensor& ln_w, const at::Tensor& ln_b,
+                  const at::Tensor& w_deter_out, const at::Tensor& w_post, const at::Tensor& b_post,
+                  const std::optional<at::Tensor>& noise, const at::Tensor& seeds, double unimix, double eps,
+                  std::optional<at::ScalarType> gemm_dtype) {
+  Forward f = forward(kLibraries[kLib],
+                      {act_proj, emb_proj, keep, deter0, stoch0, w_stoch_in, w_gru, b_gru, ln_w, ln_b, w_deter_out,
+                       w_post, b_post, noise, seeds, unimix, eps, gemm_dtype},
+                      /*save=*/true);
+  return {f.deters, f.samples, f.logits, f.x, f.gates, f.mean, f.rstd, f.y, f.probs};
+}
+
+template <int kLib>
+Grads backward_kernel(const at::Tensor& grad_deters, const at::Tensor& grad_samples, const at::Tensor& grad_logits,
+                      const at::Tensor& keep, const at::Tensor& deter0, const at::Tensor& stoch0,
+                      const at::Tensor& w_stoch_in, const at::Tensor& w_gru, const at::Tensor& ln_w,
+                      const at::Tensor& ln_b, const at::Tensor& w_deter_out, const at::Tensor& w_post,
+                      const at::Tensor& deters, const at::Tensor& samples, const at::Tensor& x,
+                      const at::Tensor& gates, const at::Tensor& mean, const at::Tensor& rstd, const at::Tensor& y,
+                      const at::Tensor& probs, double unimix) {
+  return backward(kLibraries[kLib], grad_deters, grad_samples, grad_logits, keep, deter0, stoch0, w_stoch_in, w_gru,
+                  ln_w, ln_b, w_deter_out, w_post, deters, samples, x, gates, mean, rstd, y, probs, unimix);
+}
+
+template <int kLib>
+void register_kernels(torch::Library& m) {
+  m.impl("observe_sequence", &observe_kernel<kLib>);
+  m.impl("observe_sequence_forward", &forward_kernel<kLib>);
+  m.impl("observe_sequence_backward", &backward_kernel<kLib>);
+}
+
+}  // namespace
+}  // namespace dreamer_fast::observe_sequence
+
+// The same device-generic functions serve every backend that has kernels for the per-step ops.
+TORCH_LIBRARY_IMPL(dreamer_fast, CPU, m) { dreamer_fast::observe_sequence::register_kernels<0>(m); }
+#ifdef DREAMER_FAST_WITH_CUDA
+TORCH_LIBRARY_IMPL(dreamer_fast, CUDA, m) { dreamer_fast::observe_sequence::register_kernels<0>(m); }
+#endif
+TORCH_LIBRARY_IMPL(dreamer_fast_emu, CPU, m) { dreamer_fast::observe_sequence::register_kernels<1>(m); }

@@ -75,14 +75,23 @@ class Agent(nn.Module):
         """
         self.train()
         data = self.wm.preprocess(batch)
+        post, metrics = self.train_model(data)
+        start = post.detach().flatten()
+        metrics.update(self.train_behavior(start, data["is_terminal"].reshape(-1)))
+        return metrics
+
+    def train_model(self, data: Mapping[str, torch.Tensor]) -> tuple[RSSMState, dict[str, float]]:
+        """One world-model update on a preprocessed batch ``[T, B]``; returns the posterior ``[T, B]`` and metrics."""
         with self._autocast():
             model_loss, post, metrics = self.wm.loss(data)
         metrics["model/grad_norm"] = self._step(self.model_opt, model_loss, list(self.wm.parameters()))
-        start = post.detach().flatten()
-        is_terminal = data["is_terminal"].reshape(-1)
+        return post, metrics
+
+    def train_behavior(self, start: RSSMState, is_terminal: torch.Tensor) -> dict[str, float]:
+        """One actor and one critic update from the detached start states ``[N]`` (``is_terminal [N]``), then the
+        slow critic's count. Only the actor's and the critic's parameters change (and receive ``.grad``)."""
         with self._autocast():
-            actor_loss, critic_loss, ac_metrics = self.ac.loss(self.wm, start, is_terminal)
-        metrics.update(ac_metrics)
+            actor_loss, critic_loss, metrics = self.ac.loss(self.wm, start.detach(), is_terminal)
         metrics["actor/grad_norm"] = self._step(self.actor_opt, actor_loss, list(self.ac.actor.parameters()))
         metrics["critic/grad_norm"] = self._step(self.critic_opt, critic_loss, list(self.ac.critic.parameters()))
         self.ac.update_slow_target()

@@ -24,7 +24,8 @@ def actor_dist_name(act_space: ActionSpaceLike, config: Config) -> str:
 
 
 def return_weights(disc: torch.Tensor) -> torch.Tensor:
-    """Loss weights ``w[t] = Π_{k<t} disc[k]`` (``w[0] = 1``) of ``[H+1, N]`` discounts, stop-gradient: ``[H+1, N]``."""
+    """Loss weights ``w[t] = Π_{k<t} disc[k]`` (``w[0] = 1``) of ``[H+1, N]`` discounts; stop-gradient, ``[H+1, N]``.
+    """
     disc = disc.detach()
     return torch.cumprod(torch.cat([torch.ones_like(disc[:1]), disc[:-1]], 0), 0)
 

@@ -233,7 +233,8 @@ class ActionHead(nn.Module):
     - ``trunc_normal``: ``P = 2A``, ``(mu, s)``; ``loc = tanh(mu)``,
       ``scale = 2·sigmoid(s/2 + b) + min_std`` on ``[-1, 1]``, with the constant ``b`` chosen so that ``s = 0`` gives
       ``init_std`` (DreamerV2: ``2·sigmoid(s/2) + min_std``; the offset makes the ``actor_init_std`` config mean
-      something; the scale lies in ``(min_std, 2 + min_std)``).
+      something; the scale lies in ``(min_std, 2 + min_std)``, and an ``init_std`` outside that range is clamped
+      into it).
     """
 
     def __init__(self, in_dim: int, action_dim: int, dist: str, layers: int, units: int,

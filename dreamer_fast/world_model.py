@@ -52,8 +52,8 @@ def to_tensor(x: Any, device: torch.device, dtype: torch.dtype | None = None) ->
 
 
 def gaussian_loss(mean: torch.Tensor, target: torch.Tensor, event_dims: int) -> torch.Tensor:
-    """Negative log-likelihood of a unit-variance Gaussian without its constant: ``0.5·sum((mean - target)²)`` over the
-    last ``event_dims`` dims, averaged over the rest. Float32."""
+    """Negative log-likelihood of a unit-variance Gaussian without its constant: ``0.5·sum((mean - target)²)`` over
+    the last ``event_dims`` dims, averaged over the rest. Float32."""
     sq = (mean.float() - target.float()).square()
     if event_dims:
         sq = sq.flatten(-event_dims).sum(-1)

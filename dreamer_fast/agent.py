@@ -1,0 +1,168 @@
+"""The DreamerV2 agent: world model + actor-critic, their optimisers, the training step and the acting policy."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dreamer_fast.behavior import ActorCritic
+from dreamer_fast.config import Config
+from dreamer_fast.rssm import RSSMState
+from dreamer_fast.world_model import ActionSpaceLike, ObsSpace, WorldModel, check_act_space
+
+PolicyState = tuple[RSSMState, torch.Tensor]  # (latent [N], previous action [N, A])
+MODES = ("explore", "eval", "random")
+
+
+class Agent(nn.Module):
+    """DreamerV2.
+
+    Args:
+        obs_space: ``{"image": ((C, 64, 64), np.uint8)}`` or ``{"vector": ((n,), np.float32)}``.
+        act_space: ``.discrete: bool``, ``.dim: int`` (e.g. ``dreamer_fast.envs.ActionSpace``).
+        config: a :class:`dreamer_fast.config.Config`; everything lives on ``torch.device(config.device)``.
+
+    Attributes: ``wm`` (:class:`WorldModel`), ``ac`` (:class:`ActorCritic`), ``model_opt``, ``actor_opt``,
+    ``critic_opt`` (AdamW with ``opt_eps``, ``weight_decay``; gradients clipped to norm ``grad_clip``).
+    """
+
+    def __init__(self, obs_space: ObsSpace, act_space: ActionSpaceLike, config: Config) -> None:
+        super().__init__()
+        self.config = config
+        self.act_space = check_act_space(act_space)
+        self.device = torch.device(config.device)
+        self.wm = WorldModel(obs_space, act_space, config)
+        self.ac = ActorCritic(self.wm.feat_size, act_space, config)
+        self.to(self.device)
+        c = config
+        self.model_opt = self._adam(self.wm.parameters(), c.model_lr)
+        self.actor_opt = self._adam(self.ac.actor.parameters(), c.actor_lr)
+        self.critic_opt = self._adam(self.ac.critic.parameters(), c.critic_lr)
+
+    def _adam(self, params: Iterable[nn.Parameter], lr: float) -> torch.optim.AdamW:
+        return torch.optim.AdamW(params, lr=lr, eps=self.config.opt_eps, weight_decay=self.config.weight_decay)
+
+    @property
+    def updates(self) -> int:
+        return self.ac.updates
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if not self.config.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def _step(self, opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[nn.Parameter]) -> float:
+        """Gradients of ``loss`` w.r.t. ``params`` only (nothing else accumulates a .grad), clip, step. Grad norm."""
+        opt.zero_grad(set_to_none=True)
+        loss.backward(inputs=params)
+        norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        opt.step()
+        return float(norm)
+
+    # ---- training --------------------------------------------------------------------------------------------------
+
+    def train_step(self, batch: Mapping[str, Any]) -> dict[str, float]:
+        """One update of the world model, then of the actor and the critic in imagination from every posterior state.
+
+        ``batch``: time-major ``[T, B, ...]`` numpy arrays or tensors (see :meth:`WorldModel.preprocess`).
+        Returns float metrics: the losses, ``*/grad_norm``, ``train/updates``.
+        """
+        self.train()
+        data = self.wm.preprocess(batch)
+        post, metrics = self.train_model(data)
+        start = post.detach().flatten()
+        metrics.update(self.train_behavior(start, data["is_terminal"].reshape(-1)))
+        return metrics
+
+    def train_model(self, data: Mapping[str, torch.Tensor]) -> tuple[RSSMState, dict[str, float]]:
+        """One world-model update on a preprocessed batch ``[T, B]``; returns the posterior ``[T, B]`` and metrics."""
+        with self._autocast():
+            model_loss, post, metrics = self.wm.loss(data)
+        metrics["model/grad_norm"] = self._step(self.model_opt, model_loss, list(self.wm.parameters()))
+        return post, metrics
+
+    def train_behavior(self, start: RSSMState, is_terminal: torch.Tensor) -> dict[str, float]:
+        """One actor and one critic update from the detached start states ``[N]`` (``is_terminal [N]``), then the
+        slow critic's count. Only the actor's and the critic's parameters change (and receive ``.grad``)."""
+        with self._autocast():
+            actor_loss, critic_loss, metrics = self.ac.loss(self.wm, start.detach(), is_terminal)
+        metrics["actor/grad_norm"] = self._step(self.actor_opt, actor_loss, list(self.ac.actor.parameters()))
+        metrics["critic/grad_norm"] = self._step(self.critic_opt, critic_loss, list(self.ac.critic.parameters()))
+        self.ac.update_slow_target()
+        metrics["train/updates"] = float(self.ac.updates)
+        return metrics
+
+    # ---- acting ----------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def policy(
+        self, obs: Mapping[str, np.ndarray], state: PolicyState | None = None, mode: str = "explore"
+    ) -> tuple[np.ndarray, PolicyState | None]:
+        """Act on a batch of ``N`` observations.
+
+        Args:
+            obs: ``{"image" | "vector": [N, ...], "is_first": bool [N]}`` (numpy; other keys ignored).
+            state: None at the start, else the returned state (latent ``[N]``, previous action ``[N, A]``).
+                Rows with ``is_first`` restart from the initial state and a zero action.
+            mode: ``"explore"`` (sample the actor), ``"eval"`` (its mode) or ``"random"`` (uniform one-hot /
+                uniform in [-1, 1]; the networks are not run and the returned state is None, so a later call
+                starts from the initial state).
+
+        Returns:
+            ``(action float32 [N, A], new_state)``.
+        """
+        if mode not in MODES:
+            raise ValueError(f"Agent.policy: `mode` must be one of {MODES}, got {mode!r}")
+        is_first = np.asarray(obs["is_first"], dtype=bool)
+        N, A = is_first.shape[0], self.act_space.dim
+        if mode == "random":
+            return self._random_action(N), None
+        self.eval()
+        data = self.wm.preprocess({self.wm.obs_key: obs[self.wm.obs_key], "is_first": is_first})
+        if state is None:
+            latent, prev_action = self.wm.rssm.initial(N), torch.zeros(N, A, device=self.device)
+        else:
+            latent, prev_action = state
+        with self._autocast():
+            embed = self.wm.encoder(data[self.wm.obs_key])
+            latent, _ = self.wm.rssm.obs_step(latent, prev_action, embed, data["is_first"])
+            dist = self.ac.actor.dist(self.ac.actor(self.wm.rssm.get_feat(latent)))
+            action = dist.sample() if mode == "explore" else dist.mode()
+        action = action.float()
+        return action.cpu().numpy().astype(np.float32), (latent, action)
+
+    def _random_action(self, n: int) -> np.ndarray:
+        A = self.act_space.dim
+        if self.act_space.discrete:
+            index = torch.randint(A, (n,))
+            return F.one_hot(index, A).numpy().astype(np.float32)
+        return (torch.rand(n, A) * 2 - 1).numpy().astype(np.float32)
+
+    # ---- checkpoints -----------------------------------------------------------------------------------------------
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything needed to resume: parameters (slow critic included), the three optimisers, the update count."""
+        return {
+            "model": self.state_dict(),
+            "model_opt": self.model_opt.state_dict(),
+            "actor_opt": self.actor_opt.state_dict(),
+            "critic_opt": self.critic_opt.state_dict(),
+            "updates": self.ac.updates,
+        }
+
+    def load_checkpoint_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`checkpoint_state` returned (tensors are moved to this agent's device)."""
+        self.load_state_dict(state["model"])
+        self.model_opt.load_state_dict(state["model_opt"])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        self.ac.updates = int(state["updates"])
+
+
+__all__ = ["Agent", "PolicyState"]

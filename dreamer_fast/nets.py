@@ -1,0 +1,266 @@
+"""DreamerV2's networks: MLP, convolutional encoder/decoder, vector encoder/decoder, and the action distributions.
+
+Every Linear/Conv layer is initialised as Keras does by default (DreamerV2's): Xavier-uniform weights, zero biases.
+Images are channels-first ``[..., C, 64, 64]``; any number of leading dims (e.g. ``[T, B]``) is accepted.
+
+Distributions compute in float32 whatever the dtype of their inputs (under bf16 autocast the networks' outputs
+are cast up first).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dreamer_fast.ops.straight_through_categorical import straight_through_categorical
+
+
+def init_keras_(module: nn.Module) -> nn.Module:
+    """Xavier-uniform weights and zero biases on every Linear / Conv / ConvTranspose inside ``module``."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return module
+
+
+class MLP(nn.Module):
+    """``layers`` hidden Linear(units) + ELU, then a Linear to ``out_dim`` (no activation).
+
+    ``[..., in_dim] -> [..., out_dim]``.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, layers: int, units: int) -> None:
+        super().__init__()
+        mods: list[nn.Module] = []
+        dim = in_dim
+        for _ in range(layers):
+            mods += [nn.Linear(dim, units), nn.ELU()]
+            dim = units
+        mods.append(nn.Linear(dim, out_dim))
+        self.net = nn.Sequential(*mods)
+        self.in_dim, self.out_dim = in_dim, out_dim
+        init_keras_(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ConvEncoder(nn.Module):
+    """DreamerV2's image encoder: 4 convs (kernel 4, stride 2, valid), depths ``depth·(1, 2, 4, 8)``, ELU, flatten.
+
+    ``[..., C, 64, 64] float -> [..., out_dim]`` with ``out_dim = 8·depth·2·2`` (1536 for depth 48).
+    """
+
+    def __init__(self, in_channels: int, depth: int = 48, image_size: int = 64) -> None:
+        super().__init__()
+        mods: list[nn.Module] = []
+        channels, size = in_channels, image_size
+        for mult in (1, 2, 4, 8):
+            mods += [nn.Conv2d(channels, mult * depth, kernel_size=4, stride=2), nn.ELU()]
+            channels, size = mult * depth, (size - 4) // 2 + 1
+        self.net = nn.Sequential(*mods)
+        self.out_dim = channels * size * size
+        init_keras_(self)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        lead = image.shape[:-3]
+        x = self.net(image.reshape(-1, *image.shape[-3:]))
+        return x.reshape(*lead, self.out_dim)
+
+
+class ConvDecoder(nn.Module):
+    """DreamerV2's image decoder: Linear ``feat -> 32·depth`` as a 1x1 map, transposed convs (kernels 5, 5, 6, 6,
+    stride 2) with depths ``depth·(4, 2, 1)`` then ``out_channels``, ELU between.
+
+    ``[..., feat_size] -> [..., out_channels, 64, 64]``: the mean of a unit-variance Gaussian over ``obs/255 - 0.5``.
+    """
+
+    def __init__(self, feat_size: int, out_channels: int, depth: int = 48) -> None:
+        super().__init__()
+        self.depth, self.out_channels = depth, out_channels
+        self.linear = nn.Linear(feat_size, 32 * depth)
+        chans = [32 * depth, 4 * depth, 2 * depth, depth, out_channels]
+        mods: list[nn.Module] = []
+        for i, kernel in enumerate((5, 5, 6, 6)):
+            mods.append(nn.ConvTranspose2d(chans[i], chans[i + 1], kernel_size=kernel, stride=2))
+            if i < 3:
+                mods.append(nn.ELU())
+        self.net = nn.Sequential(*mods)
+        init_keras_(self)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        lead = feat.shape[:-1]
+        x = self.linear(feat).reshape(-1, 32 * self.depth, 1, 1)
+        x = self.net(x)  # 1 -> 5 -> 13 -> 30 -> 64
+        return x.reshape(*lead, *x.shape[1:])
+
+
+class MLPEncoder(nn.Module):
+    """Vector observations: ``layers`` x (Linear(units) + ELU). ``[..., in_dim] -> [..., out_dim = units]``."""
+
+    def __init__(self, in_dim: int, layers: int, units: int) -> None:
+        super().__init__()
+        mods: list[nn.Module] = []
+        dim = in_dim
+        for _ in range(max(layers, 1)):
+            mods += [nn.Linear(dim, units), nn.ELU()]
+            dim = units
+        self.net = nn.Sequential(*mods)
+        self.out_dim = units
+        init_keras_(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class MLPDecoder(MLP):
+    """Vector observations: the mean of a unit-variance Gaussian. ``[..., feat_size] -> [..., out_dim]``."""
+
+
+# ---- action distributions --------------------------------------------------------------------------------------------
+
+
+class OneHotDist:
+    """Categorical over ``K`` classes, samples as one-hot vectors with DreamerV2's straight-through gradient.
+
+    Args:
+        logits: ``[..., K]`` (computed in float32).
+        unimix: uniform mixture weight of the probabilities (0 in DreamerV2).
+    """
+
+    def __init__(self, logits: torch.Tensor, unimix: float = 0.0) -> None:
+        logits = logits.float()
+        if unimix > 0:
+            probs = (1 - unimix) * logits.softmax(-1) + unimix / logits.shape[-1]
+            logits = probs.log()
+        self.logits = logits
+        self.unimix = unimix
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return self.logits.softmax(-1)
+
+    def sample(self) -> torch.Tensor:
+        """``[..., K]`` one-hot with the gradient of the probabilities (``onehot + probs - sg(probs)``)."""
+        sample, _ = straight_through_categorical(self.logits, 0.0)
+        return sample
+
+    rsample = sample
+
+    def mode(self) -> torch.Tensor:
+        """One-hot of the most likely class, with the straight-through gradient of the probabilities."""
+        probs = self.probs
+        onehot = F.one_hot(self.logits.argmax(-1), self.logits.shape[-1]).to(probs.dtype)
+        return onehot + (probs - probs.detach())
+
+    def log_prob(self, onehot: torch.Tensor) -> torch.Tensor:
+        """``[..., K]`` one-hot -> ``[...]``."""
+        return (onehot.float() * self.logits.log_softmax(-1)).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        """``[...]`` exact entropy."""
+        logp = self.logits.log_softmax(-1)
+        return -(logp.exp() * logp).sum(-1)
+
+
+_SQRT2 = math.sqrt(2.0)
+_LOG_SQRT_2PI_E = 0.5 * math.log(2 * math.pi * math.e)
+
+
+def _ndtr(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1 + torch.erf(x / _SQRT2))
+
+
+class TruncNormalDist:
+    """A normal ``N(loc, scale)`` truncated to ``[low, high]``, independent over the last dim (the action dims).
+
+    Sampling is by inverse CDF, so :meth:`rsample` is differentiable in ``loc`` and ``scale``. Samples are kept
+    ``clip`` inside the bounds with a straight-through clamp (as DreamerV2's ``TruncNormalDist``). The entropy is the
+    closed form. All in float32.
+
+    Args:
+        loc, scale: ``[..., A]``.
+    """
+
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, low: float = -1.0, high: float = 1.0,
+                 clip: float = 1e-6) -> None:
+        self.loc, self.scale = loc.float(), scale.float()
+        self.low, self.high, self.clip = low, high, clip
+        self._alpha = (low - self.loc) / self.scale
+        self._beta = (high - self.loc) / self.scale
+        self._cdf_alpha, self._cdf_beta = _ndtr(self._alpha), _ndtr(self._beta)
+        # |loc| < 1 keeps the interval around the mean, so Z stays well away from 0 for scale >= min_std.
+        self._z = (self._cdf_beta - self._cdf_alpha).clamp_min(1e-8)
+
+    def rsample(self) -> torch.Tensor:
+        """``[..., A]`` reparameterised sample in ``[low + clip, high - clip]``."""
+        u = torch.rand_like(self.loc)
+        p = (self._cdf_alpha + u * self._z).clamp(1e-7, 1 - 1e-7)
+        x = self.loc + self.scale * torch.special.ndtri(p)
+        clipped = x.clamp(self.low + self.clip, self.high - self.clip)
+        return x + (clipped - x).detach()
+
+    sample = rsample
+
+    def mode(self) -> torch.Tensor:
+        """The mode: ``loc`` clamped to the bounds (``[..., A]``)."""
+        clipped = self.loc.clamp(self.low + self.clip, self.high - self.clip)
+        return self.loc + (clipped - self.loc).detach()
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., A] -> [...]``: summed over the action dims."""
+        z = (x.float() - self.loc) / self.scale
+        logp = -0.5 * z**2 - 0.5 * math.log(2 * math.pi) - self.scale.log() - self._z.log()
+        return logp.sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        """``[...]``: ``log(sqrt(2 pi e) scale Z) + (alpha phi(alpha) - beta phi(beta)) / (2 Z)``, summed over dims."""
+        phi = lambda t: torch.exp(-0.5 * t**2) / math.sqrt(2 * math.pi)  # noqa: E731
+        a, b = self._alpha, self._beta
+        ent = _LOG_SQRT_2PI_E + self.scale.log() + self._z.log() + (a * phi(a) - b * phi(b)) / (2 * self._z)
+        return ent.sum(-1)
+
+
+class ActionHead(nn.Module):
+    """The actor's output layer and distribution: ``feat [..., in_dim] -> raw [..., P] -> dist``.
+
+    - ``onehot``: ``P = A`` logits; :class:`OneHotDist`.
+    - ``trunc_normal``: ``P = 2A``, ``(mu, s)``; ``loc = tanh(mu)``,
+      ``scale = 2·sigmoid(s/2 + b) + min_std`` on ``[-1, 1]``, with the constant ``b`` chosen so that ``s = 0`` gives
+      ``init_std`` (DreamerV2: ``2·sigmoid(s/2) + min_std``; the offset makes the ``actor_init_std`` config mean
+      something; the scale lies in ``(min_std, 2 + min_std)``, and an ``init_std`` outside that range is clamped
+      into it).
+    """
+
+    def __init__(self, in_dim: int, action_dim: int, dist: str, layers: int, units: int,
+                 min_std: float = 0.1, init_std: float = 1.0, unimix: float = 0.0) -> None:
+        super().__init__()
+        if dist not in ("onehot", "trunc_normal"):
+            raise ValueError(f"ActionHead: `dist` must be 'onehot' or 'trunc_normal', got {dist!r}")
+        self.dist_name, self.action_dim = dist, action_dim
+        self.min_std, self.unimix = min_std, unimix
+        frac = min(max((init_std - min_std) / 2.0, 1e-3), 1 - 1e-3)
+        self.std_offset = math.log(frac / (1 - frac))
+        out = action_dim if dist == "onehot" else 2 * action_dim
+        self.mlp = MLP(in_dim, out, layers, units)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        """Raw outputs ``[..., P]`` (turned into a distribution by :meth:`dist`)."""
+        return self.mlp(feat)
+
+    def dist(self, raw: torch.Tensor) -> OneHotDist | TruncNormalDist:
+        raw = raw.float()
+        if self.dist_name == "onehot":
+            return OneHotDist(raw, self.unimix)
+        mu, s = raw.chunk(2, -1)
+        scale = 2 * torch.sigmoid(s / 2 + self.std_offset) + self.min_std
+        return TruncNormalDist(torch.tanh(mu), scale)
+
+
+__all__ = ["MLP", "ConvEncoder", "ConvDecoder", "MLPEncoder", "MLPDecoder", "OneHotDist", "TruncNormalDist",
+           "ActionHead", "init_keras_"]

@@ -92,7 +92,9 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
     envs = [make_env(config, seed=config.seed + 1000 * i) for i in range(config.num_envs)]
     obs_space, act_space = envs[0].obs_space, envs[0].act_space
     agent = Agent(obs_space, act_space, config).to(device)
-    replay = Replay(logdir / "replay", config.replay_capacity, seed=config.seed)
+    # Steps become sampleable when their chunk is written: at an episode's end or every 4 sequence lengths, so that
+    # long Atari episodes feed training while they run.
+    replay = Replay(logdir / "replay", config.replay_capacity, seed=config.seed, chunk=4 * config.batch_length)
     logger = Logger(logdir)
 
     step, updates, episodes = 0, 0, 0

@@ -74,7 +74,7 @@ class ActorCritic(nn.Module):
         self.act_space = act_space
         c = config
         self.actor = ActionHead(feat_size, act_space.dim, actor_dist_name(act_space, c), c.mlp_layers, c.mlp_units,
-                                c.actor_min_std, c.actor_init_std)
+                                c.actor_min_std, c.actor_init_std, backend=c.backend)
         self.critic = MLP(feat_size, 1, c.mlp_layers, c.mlp_units)
         self.slow_critic = copy.deepcopy(self.critic)
         self.slow_critic.requires_grad_(False)
@@ -130,7 +130,8 @@ class ActorCritic(nn.Module):
             disc = torch.sigmoid(world_model.discount(feat).squeeze(-1).float())
             disc = torch.cat([c.discount * (1.0 - is_terminal.float())[None], disc[1:]], 0)
             slow_value = self.value(feat, slow=True)
-            returns = lambda_return(reward[:-1], slow_value[:-1], disc[:-1], slow_value[-1], c.lam)  # [H, N]
+            returns = lambda_return(reward[:-1], slow_value[:-1], disc[:-1], slow_value[-1], c.lam,
+                                    backend=c.backend)  # [H, N]
         weights = return_weights(disc)[:-1]
         raw = torch.stack(raws) if dynamics else self.actor(feat[:-1].detach())
         dist = self.actor.dist(raw)

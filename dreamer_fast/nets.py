@@ -133,13 +133,14 @@ class OneHotDist:
         unimix: uniform mixture weight of the probabilities (0 in DreamerV2).
     """
 
-    def __init__(self, logits: torch.Tensor, unimix: float = 0.0) -> None:
+    def __init__(self, logits: torch.Tensor, unimix: float = 0.0, backend: str | None = None) -> None:
         logits = logits.float()
         if unimix > 0:
             probs = (1 - unimix) * logits.softmax(-1) + unimix / logits.shape[-1]
             logits = probs.log()
         self.logits = logits
         self.unimix = unimix
+        self.backend = backend  # of the straight-through sampling op (None: $DREAMER_FAST_BACKEND, else auto)
 
     @property
     def probs(self) -> torch.Tensor:
@@ -147,7 +148,7 @@ class OneHotDist:
 
     def sample(self) -> torch.Tensor:
         """``[..., K]`` one-hot with the gradient of the probabilities (``onehot + probs - sg(probs)``)."""
-        sample, _ = straight_through_categorical(self.logits, 0.0)
+        sample, _ = straight_through_categorical(self.logits, 0.0, backend=self.backend)
         return sample
 
     rsample = sample
@@ -238,12 +239,12 @@ class ActionHead(nn.Module):
     """
 
     def __init__(self, in_dim: int, action_dim: int, dist: str, layers: int, units: int,
-                 min_std: float = 0.1, init_std: float = 1.0, unimix: float = 0.0) -> None:
+                 min_std: float = 0.1, init_std: float = 1.0, unimix: float = 0.0, backend: str | None = None) -> None:
         super().__init__()
         if dist not in ("onehot", "trunc_normal"):
             raise ValueError(f"ActionHead: `dist` must be 'onehot' or 'trunc_normal', got {dist!r}")
         self.dist_name, self.action_dim = dist, action_dim
-        self.min_std, self.unimix = min_std, unimix
+        self.min_std, self.unimix, self.backend = min_std, unimix, backend
         frac = min(max((init_std - min_std) / 2.0, 1e-3), 1 - 1e-3)
         self.std_offset = math.log(frac / (1 - frac))
         out = action_dim if dist == "onehot" else 2 * action_dim
@@ -256,7 +257,7 @@ class ActionHead(nn.Module):
     def dist(self, raw: torch.Tensor) -> OneHotDist | TruncNormalDist:
         raw = raw.float()
         if self.dist_name == "onehot":
-            return OneHotDist(raw, self.unimix)
+            return OneHotDist(raw, self.unimix, self.backend)
         mu, s = raw.chunk(2, -1)
         scale = 2 * torch.sigmoid(s / 2 + self.std_offset) + self.min_std
         return TruncNormalDist(torch.tanh(mu), scale)

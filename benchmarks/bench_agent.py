@@ -1,0 +1,50 @@
+"""One full DreamerV2 training update (world model + actor + critic) at the paper's Atari sizes: B=16 sequences of
+T=50 64x64 frames, imagination H=15 from all 800 posterior states, 18 actions; fused backend vs reference backend
+in the same run (the only difference: RSSM observe/imagine, KL balancing, λ-returns and straight-through sampling).
+
+Run:  pytest benchmarks/bench_agent.py --benchmark-only --benchmark-columns=min,median,mean,rounds
+
+Each update takes seconds on a 2-core CPU (the conv encoder/decoder over 800 frames dominates), so few rounds.
+The ``small`` case is the CPU-sized preset's update (``--config small``), where the RSSM is a larger share.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dreamer_fast.agent import Agent
+from dreamer_fast.config import load_config
+from dreamer_fast.envs import ActionSpace
+
+ACTIONS = 18
+
+
+def batch(T: int, B: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    data = {
+        "image": rng.integers(0, 255, (T, B, 1, 64, 64), dtype=np.uint8),
+        "action": np.eye(ACTIONS, dtype=np.float32)[rng.integers(0, ACTIONS, (T, B))],
+        "reward": rng.normal(size=(T, B)).astype(np.float32),
+        "is_first": np.zeros((T, B), bool),
+        "is_last": np.zeros((T, B), bool),
+        "is_terminal": np.zeros((T, B), bool),
+    }
+    data["is_first"][0] = True
+    data["is_first"][T // 2, 0] = True  # an episode boundary inside one sequence
+    return data
+
+
+@pytest.mark.parametrize("preset", ["atari", "small"])
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_train_update(benchmark, preset, backend):
+    config = load_config(preset, {"backend": backend})
+    benchmark.group = f"agent train_step ({preset} preset, B={config.batch_size} T={config.batch_length} " \
+                      f"H={config.horizon})"
+    agent = Agent({"image": ((1, 64, 64), np.uint8)}, ActionSpace(True, ACTIONS), config)
+    data = batch(config.batch_length, config.batch_size)
+    if not benchmark.disabled:
+        agent.train_step(data)  # warm-up: allocator, MKL weight packing, oneDNN primitives
+    metrics = benchmark.pedantic(agent.train_step, args=(data,), rounds=2 if preset == "atari" else 5, iterations=1)
+    assert all(np.isfinite(v) for v in metrics.values())
+    benchmark.extra_info["updates_per_s"] = 1.0 / benchmark.stats.stats.mean if benchmark.stats else None

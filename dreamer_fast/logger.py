@@ -2,7 +2,7 @@
 
 ``Logger(logdir)`` writes scalars to ``logdir/tb`` (TensorBoard) and ``logdir/metrics.csv`` (rows
 ``step,name,value``; an existing file is appended to, so a resumed run continues it). ``plot(logdir)`` turns the CSV
-into ``curve.png`` (``episode/return`` against step) and ``losses.png`` (every ``train/*`` metric).
+into ``curve.png`` (``episode/return`` against step) and ``losses.png`` (every training metric: ``model/``, ``actor/``, ``critic/``, ``imag/``, ``train/``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ from PIL import Image
 CSV_NAME = "metrics.csv"
 _HEADER = ["step", "name", "value"]
 
+
+
+TRAINING_PREFIXES = ("model/", "actor/", "critic/", "imag/", "train/")  # the metrics losses.png shows
 
 class Logger:
     """Writes scalars to TensorBoard and CSV, and GIFs to ``logdir``.
@@ -103,7 +106,7 @@ def _rolling_mean(values: np.ndarray, window: int) -> np.ndarray:
 
 def plot(logdir: str | Path, window: int = 20) -> list[Path]:
     """Writes ``logdir/curve.png`` (``episode/return`` vs step, with a ``window``-episode rolling mean) and
-    ``logdir/losses.png`` (one subplot per ``train/*`` metric) from ``metrics.csv``; returns both paths."""
+    ``logdir/losses.png`` (one subplot per training metric, see ``TRAINING_PREFIXES``) from ``metrics.csv``; returns both paths."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
@@ -125,14 +128,14 @@ def plot(logdir: str | Path, window: int = 20) -> list[Path]:
     curve = logdir / "curve.png"
     fig.savefig(curve, dpi=100, bbox_inches="tight")
 
-    names = sorted(n for n in metrics if n.startswith("train/"))
+    names = sorted(n for n in metrics if n.startswith(TRAINING_PREFIXES))
     cols = min(4, max(1, len(names)))
     rows = max(1, math.ceil(len(names) / cols))
     fig = Figure(figsize=(3.5 * cols, 2.6 * rows))
     FigureCanvasAgg(fig)
     if not names:
         ax = fig.add_subplot()
-        ax.text(0.5, 0.5, "no 'train/*' metrics in metrics.csv", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, f"no {'/'.join(TRAINING_PREFIXES)} metrics in metrics.csv", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
     for i, name in enumerate(names):
         ax = fig.add_subplot(rows, cols, i + 1)

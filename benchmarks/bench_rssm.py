@@ -103,10 +103,13 @@ class Actor(nn.Module):
         return F.one_hot(index, probs.shape[-1]).to(probs.dtype) + probs - probs.detach()
 
 
-@pytest.mark.parametrize("impl", ["fused", "reference"])
+@pytest.mark.parametrize("impl", ["fused", "reference", "fused-bf16"])
 def test_imagine(benchmark, impl):
+    """`fused-bf16`: the fused backend under torch.autocast("cpu", bfloat16), the issue's mixed-precision case (its
+    target is a ratio to the float32 eager reference)."""
     benchmark.group = "rssm imagine fwd+bwd H=15 B=800 + 4x400 actor (f32)"
-    m = rssm(impl)
+    bf16 = impl.endswith("-bf16")
+    m = rssm(impl.removesuffix("-bf16"))
     actor = Actor(m.feat_size, ACTIONS)
     g = torch.Generator().manual_seed(2)
     start = RSSMState(
@@ -119,12 +122,46 @@ def test_imagine(benchmark, impl):
 
     def run():
         torch.manual_seed(3)
-        states = m.imagine(actor, start, 15)
-        return torch.autograd.grad(m.get_feat(states).square().mean(), params)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            states = m.imagine(actor, start, 15)
+            loss = m.get_feat(states).float().square().mean()
+        return torch.autograd.grad(loss, params)
 
     run()
     grads = benchmark.pedantic(run, rounds=3, iterations=1)  # ~360 GFLOP per round
     assert len(grads) == len(params)
+
+
+def imagine_gemm_shapes(N=800, horizon=15, feat=600 + 32 * 32, hidden=600, deter=600, flat=32 * 32, width=400):
+    """(M, K, N) of every GEMM that one imagine round above must do (forward, input gradients, weight gradients),
+    for `C[M, N] = A[M, K] @ B[K, N]`: the floor that test_imagine's fused time is compared with."""
+    rssm_layers = [(ACTIONS, hidden), (flat, hidden), (hidden + deter, 3 * deter), (deter, hidden), (hidden, flat)]
+    actor_layers = [(feat, width), (width, width), (width, width), (width, width), (width, ACTIONS)]
+    step = []
+    for i, (inp, out) in enumerate(rssm_layers + actor_layers):
+        step.append((N, inp, out))  # forward
+        if i != len(rssm_layers):  # the actor's first layer reads detached features: no input gradient
+            step.append((N, out, inp))  # input gradient
+        step.append((out, N, inp))  # weight gradient
+    return step * horizon
+
+
+def test_imagine_gemms(benchmark):
+    """The GEMMs of one imagine round alone (float32, same shapes, contiguous operands, preallocated outputs)."""
+    benchmark.group = "rssm imagine fwd+bwd H=15 B=800 + 4x400 actor (f32)"
+    g = torch.Generator().manual_seed(5)
+    shapes = imagine_gemm_shapes()
+    operands = {s: (torch.randn(s[0], s[1], generator=g), torch.randn(s[1], s[2], generator=g), torch.empty(s[0], s[2]))
+                for s in set(shapes)}
+
+    def run():
+        for s in shapes:
+            a, b, c = operands[s]
+            torch.mm(a, b, out=c)
+
+    run()
+    benchmark.pedantic(run, rounds=3, iterations=1)
+    benchmark.extra_info["gflop"] = sum(2 * m * k * n for m, k, n in shapes) / 1e9
 
 
 @pytest.mark.parametrize("impl", ["fused", "reference"])

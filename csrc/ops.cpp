@@ -53,6 +53,15 @@ void define_schemas(torch::Library& m) {
       " Tensor w_post, Tensor deters, Tensor samples, Tensor x, Tensor gates, Tensor mean, Tensor rstd, Tensor y,"
       " Tensor probs, float unimix) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,"
       " Tensor, Tensor, Tensor)");
+  // One RSSM observe step for acting (no autograd; recurrence in csrc/composite/obs_step_inference.cpp): the state
+  // deter [B, D], stoch [B, S, K], action [B, A], embed [B, E], keep [B] (1 - is_first), the RSSM's full layers
+  // (weight [out, in], bias [out]), the sampler's noise [B, S] or Philox `seed`. Returns (deter', post sample, post
+  // logits, prior probs, prior logits).
+  m.def(
+      "obs_step_inference(Tensor deter, Tensor stoch, Tensor action, Tensor embed, Tensor keep, Tensor w_img_in,"
+      " Tensor b_img_in, Tensor w_gru, Tensor b_gru, Tensor ln_w, Tensor ln_b, Tensor w_img_out, Tensor b_img_out,"
+      " Tensor w_prior, Tensor b_prior, Tensor w_obs_out, Tensor b_obs_out, Tensor w_post, Tensor b_post,"
+      " Tensor? noise, Tensor seed, float unimix, float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 }  // namespace

@@ -28,6 +28,7 @@ from torch import nn
 
 from dreamer_fast import _backend
 from dreamer_fast._sequence_linear import SequenceLinear
+from dreamer_fast.ops import obs_step_inference as _obs_step_inference
 from dreamer_fast.ops.kl_balance import kl_balance
 from dreamer_fast.ops.observe_sequence import observe_sequence
 from dreamer_fast.ops.straight_through_categorical import straight_through_categorical
@@ -440,9 +441,20 @@ class RSSM(nn.Module):
         return post, RSSMState(deters, _probs(prior_logits, self.unimix), prior_logits)
 
     def _obs_step_fused(self, prev_state, prev_action, embed, keep, noise):
-        # The acting path (B = 1 under torch.no_grad, every environment step): functional calls on the parameters,
-        # no module calls, the fused op without its wrapper's checks.
         p = self._params()
+        device_type = embed.device.type
+        if (not torch.is_grad_enabled() and not torch.is_autocast_enabled(device_type)
+                and _backend.has_kernel("obs_step_inference", device_type)):
+            # The acting path (B = 1 under torch.no_grad, every environment step): the whole step is one C++ op, as
+            # ~20 ATen calls from Python cost about as much as its GEMVs (docs/PERFORMANCE.md). The op has no
+            # autograd, and under autocast the step below casts the GEMMs as autocast does.
+            deter, stoch, logits, prior_probs, prior_logits = _obs_step_inference.call(
+                prev_state.deter, prev_state.stoch, prev_action, embed, keep, p, p["gru_norm"][0], p["gru_norm"][1],
+                noise, self.unimix, _GRU_EPS,
+            )
+            return RSSMState(deter, stoch, logits), RSSMState(deter, prior_probs, prior_logits)
+        # Training through a single step (or autocast): functional calls on the parameters, no module calls, the
+        # fused ops without their wrappers' checks.
         k = keep[:, None]
         x = F.elu(F.linear(torch.cat([prev_state.stoch.flatten(-2), prev_action], -1) * k, *p["img_in"]))
         deter = prev_state.deter * k

@@ -1,0 +1,195 @@
+// One RSSM observe step without autograd (dreamer_fast::obs_step_inference): the policy's filter while acting in the
+// environment, B = 1 under torch.no_grad at every environment step.
+//
+// Why an op of its own: at B = 1 the step is ~10 GEMVs that each read their weight once (22.6 MB of float32 at
+// DreamerV2's Atari sizes, which is the floor of its time) plus ~15 tiny ops. From Python every one of those costs a
+// Python call and an op dispatch, and the fused sampler's wrapper a few more: ~0.3 ms a step on top of the GEMVs.
+// Here the step is one dispatch, and ATen calls from C++. Device-generic like observe_sequence: ATen plus our
+// ln_gru and straight_through_categorical kernels through the dispatcher, so it is the CPU and the CUDA kernel (and,
+// in dreamer_fast_emu, runs the emulated CUDA kernels).
+//
+// The step (as RSSM._obs_step_reference; h = deter [B, D], z = stoch [B, S*K], k = keep[:, None]):
+//   x            = elu(b_img_in + [z k, action k] W_img_in^T)
+//   h'           = ln_gru(b_gru + [x, h k] W_gru^T, h k, ln_w, ln_b, eps)
+//   post_logits  = b_post + elu(b_obs_out + [h', embed] W_obs_out^T) W_post^T
+//   sample       = straight_through_categorical(post_logits, noise or seed, unimix)
+//   prior_logits = b_prior + elu(b_img_out + h' W_img_out^T) W_prior^T;  prior_probs = its (unimixed) softmax
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "../check.h"
+
+namespace dreamer_fast::obs_step_inference {
+namespace {
+
+constexpr const char* kOp = "obs_step_inference";
+
+using Tensor = at::Tensor;
+using OptTensor = std::optional<at::Tensor>;
+
+// Our per-step kernels of one op library ("dreamer_fast" or "dreamer_fast_emu"), looked up once.
+struct StepOps {
+  using LnGru = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&, double);
+  using Sample = std::tuple<Tensor, Tensor>(const Tensor&, const OptTensor&, const Tensor&, double);
+  c10::TypedOperatorHandle<LnGru> ln_gru;
+  c10::TypedOperatorHandle<Sample> sample;
+
+  explicit StepOps(const std::string& ns)
+      : ln_gru(find(ns, "ln_gru").typed<LnGru>()), sample(find(ns, "straight_through_categorical").typed<Sample>()) {}
+
+  static c10::OperatorHandle find(const std::string& ns, const char* name) {
+    return c10::Dispatcher::singleton().findSchemaOrThrow((ns + "::" + name).c_str(), "");
+  }
+};
+
+// The checks are the C++ callers' backstop: RSSM.obs_step and dreamer_fast.ops.obs_step_inference check first.
+struct Sizes {
+  int64_t B, D, H, S, K, F, A, E;  // F = S * K; A, E: action and embed sizes
+};
+
+void check_like(const char* name, const Tensor& t, const Tensor& deter) {
+  TORCH_CHECK(t.defined(), kOp, ": `", name, "` is undefined");
+  TORCH_CHECK(t.scalar_type() == deter.scalar_type(), kOp, ": `", name, "` must have the dtype of `deter` (",
+              deter.scalar_type(), "), got ", t.scalar_type());
+  TORCH_CHECK(t.device() == deter.device(), kOp, ": `", name, "` must be on the device of `deter` (", deter.device(),
+              "), got ", t.device());
+}
+
+void check_shape_of(const char* name, const Tensor& t, at::IntArrayRef expected, const char* what) {
+  TORCH_CHECK(t.sizes() == expected, kOp, ": `", name, "` must have shape ", what, " = ", expected, ", got ",
+              t.sizes());
+}
+
+Sizes check_args(const Tensor& deter, const Tensor& stoch, const Tensor& action, const Tensor& embed,
+                 const Tensor& keep, const Tensor& w_img_in, const Tensor& b_img_in, const Tensor& w_gru,
+                 const Tensor& b_gru, const Tensor& ln_w, const Tensor& ln_b, const Tensor& w_img_out,
+                 const Tensor& b_img_out, const Tensor& w_prior, const Tensor& b_prior, const Tensor& w_obs_out,
+                 const Tensor& b_obs_out, const Tensor& w_post, const Tensor& b_post, const OptTensor& noise,
+                 const Tensor& seed, double unimix, double eps) {
+  TORCH_CHECK(deter.defined() && deter.dim() == 2, kOp, ": `deter` must be [B, D], got ",
+              deter.defined() ? deter.sizes() : at::IntArrayRef{});
+  check_float(kOp, "deter", deter, /*allow_half=*/false);
+  TORCH_CHECK(stoch.defined() && stoch.dim() == 3, kOp, ": `stoch` must be [B, S, K], got ",
+              stoch.defined() ? stoch.sizes() : at::IntArrayRef{});
+  TORCH_CHECK(action.defined() && action.dim() == 2, kOp, ": `action` must be [B, A], got ",
+              action.defined() ? action.sizes() : at::IntArrayRef{});
+  TORCH_CHECK(embed.defined() && embed.dim() == 2, kOp, ": `embed` must be [B, E], got ",
+              embed.defined() ? embed.sizes() : at::IntArrayRef{});
+  TORCH_CHECK(w_img_in.defined() && w_img_in.dim() == 2, kOp, ": `w_img_in` must be [H, S*K + A], got ",
+              w_img_in.defined() ? w_img_in.sizes() : at::IntArrayRef{});
+  Sizes s{};
+  s.B = deter.size(0);
+  s.D = deter.size(1);
+  s.S = stoch.size(1);
+  s.K = stoch.size(2);
+  s.F = s.S * s.K;
+  s.A = action.size(1);
+  s.E = embed.size(1);
+  s.H = w_img_in.size(0);
+  const std::pair<const char*, const Tensor*> like_deter[] = {
+      {"stoch", &stoch},         {"action", &action},       {"embed", &embed},         {"keep", &keep},
+      {"w_img_in", &w_img_in},   {"b_img_in", &b_img_in},   {"w_gru", &w_gru},         {"b_gru", &b_gru},
+      {"ln_w", &ln_w},           {"ln_b", &ln_b},           {"w_img_out", &w_img_out}, {"b_img_out", &b_img_out},
+      {"w_prior", &w_prior},     {"b_prior", &b_prior},     {"w_obs_out", &w_obs_out}, {"b_obs_out", &b_obs_out},
+      {"w_post", &w_post},       {"b_post", &b_post}};
+  for (const auto& [name, t] : like_deter) check_like(name, *t, deter);
+  check_shape_of("stoch", stoch, {s.B, s.S, s.K}, "[B, S, K]");
+  check_shape_of("action", action, {s.B, s.A}, "[B, A]");
+  check_shape_of("embed", embed, {s.B, s.E}, "[B, E]");
+  check_shape_of("keep", keep, {s.B}, "[B]");
+  check_shape_of("w_img_in", w_img_in, {s.H, s.F + s.A}, "[H, S*K + A]");
+  check_shape_of("b_img_in", b_img_in, {s.H}, "[H]");
+  check_shape_of("w_gru", w_gru, {3 * s.D, s.H + s.D}, "[3*D, H + D]");
+  check_shape_of("b_gru", b_gru, {3 * s.D}, "[3*D]");
+  check_shape_of("ln_w", ln_w, {3 * s.D}, "[3*D]");
+  check_shape_of("ln_b", ln_b, {3 * s.D}, "[3*D]");
+  check_shape_of("w_img_out", w_img_out, {s.H, s.D}, "[H, D]");
+  check_shape_of("b_img_out", b_img_out, {s.H}, "[H]");
+  check_shape_of("w_prior", w_prior, {s.F, s.H}, "[S*K, H]");
+  check_shape_of("b_prior", b_prior, {s.F}, "[S*K]");
+  check_shape_of("w_obs_out", w_obs_out, {s.H, s.D + s.E}, "[H, D + E]");
+  check_shape_of("b_obs_out", b_obs_out, {s.H}, "[H]");
+  check_shape_of("w_post", w_post, {s.F, s.H}, "[S*K, H]");
+  check_shape_of("b_post", b_post, {s.F}, "[S*K]");
+  if (noise) {
+    check_like("noise", *noise, deter);
+    check_shape_of("noise", *noise, {s.B, s.S}, "[B, S]");
+  }
+  TORCH_CHECK(seed.defined() && seed.device().is_cpu() && seed.scalar_type() == at::kLong && seed.numel() == 1, kOp,
+              ": `seed` must be a one-element int64 CPU tensor (the sampler's Philox seed)");
+  TORCH_CHECK(unimix >= 0.0 && unimix < 1.0, kOp, ": `unimix` must be in [0, 1), got ", unimix);
+  TORCH_CHECK(eps >= 0.0, kOp, ": `eps` must be >= 0, got ", eps);
+  return s;
+}
+
+// Where is_first is set (keep == 0) the previous state and action are zeroed. On the CPU a step without a reset skips
+// the three multiplications (reading keep is free there); on a GPU reading it would stall the host.
+bool needs_reset(const Tensor& keep) {
+  return !keep.is_cpu() || keep.eq(0).any().item<bool>();
+}
+
+// b + x W^T, then ELU in place.
+Tensor linear_elu(const Tensor& x, const Tensor& w, const Tensor& b) {
+  Tensor y = at::addmm(b, x, w.t());
+  return at::elu_(y);
+}
+
+using Out = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+template <int kLib>
+Out kernel(const Tensor& deter, const Tensor& stoch, const Tensor& action, const Tensor& embed, const Tensor& keep,
+           const Tensor& w_img_in, const Tensor& b_img_in, const Tensor& w_gru, const Tensor& b_gru,
+           const Tensor& ln_w, const Tensor& ln_b, const Tensor& w_img_out, const Tensor& b_img_out,
+           const Tensor& w_prior, const Tensor& b_prior, const Tensor& w_obs_out, const Tensor& b_obs_out,
+           const Tensor& w_post, const Tensor& b_post, const OptTensor& noise, const Tensor& seed, double unimix,
+           double eps) {
+  static const StepOps ops(kLib == 0 ? "dreamer_fast" : "dreamer_fast_emu");
+  const Sizes s = check_args(deter, stoch, action, embed, keep, w_img_in, b_img_in, w_gru, b_gru, ln_w, ln_b,
+                             w_img_out, b_img_out, w_prior, b_prior, w_obs_out, b_obs_out, w_post, b_post, noise,
+                             seed, unimix, eps);
+  // Inference only: this op has no autograd formula, and its GEMMs run in the parameters' dtype (RSSM.obs_step takes
+  // the Python path under autocast), so neither key may see the calls below.
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  at::AutoDispatchBelowADInplaceOrView no_autograd;
+
+  Tensor h = deter.contiguous(), z = stoch.reshape({s.B, s.F}), a = action;
+  if (needs_reset(keep)) {
+    const Tensor k = keep.unsqueeze(1);
+    h = h * k;
+    z = z * k;
+    a = a * k;
+  }
+  // Concatenations as the layers read them: at B = 1 a copy of a few KB, cheaper than a second GEMV call.
+  const Tensor x = linear_elu(at::cat({z, a}, 1), w_img_in, b_img_in);
+  const Tensor gates = at::addmm(b_gru, at::cat({x, h}, 1), w_gru.t());
+  const Tensor h_next = std::get<0>(ops.ln_gru.call(gates, h, ln_w.contiguous(), ln_b.contiguous(), eps));
+
+  const Tensor y = linear_elu(at::cat({h_next, embed}, 1), w_obs_out, b_obs_out);
+  const Tensor post_logits = at::addmm(b_post, y, w_post.t()).view({s.B, s.S, s.K});
+  const OptTensor noise_c = noise ? OptTensor(noise->contiguous()) : std::nullopt;
+  const Tensor sample = std::get<0>(ops.sample.call(post_logits, noise_c, seed, unimix));
+
+  const Tensor prior_logits =
+      at::addmm(b_prior, linear_elu(h_next, w_img_out, b_img_out), w_prior.t()).view({s.B, s.S, s.K});
+  Tensor prior_probs = at::softmax(prior_logits, -1);
+  if (unimix > 0) prior_probs.mul_(1 - unimix).add_(unimix / static_cast<double>(s.K));
+  return {h_next, sample, post_logits, prior_probs, prior_logits};
+}
+
+}  // namespace
+}  // namespace dreamer_fast::obs_step_inference
+
+// The same device-generic function serves every backend that has kernels for ln_gru and the sampler.
+TORCH_LIBRARY_IMPL(dreamer_fast, CPU, m) { m.impl("obs_step_inference", &dreamer_fast::obs_step_inference::kernel<0>); }
+#ifdef DREAMER_FAST_WITH_CUDA
+TORCH_LIBRARY_IMPL(dreamer_fast, CUDA, m) {
+  m.impl("obs_step_inference", &dreamer_fast::obs_step_inference::kernel<0>);
+}
+#endif
+TORCH_LIBRARY_IMPL(dreamer_fast_emu, CPU, m) {
+  m.impl("obs_step_inference", &dreamer_fast::obs_step_inference::kernel<1>);
+}

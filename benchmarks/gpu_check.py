@@ -37,7 +37,6 @@ def build(cxx: str | None) -> None:
     cmd = [sys.executable, "setup.py", "build_ext", "--inplace"]
     print(f"gpu_check: building for sm_{major}{minor}: {' '.join(cmd)}", flush=True)
     subprocess.run(cmd, env=env, check=True, cwd=ROOT)
-    sys.path.insert(0, str(ROOT))  # the in-place build, for this process; pytest below runs from ROOT
 
 
 CPP_ERROR_PROBE = """
@@ -174,6 +173,7 @@ def main() -> None:
     print(f"gpu_check: {time.strftime('%Y-%m-%d')} on {name}, torch {torch.__version__}, CUDA {torch.version.cuda}")
     if not args.no_build:
         build(args.cxx)
+    sys.path.insert(0, str(ROOT))  # the in-place build (or an installed one), for this process; pytest runs from ROOT
     import dreamer_fast as df
 
     check_cpp_errors()

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from dreamer_fast._atomic import atomic_write
 
 _NAME = re.compile(r"^(\d{10})-w(\d+)-([cs])-(\d+)\.npz$")
 _TMP_PREFIX = ".chunk-"
@@ -223,13 +224,4 @@ class Replay:
 
 def _write_npz(path: Path, data: dict[str, np.ndarray]) -> None:
     """Writes ``data`` as compressed npz to ``path`` atomically: a temp file in the same folder, then rename."""
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez_compressed(f, **data), tmp_prefix=_TMP_PREFIX)

@@ -140,7 +140,7 @@ def plot(logdir: str | Path, window: int = 20) -> list[Path]:
     for i, name in enumerate(names):
         ax = fig.add_subplot(rows, cols, i + 1)
         steps, values = metrics[name]
-        ax.plot(steps, values, lw=1)
+        ax.plot(steps, values, lw=1, marker="." if len(steps) <= 50 else None)  # few points: make each one visible
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)

@@ -134,6 +134,23 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
     interrupted = False
     bar = tqdm(total=config.steps, initial=step, unit="step", dynamic_ncols=True, disable=not progress,
                desc=f"{config.env}")
+    def log_now() -> None:
+        """Means of the training metrics since the last log, throughput, replay size."""
+        nonlocal last_log_step, last_log_time, last_log_updates
+        now = time.perf_counter()
+        elapsed = max(now - last_log_time, 1e-9)
+        summary = {k: float(np.mean(v)) for k, v in metrics.items()}
+        summary["perf/env_steps_per_s"] = (step - last_log_step) / elapsed
+        summary["perf/updates_per_s"] = (updates - last_log_updates) / elapsed
+        summary["replay/steps"] = len(replay)
+        summary["train/updates"] = updates
+        logger.scalars(summary, step)
+        logger.flush()
+        metrics.clear()
+        last_log_step, last_log_time, last_log_updates = step, now, updates
+        bar.set_postfix_str(
+            f"{summary['perf/env_steps_per_s']:.0f} steps/s {summary['perf/updates_per_s']:.2f} upd/s", refresh=False)
+
     try:
         while step < config.steps:
             obs = _stack([{k: s[k] for k in (*obs_space, "is_first")} for s in current])
@@ -163,20 +180,7 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
 
             if step >= next_log:
                 next_log += config.log_every
-                now = time.perf_counter()
-                elapsed = now - last_log_time
-                summary = {k: float(np.mean(v)) for k, v in metrics.items()}
-                summary["perf/env_steps_per_s"] = (step - last_log_step) / elapsed
-                summary["perf/updates_per_s"] = (updates - last_log_updates) / elapsed
-                summary["replay/steps"] = len(replay)
-                summary["train/updates"] = updates
-                logger.scalars(summary, step)
-                logger.flush()
-                metrics.clear()
-                last_log_step, last_log_time, last_log_updates = step, now, updates
-                bar.set_postfix_str(
-                    f"{summary['perf/env_steps_per_s']:.0f} steps/s {summary['perf/updates_per_s']:.2f} upd/s",
-                    refresh=False)
+                log_now()
             if step >= next_video and updates:
                 next_video += config.video_every
                 _open_loop(agent, replay, logger, config, step)
@@ -188,6 +192,8 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
         print(f"\ndreamer-fast: interrupted at step {step:,}; saving a checkpoint to {ckpt_path}")
     finally:
         bar.close()
+    if step > last_log_step:  # what happened since the last periodic log
+        log_now()
     checkpoint()
     if not interrupted and updates:
         _open_loop(agent, replay, logger, config, step)

@@ -63,6 +63,10 @@ def test_atari_debug_run_writes_open_loop_gif(tmp_path):
                    "--set", "prefill=100", "--set", "train_every=20", "--no-progress")
     assert code == 0
     assert list(logdir.glob("openloop_*.gif"))
+    # log_every is 100: the periodic log at 100 steps, and the final one at 160 with what came after
+    logged = {(r["step"], r["name"]) for r in metrics(logdir)}
+    assert ("100", "train/updates") in logged and ("160", "train/updates") in logged
+    assert ("160", "model/loss") in logged
     ckpt = load_checkpoint(logdir / "checkpoint.pt")
     assert ckpt["config"]["env"] == "atari/Pong" and ckpt["updates"] >= 2
 

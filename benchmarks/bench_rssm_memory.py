@@ -31,8 +31,9 @@ from collections.abc import Iterable
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from bench_rssm import observe_batch  # the same inputs as the timing benchmark
 
 from dreamer_fast import RSSM
 
@@ -116,21 +117,11 @@ def graph_tensors(root) -> dict[tuple[int, int], tuple[str, tuple[int, ...]]]:
     return found
 
 
-def observe_inputs(T: int = T, B: int = B):
-    g = torch.Generator().manual_seed(1)
-    embed = torch.randn(T, B, EMBED, generator=g).requires_grad_()
-    action = F.one_hot(torch.randint(ACTIONS, (T, B), generator=g), ACTIONS).float()
-    is_first = torch.zeros(T, B, dtype=torch.bool)
-    is_first[0] = True
-    noise = torch.rand(T, B, 32, generator=g)
-    return embed, action, is_first, noise
-
-
 def measure(backend: str, T: int = T, B: int = B) -> dict:
     """The numbers of the module docstring (bytes), for one forward + backward."""
     torch.manual_seed(0)
     m = RSSM(ACTIONS, EMBED, backend=backend)
-    embed, action, is_first, noise = observe_inputs(T, B)
+    embed, action, is_first, noise = observe_batch(T, B)
     leaves = {_storage(t) for t in (embed, action, noise, *m.parameters())}
     hooked: dict[tuple[int, int], tuple[int, ...]] = {}
 

@@ -10,8 +10,9 @@ Both backends compute the same function with the same parameters (``state_dict``
   the embed part of ``obs_out``, the whole prior head after the loop); ``observe``'s recurrence, forward and backward,
   in one C++ op (``dreamer_fast.ops.observe_sequence``); imagination loops in Python over the fused
   :func:`dreamer_fast.ln_gru` op with GEMMs through ATen, each weight's gradient computed once for the whole
-  sequence (``_sequence_linear.SequenceLinear``) instead of once per step; single steps (``obs_step``, e.g. acting
-  with B = 1 under ``torch.no_grad``) as a few plain GEMMs around the fused op.
+  sequence (``_sequence_linear.SequenceLinear``) instead of once per step; ``obs_step`` without gradients (acting,
+  B = 1 under ``torch.no_grad``) as one C++ op (``dreamer_fast.ops.obs_step_inference``), and with gradients or
+  under autocast as a few plain GEMMs around the fused ``ln_gru`` op.
 
 Differences in floating-point summation order aside (GEMMs split by columns, weight gradients summed in one GEMM),
 the two backends give the same states, samples and gradients for the same parameters and noise.

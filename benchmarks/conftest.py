@@ -10,7 +10,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-import dreamer_fast  # noqa: F401
+import dreamer_fast
+
+# As `dreamer-fast train` does: keep freed memory for reuse instead of page-faulting fresh mmaps (applies to every
+# implementation in a comparison alike; see dreamer_fast/_memory.py).
+dreamer_fast.keep_freed_memory()
 
 _compiled: dict[Callable, Callable] = {}
 

@@ -8,9 +8,12 @@ Ops (time-major ``[T, B, ...]``; each has a plain-PyTorch twin ``*_ref`` in :mod
 - :func:`ln_gru` — DreamerV2's LayerNorm-GRU update ``[B, 3D], [B, D] -> [B, D]``.
 
 Modules: :class:`RSSM` (DreamerV2's recurrent state-space model, drop-in) and its state :class:`RSSMState`.
+
+:func:`keep_freed_memory` — glibc malloc tuning that removes the page-fault cost of large CPU activations.
 """
 
 from dreamer_fast._backend import BACKENDS, extension_loaded, has_kernel
+from dreamer_fast._memory import keep_freed_memory
 from dreamer_fast.ops.kl_balance import kl_balance
 from dreamer_fast.ops.lambda_return import lambda_return
 from dreamer_fast.ops.ln_gru import ln_gru
@@ -31,6 +34,7 @@ __all__ = [
     "RSSMState",
     "extension_loaded",
     "has_kernel",
+    "keep_freed_memory",
     "kl_balance",
     "kl_balance_ref",
     "lambda_return",

@@ -95,6 +95,28 @@ def test_conv_decoder_shape():
     assert torch.count_nonzero(dec.linear.bias) == 0
 
 
+
+def test_conv_decoder_matches_transposed_convs():
+    """The first layer runs as a GEMM; it must equal the module's ConvTranspose2d applied to the 1x1 map, values
+    and gradients (float64), with random biases so that the bias layout is checked too."""
+    torch.manual_seed(0)
+    dec = ConvDecoder(20, out_channels=3, depth=4).double()
+    for p in dec.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    feat = torch.randn(5, 2, 20, dtype=torch.float64, requires_grad=True)
+
+    def plain(f):
+        x = dec.linear(f).reshape(-1, 32 * dec.depth, 1, 1)
+        return dec.net(x).reshape(5, 2, 3, 64, 64)
+
+    out, ref = dec(feat), plain(feat)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [feat, *dec.parameters()], g)
+    grads_ref = torch.autograd.grad(ref, [feat, *dec.parameters()], g)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b)
+
 def test_mlps():
     mlp = MLP(7, 2, layers=3, units=16)
     assert mlp(torch.randn(4, 5, 7)).shape == (4, 5, 2)

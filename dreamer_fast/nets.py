@@ -28,6 +28,25 @@ def init_keras_(module: nn.Module) -> nn.Module:
     return module
 
 
+def conv2d_as_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, stride)`` (no padding) as one GEMM over the input's patches.
+
+    The patches are a strided view of ``x`` in channels-last order, copied once into ``[N·Ho·Wo, k·k·C]``; worth it
+    when the output map is small (few patches), where oneDNN's float32 conv is slow. ``x [N, C, H, W]``,
+    ``weight [Co, C, k, k]`` -> ``[N, Co, Ho, Wo]`` (a channels-last view).
+    """
+    n, c, h, w = x.shape
+    c_out, _, k, _ = weight.shape
+    ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
+    xh = x.permute(0, 2, 3, 1).contiguous()
+    s_n, s_h, s_w, s_c = xh.stride()
+    patches = xh.as_strided((n, ho, wo, k, k, c), (s_n, stride * s_h, stride * s_w, s_h, s_w, s_c))
+    wmat = weight.permute(2, 3, 1, 0).reshape(k * k * c, c_out)
+    patches = patches.reshape(n * ho * wo, k * k * c)
+    y = torch.addmm(bias, patches, wmat) if bias is not None else patches @ wmat
+    return y.view(n, ho, wo, c_out).permute(0, 3, 1, 2)
+
+
 class MLP(nn.Module):
     """``layers`` hidden Linear(units) + ELU, then a Linear to ``out_dim`` (no activation).
 
@@ -69,7 +88,10 @@ class ConvEncoder(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         lead = image.shape[:-3]
-        x = self.net(image.reshape(-1, *image.shape[-3:]))
+        x = self.net[:-2](image.reshape(-1, *image.shape[-3:]))
+        # The last conv (6x6 -> 2x2 at 64x64 inputs) runs as one GEMM over its 4 patches per image: ~2x faster
+        # forward+backward than oneDNN's conv in float32 on CPU at these shapes; same parameters, same maths.
+        x = self.net[-1](conv2d_as_gemm(x, self.net[-2].weight, self.net[-2].bias, stride=2))
         return x.reshape(*lead, self.out_dim)
 
 

@@ -11,13 +11,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import dreamer_fast as df
 from dreamer_fast.agent import Agent
 from dreamer_fast.behavior import ActorCritic, actor_objective, critic_objective, return_weights
 from dreamer_fast.config import load_config
 from dreamer_fast.nets import MLP, ActionHead, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, OneHotDist, \
-    TruncNormalDist
+    TruncNormalDist, conv2d_as_gemm
 from dreamer_fast.world_model import WorldModel, gaussian_loss, soft_bce_with_logits
 
 IMAGE_SPACE = {"image": ((1, 64, 64), np.uint8)}
@@ -95,6 +96,36 @@ def test_conv_decoder_shape():
     assert torch.count_nonzero(dec.linear.bias) == 0
 
 
+
+
+@pytest.mark.parametrize("stride,bias", [(2, True), (1, False)])
+def test_conv2d_as_gemm_matches_conv2d(stride, bias):
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 9, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(7, 5, 4, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(7, dtype=torch.float64, requires_grad=True) if bias else None
+    out, ref = conv2d_as_gemm(x, w, b, stride), F.conv2d(x, w, b, stride=stride)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(ref)
+    leaves = [x, w] + ([b] if bias else [])
+    for a, r in zip(torch.autograd.grad(out, leaves, g), torch.autograd.grad(ref, leaves, g)):
+        torch.testing.assert_close(a, r)
+
+
+def test_conv_encoder_matches_plain_convs():
+    """The last conv runs as a GEMM; the encoder must equal its nn.Sequential of convs, values and gradients."""
+    torch.manual_seed(0)
+    enc = ConvEncoder(2, depth=4).double()
+    for p in enc.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    image = torch.rand(3, 2, 2, 64, 64, dtype=torch.float64)
+    out = enc(image)
+    ref = enc.net(image.reshape(6, 2, 64, 64)).reshape(3, 2, enc.out_dim)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    for a, r in zip(torch.autograd.grad(out, list(enc.parameters()), g),
+                    torch.autograd.grad(ref, list(enc.parameters()), g)):
+        torch.testing.assert_close(a, r)
 
 def test_conv_decoder_matches_transposed_convs():
     """The first layer runs as a GEMM; it must equal the module's ConvTranspose2d applied to the 1x1 map, values

@@ -9,8 +9,11 @@ Usage (inside ``torch.enable_grad``)::
     lin = SequenceLinear(weight)            # weight [out, in], e.g. a column slice of a parameter
     for t in ...: y_t = lin(acc_t, x_t)     # acc_t + x_t @ weight^T; acc_t [B, out] or a bias [out]
 
-Under autocast the forward GEMM runs in autocast's dtype, like ``torch.addmm``; the backward computes in the
-weight's dtype. Under ``torch.compile`` it is a plain ``addmm`` (autograd's per-step weight gradients).
+Under autocast (enabled when the SequenceLinear is made) every GEMM runs in autocast's dtype, as autograd does for
+``torch.addmm`` under autocast: the forward, the input gradient ``dy_t @ W`` and each step's weight gradient
+``dy_t^T x_t``; the weight is cast once per sequence instead of at every call, and the per-step weight gradients are
+summed in the weight's dtype (as autograd sums the gradients of a float32 parameter used at several steps). Under
+``torch.compile`` it is a plain ``addmm`` (autograd's per-step weight gradients).
 """
 
 from __future__ import annotations
@@ -25,24 +28,32 @@ _ROWS_PER_STEP_FOR_GEMM = 256
 class SequenceLinear:
     def __init__(self, weight: torch.Tensor) -> None:
         self.weight = weight
-        # What the graph's nodes share; it holds no reference back to the graph (no reference cycle).
-        self._record = _Record(weight)
         # Under torch.compile a plain addmm: dynamo cannot trace the record's side effects in _Step.backward (a
         # mutation of state from outside the autograd.Function), and AOTAutograd derives the weight gradient itself.
         tracked = weight.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        device = weight.device.type
+        gemm_dtype = weight.dtype
+        if tracked and weight.is_floating_point() and torch.is_autocast_enabled(device):
+            gemm_dtype = torch.get_autocast_dtype(device)
+        # What the graph's nodes share; it holds no reference back to the graph (no reference cycle).
+        self._record = _Record(weight, gemm_dtype)
+        # The weight in the GEMMs' dtype, cast once for the whole sequence (autocast would cast it at every call).
+        self._gemm_weight = weight.detach().to(gemm_dtype)
         self._token = _Sink.apply(weight, self._record) if tracked else None
 
     def __call__(self, acc: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self._token is None:
             return torch.addmm(acc, x, self.weight.t())
         index = len(self._record.inputs)
+        if x.is_floating_point() and x.dtype != self._record.gemm_dtype:
+            x = x.to(self._record.gemm_dtype)  # cast once for the forward GEMM and the weight gradient (autocast)
         self._record.inputs.append(x.detach())
-        return _Step.apply(acc, x, self.weight.detach(), self._token, self._record, index)
+        return _Step.apply(acc, x, self._gemm_weight, self._token, self._record, index)
 
 
 class _Record:
-    def __init__(self, weight: torch.Tensor) -> None:
-        self.dtype, self.device = weight.dtype, weight.device
+    def __init__(self, weight: torch.Tensor, gemm_dtype: torch.dtype) -> None:
+        self.dtype, self.device, self.gemm_dtype = weight.dtype, weight.device, gemm_dtype
         self.inputs: list[torch.Tensor] = []
         self.grads: dict[int, torch.Tensor] = {}
 
@@ -50,6 +61,7 @@ class _Record:
 class _Step(torch.autograd.Function):
     @staticmethod
     def forward(ctx, acc, x, weight, token, record, index):
+        # weight: already in the GEMMs' dtype (the autocast dtype under autocast)
         ctx.save_for_backward(weight)
         ctx.record, ctx.index = record, index
         ctx.x_dtype, ctx.acc_dtype, ctx.acc_is_row = x.dtype, acc.dtype, acc.dim() == 1
@@ -62,7 +74,7 @@ class _Step(torch.autograd.Function):
         dx = None
         if ctx.needs_input_grad[1]:
             with torch.autocast(dy.device.type, enabled=False):
-                dx = (dy.to(weight.dtype) @ weight).to(ctx.x_dtype)
+                dx = (dy.to(weight.dtype) @ weight).to(ctx.x_dtype)  # weight.dtype: the GEMMs' dtype
         d_acc = None
         if ctx.needs_input_grad[0]:
             d_acc = (dy.sum(0) if ctx.acc_is_row else dy).to(ctx.acc_dtype)
@@ -84,9 +96,15 @@ class _Sink(torch.autograd.Function):
         if not steps:
             return torch.zeros(ctx.shape, dtype=record.dtype, device=record.device), None
         with torch.autocast(record.device.type, enabled=False):
-            dys = [record.grads[i].to(record.dtype) for i in steps]
-            xs = [record.inputs[i].to(record.dtype) for i in steps]
-            if dys[0].shape[0] >= _ROWS_PER_STEP_FOR_GEMM:
+            dys = [record.grads[i].to(record.gemm_dtype) for i in steps]
+            xs = [record.inputs[i].to(record.gemm_dtype) for i in steps]
+            if record.gemm_dtype != record.dtype:
+                # Autocast: each step's gradient in the low precision, summed in the weight's dtype (as autograd
+                # does with autocast's per-call casts of a float32 weight).
+                d_weight = (dys[0].t() @ xs[0]).to(record.dtype)
+                for dy, x in zip(dys[1:], xs[1:]):
+                    d_weight += dy.t() @ x
+            elif dys[0].shape[0] >= _ROWS_PER_STEP_FOR_GEMM:
                 # Each step's GEMM is big enough already: accumulate in place instead of copying all steps together.
                 d_weight = dys[0].t() @ xs[0]
                 for dy, x in zip(dys[1:], xs[1:]):

@@ -435,6 +435,35 @@ def test_fused_weight_gradients_over_part_of_the_sequence_and_twice():
             torch.testing.assert_close(a, b, **tol(torch.float64))
 
 
+
+@pytest.mark.parametrize("rows", [5, 300])
+def test_sequence_linear_under_autocast_matches_autocast_addmm(rows):
+    """Under bf16 autocast: bf16 GEMMs forward and backward (as autocast's addmm), the weight cast once, the
+    per-step weight gradients summed in float32 -- the same numbers as autograd through autocast's addmm."""
+    from dreamer_fast._sequence_linear import SequenceLinear
+
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(6, 4, generator=g, requires_grad=True)
+    bias = torch.randn(6, generator=g, requires_grad=True)
+    x0 = torch.randn(rows, 4, generator=g, requires_grad=True)
+
+    def unroll(make_linear):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            linear = make_linear()
+            x, outs = x0, []
+            for _ in range(4):
+                y = linear(bias, x)
+                assert y.dtype == torch.bfloat16
+                outs.append(y.float())
+                x = y[:, :4].float().tanh()
+        return sum((o * (i + 1)).sum() for i, o in enumerate(outs[:3]))
+
+    want = torch.autograd.grad(unroll(lambda: lambda b, x: torch.addmm(b, x, weight.t())), [weight, bias, x0])
+    got = torch.autograd.grad(unroll(lambda: SequenceLinear(weight)), [weight, bias, x0])
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
+
 @pytest.mark.parametrize("rows", [5, 300], ids=["concatenated", "accumulated"])
 def test_sequence_linear_weight_gradient(rows):
     """The fused loop's Linear: one weight gradient for all steps, equal to autograd's per-step sum."""

@@ -36,9 +36,10 @@ def batch(T: int, B: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("preset", ["atari", "small"])
-@pytest.mark.parametrize("backend", ["fused", "reference"])
+@pytest.mark.parametrize("backend", ["fused", "reference", "fused-bf16"])
 def test_train_update(benchmark, preset, backend):
-    config = load_config(preset, {"backend": backend})
+    """`fused-bf16`: the fused backend with `bf16: true` (bfloat16 autocast of the GEMMs and convs; AMX here)."""
+    config = load_config(preset, {"backend": backend.removesuffix("-bf16"), "bf16": backend.endswith("-bf16")})
     benchmark.group = f"agent train_step ({preset} preset, B={config.batch_size} T={config.batch_length} " \
                       f"H={config.horizon})"
     agent = Agent({"image": ((1, 64, 64), np.uint8)}, ActionSpace(True, ACTIONS), config)

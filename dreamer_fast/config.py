@@ -39,6 +39,7 @@ class Config:
     replay_capacity: int = 2_000_000  # steps kept (oldest episodes dropped, their files deleted)
     batch_size: int = 16
     batch_length: int = 50
+    replay_ends: float = 0.0  # share of sampled sequences that end at an episode's last step (0 = uniform windows)
     prefill: int = 50_000  # policy steps of uniformly random actions before training starts
     train_every: int = 16  # policy steps per training update (summed over all envs)
     train_steps: int = 1  # updates per training round
@@ -97,7 +98,7 @@ class Config:
             value = getattr(self, key)
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"config `{key}` must be finite and > 0, got {value!r}")
-        for key in ("unimix", "kl_balance", "lam", "discount", "sticky_actions"):
+        for key in ("unimix", "kl_balance", "lam", "discount", "sticky_actions", "replay_ends"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"config `{key}` must be in [0, 1], got {getattr(self, key)!r}")
         for key in ("kl_free", "kl_scale", "image_scale", "vector_scale", "reward_scale", "discount_scale",

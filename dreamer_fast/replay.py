@@ -13,6 +13,12 @@ positions. Stored order interleaves workers, so a window may run from one worker
 there, and at the window's first step, ``is_first`` is set True and ``action`` zeroed, so the model restarts its
 state from zeros exactly as it does at an episode start. (DreamerV2's official agent instead carries the posterior
 across batches; starting each sequence from zeros is the documented simpler choice.)
+
+``sample(batch, length, ends=p)`` makes each window, with probability ``p``, end at a stored episode's last step
+instead (the episode drawn uniformly among those whose last step has ``length - 1`` stored steps before it). Under
+uniform windows an episode's last step, the only one that shows a termination, is a tiny share of the data once
+episodes grow long; ``ends`` keeps it in every batch (DreamerV2's replay has a similar ``prioritize_ends``).
+``ends=0`` draws exactly what it did without the option.
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ class Replay:
         self._rng = np.random.default_rng(seed)
         self._chunks: list[_Chunk] = []
         self._starts = np.zeros(0, np.int64)  # start index of each stored chunk, for searchsorted; rebuilt lazily
+        self._ends = np.zeros(0, np.int64)  # stored index of each episode's last step; rebuilt with _starts
         self._starts_valid = True
         self._size = 0
         self._episodes = 0
@@ -175,23 +182,36 @@ class Replay:
         """Completed episodes among the stored steps (steps with ``is_last``)."""
         return self._episodes
 
-    def sample(self, batch: int, length: int) -> dict[str, np.ndarray]:
+    def sample(self, batch: int, length: int, ends: float = 0.0) -> dict[str, np.ndarray]:
         """``batch`` windows of ``length`` consecutive stored steps, time-major: each value is ``[length, batch, ...]``.
 
         ``is_first[0]`` is True and ``action[0]`` zero in every window, and likewise at every chunk boundary inside
-        a window where the next chunk does not continue the same worker's episode.
+        a window where the next chunk does not continue the same worker's episode. ``ends`` in [0, 1]: the
+        probability that a window ends at an episode's last step rather than at a uniform position (see the module
+        docstring); no effect while no stored episode has ended.
         """
         if batch <= 0 or length <= 0:
             raise ValueError(f"Replay.sample: batch and length must be > 0, got batch={batch}, length={length}")
+        if not 0.0 <= ends <= 1.0:
+            raise ValueError(f"Replay.sample: `ends` must be in [0, 1], got {ends!r}")
         if self._size < length:
             raise ValueError(f"Replay.sample: need at least length={length} stored steps, have {self._size} "
                              f"(pending steps count once their chunk is finalised; see save())")
         if not self._starts_valid:
             self._starts = np.cumsum([0] + [len(c) for c in self._chunks])[:-1]
+            # A chunk is finalised at its episode's last step, so episode ends are the last steps of such chunks.
+            last = [start + len(c) - 1 for start, c in zip(self._starts, self._chunks) if c.data["is_last"][-1]]
+            self._ends = np.array(last, np.int64)
             self._starts_valid = True
         first = self._chunks[0].data
         out = {k: np.empty((length, batch) + v.shape[1:], v.dtype) for k, v in first.items()}
-        for b, start in enumerate(self._rng.integers(0, self._size - length + 1, size=batch)):
+        starts = self._rng.integers(0, self._size - length + 1, size=batch)
+        if ends > 0:  # drawn after the uniform starts, so ends=0 leaves the sampler's stream as it was
+            fits = self._ends[self._ends >= length - 1]
+            at_end = self._rng.random(batch) < ends
+            if len(fits) and at_end.any():
+                starts[at_end] = self._rng.choice(fits, size=int(at_end.sum())) - (length - 1)
+        for b, start in enumerate(starts):
             self._fill_window(out, b, int(start), length)
         out["is_first"][0] = True
         out["action"][0] = 0.0

@@ -175,7 +175,7 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
             if step >= config.prefill and len(replay) >= config.batch_length and step >= next_train:
                 next_train = step + config.train_every
                 for _ in range(config.train_steps):
-                    out = agent.train_step(replay.sample(config.batch_size, config.batch_length))
+                    out = agent.train_step(replay.sample(config.batch_size, config.batch_length, config.replay_ends))
                     updates += 1
                     for k, v in out.items():
                         metrics[k].append(v)

@@ -163,7 +163,8 @@ class WorldModel(nn.Module):
             reward_target = torch.tanh(reward_target)
         reward_loss = gaussian_loss(self.reward(feat).squeeze(-1), reward_target, 0)
         disc_target = c.discount * (1.0 - data["is_terminal"].float())
-        discount_loss = soft_bce_with_logits(self.discount(feat).squeeze(-1), disc_target)
+        disc_logits = self.discount(feat).squeeze(-1)
+        discount_loss = soft_bce_with_logits(disc_logits, disc_target)
         obs_scale = c.image_scale if self.obs_key == "image" else c.vector_scale
         total = (c.kl_scale * kl_loss.float() + obs_scale * obs_loss + c.reward_scale * reward_loss
                  + c.discount_scale * discount_loss)
@@ -177,6 +178,7 @@ class WorldModel(nn.Module):
             "model/post_ent": _categorical_entropy(post.logits).item(),
             "model/prior_ent": _categorical_entropy(prior.logits).item(),
         }
+        metrics.update(_discount_metrics(disc_logits.detach(), data["is_terminal"]))
         return total, post, metrics
 
     # ---- video -----------------------------------------------------------------------------------------------------
@@ -208,6 +210,19 @@ class WorldModel(nn.Module):
         video = video.permute(0, 1, 3, 4, 2)  # [T, n, 64, 3·64, C]
         video = video.reshape(T, -1, *video.shape[3:])  # [T, n·64, 3·64, C]
         return (video * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def _discount_metrics(logits: torch.Tensor, is_terminal: torch.Tensor) -> dict[str, float]:
+    """How well the discount head sees terminations: the number of terminal steps in the batch and the mean predicted
+    discount on them (absent when there are none) and on the other steps."""
+    disc = torch.sigmoid(logits.float())
+    terminal = int(is_terminal.sum())
+    metrics = {"model/terminal_steps": float(terminal)}
+    if terminal:
+        metrics["model/discount_terminal_mean"] = disc[is_terminal].mean().item()
+    if terminal < is_terminal.numel():
+        metrics["model/discount_nonterminal_mean"] = disc[~is_terminal].mean().item()
+    return metrics
 
 
 def _categorical_entropy(logits: torch.Tensor) -> torch.Tensor:

@@ -298,8 +298,21 @@ def test_world_model_loss_terms(case):
     assert metrics[f"model/{key}_loss"] == pytest.approx(obs_loss.item(), rel=1e-5)
     assert metrics["model/reward_loss"] == pytest.approx(reward_loss.item(), rel=1e-5)
     assert metrics["model/discount_loss"] == pytest.approx(disc_loss.item(), rel=1e-5)
+    terminal = data["is_terminal"]
+    assert terminal.any() and not terminal.all()
+    assert metrics["model/terminal_steps"] == terminal.sum().item()
+    assert metrics["model/discount_terminal_mean"] == pytest.approx(p[terminal].mean().item(), rel=1e-5)
+    assert metrics["model/discount_nonterminal_mean"] == pytest.approx(p[~terminal].mean().item(), rel=1e-5)
     expected = 0.3 * metrics["model/kl_loss"] + obs_loss + 0.5 * reward_loss + 2.0 * disc_loss
     assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_discount_terminal_metric_absent_without_terminal_steps():
+    obs_space, act_space, _ = CASES[next(iter(CASES))]
+    wm = WorldModel(obs_space, act_space, tiny_config())
+    _, _, metrics = wm.loss(wm.preprocess(random_batch(obs_space, act_space, terminal=False)))
+    assert metrics["model/terminal_steps"] == 0.0 and "model/discount_terminal_mean" not in metrics
+    assert 0.0 < metrics["model/discount_nonterminal_mean"] < 1.0
 
 
 def test_open_loop_video():

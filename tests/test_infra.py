@@ -290,6 +290,40 @@ def test_replay_sampling_reproducible_and_rng_state(tmp_path):
     np.testing.assert_array_equal(a.sample(4, 7)["vector"], expected)
 
 
+def test_replay_ends_share_of_windows_at_episode_ends(tmp_path):
+    def build(name: str) -> Replay:
+        replay = Replay(tmp_path / name, capacity=1000, seed=3, chunk=8)
+        _fill(replay, [4, 40, 25, 60, 31])  # the first episode ends too early for a window of 10 to end there
+        return replay
+
+    # ends=0 draws exactly the uniform windows (the sampler's stream is untouched).
+    uniform, zero = build("a"), build("b")
+    for _ in range(3):
+        a, b = uniform.sample(8, 10), zero.sample(8, 10, ends=0.0)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    # ends=1: every window ends at an episode's last step, drawn among all ends a window fits before.
+    replay = build("c")
+    last_ids = set()
+    for _ in range(30):
+        batch = replay.sample(8, 10, ends=1.0)
+        assert batch["is_last"][-1].all()
+        ids = batch["vector"][..., 0]
+        np.testing.assert_array_equal(np.diff(ids, axis=0)[~batch["is_first"][1:]], 1)
+        last_ids.update(int(x) for x in ids[-1])
+    assert last_ids == {43, 68, 128, 159}  # 3 (the 4-step episode's end) never: it has only 3 steps before it
+    # In between, about that share of windows end at an episode end (uniform windows rarely do: 4 in 150).
+    batch = replay.sample(2000, 10, ends=0.5)
+    assert 0.45 < batch["is_last"][-1].mean() < 0.58
+    # Before any episode has ended, `ends` has nothing to prefer and windows stay uniform.
+    open_only = Replay(tmp_path / "d", capacity=1000, chunk=8)
+    for step in _episode(30, 0)[:20]:
+        open_only.add(step)
+    assert open_only.sample(4, 10, ends=1.0)["vector"].shape == (10, 4, 2)
+    with pytest.raises(ValueError, match="`ends`"):
+        replay.sample(2, 5, ends=1.5)
+
+
 def test_replay_errors(tmp_path):
     replay = Replay(tmp_path, capacity=100, chunk=8)
     with pytest.raises(ValueError, match="length=10"):

@@ -82,6 +82,7 @@ def test_existing_run_needs_resume(tmp_path, capsys):
     (["--env", "atari/NoSuchGame"], "NoSuchGame"),
     (["--env", "gym/NoSuchEnv-v0"], "NoSuchEnv-v0"),
     (["--set", "discount=1.5"], "`discount`"),
+    (["--set", "replay_ends=-0.1"], "`replay_ends`"),
     (["--batch_size", "0"], "`batch_size`"),
     (["--set", "no_such_key=1"], "no_such_key"),
     (["--config", "nope"], "unknown config preset"),

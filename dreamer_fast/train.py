@@ -12,10 +12,14 @@ Everything a run leaves is under its ``logdir``:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
+import signal
+import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,47 +157,49 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
         bar.set_postfix_str(
             f"{summary['perf/env_steps_per_s']:.0f} steps/s {summary['perf/updates_per_s']:.2f} upd/s", refresh=False)
 
-    try:
-        while step < config.steps:
-            obs = _stack([{k: s[k] for k in (*obs_space, "is_first")} for s in current])
-            mode = "random" if step < config.prefill else "explore"
-            actions, policy_state = agent.policy(obs, policy_state, mode)
-            for i, env in enumerate(envs):
-                s = env.reset() if current[i]["is_last"] else env.step(actions[i])
-                s["action"] = zero_action if s["is_first"] else actions[i].astype(np.float32)
-                replay.add(s, worker=i)
-                tracker.add(i, s)
-                current[i] = s
-            step += len(envs)
-            bar.update(len(envs))
-            for ret, length in tracker.finished:
-                episodes += 1
-                logger.scalars({"episode/return": ret, "episode/length": length}, step)
-                bar.set_postfix_str(f"return {ret:.1f}", refresh=False)
-            tracker.finished.clear()
+    with _stop_signals():
+        try:
+            while step < config.steps:
+                obs = _stack([{k: s[k] for k in (*obs_space, "is_first")} for s in current])
+                mode = "random" if step < config.prefill else "explore"
+                actions, policy_state = agent.policy(obs, policy_state, mode)
+                for i, env in enumerate(envs):
+                    s = env.reset() if current[i]["is_last"] else env.step(actions[i])
+                    s["action"] = zero_action if s["is_first"] else actions[i].astype(np.float32)
+                    replay.add(s, worker=i)
+                    tracker.add(i, s)
+                    current[i] = s
+                step += len(envs)
+                bar.update(len(envs))
+                for ret, length in tracker.finished:
+                    episodes += 1
+                    logger.scalars({"episode/return": ret, "episode/length": length}, step)
+                    bar.set_postfix_str(f"return {ret:.1f}", refresh=False)
+                tracker.finished.clear()
 
-            if step >= config.prefill and len(replay) >= config.batch_length and step >= next_train:
-                next_train = step + config.train_every
-                for _ in range(config.train_steps):
-                    out = agent.train_step(replay.sample(config.batch_size, config.batch_length, config.replay_ends))
-                    updates += 1
-                    for k, v in out.items():
-                        metrics[k].append(v)
+                if step >= config.prefill and len(replay) >= config.batch_length and step >= next_train:
+                    next_train = step + config.train_every
+                    for _ in range(config.train_steps):
+                        batch = replay.sample(config.batch_size, config.batch_length, config.replay_ends)
+                        out = agent.train_step(batch)
+                        updates += 1
+                        for k, v in out.items():
+                            metrics[k].append(v)
 
-            if step >= next_log:
-                next_log += config.log_every
-                log_now()
-            if step >= next_video and updates:
-                next_video += config.video_every
-                _open_loop(agent, replay, logger, config, step)
-            if step >= next_ckpt:
-                next_ckpt += config.checkpoint_every
-                checkpoint()
-    except KeyboardInterrupt:
-        interrupted = True
-        print(f"\ndreamer-fast: interrupted at step {step:,}; saving a checkpoint to {ckpt_path}")
-    finally:
-        bar.close()
+                if step >= next_log:
+                    next_log += config.log_every
+                    log_now()
+                if step >= next_video and updates:
+                    next_video += config.video_every
+                    _open_loop(agent, replay, logger, config, step)
+                if step >= next_ckpt:
+                    next_ckpt += config.checkpoint_every
+                    checkpoint()
+        except KeyboardInterrupt:
+            interrupted = True
+            print(f"\ndreamer-fast: interrupted at step {step:,}; saving a checkpoint to {ckpt_path}")
+        finally:
+            bar.close()
     if step > last_log_step:  # what happened since the last periodic log
         log_now()
     checkpoint()
@@ -210,6 +216,29 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
         env.close()
     result["plots"] = [str(p) for p in plot(logdir)]
     return result
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[None]:
+    """While training, SIGINT and SIGTERM stop it as Ctrl-C does (checkpoint, plots, exit status 130).
+
+    Also when the process was started in the background (``cmd &``) by a non-interactive shell, which starts it with
+    SIGINT ignored: Python then inherits ``SIG_IGN`` and ``kill -INT`` would do nothing. The previous handlers are
+    restored afterwards. Only in the main thread (where Python delivers signals).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _open_loop(agent: Agent, replay: Replay, logger: Logger, config: Config, step: int) -> None:

@@ -105,18 +105,25 @@ def test_corrupt_or_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert "nothing to resume" in capsys.readouterr().err
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a non-interactive shell starts `cmd &`
+
+
+@pytest.mark.parametrize("how", ["sigint", "sigterm", "sigint-started-ignored"])
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, how):
+    """Ctrl-C (SIGINT) and SIGTERM save and exit with 130, also when the process inherited SIGINT ignored."""
     logdir = tmp_path / "interrupted"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "dreamer_fast", "train", "--config", "debug", "--logdir", str(logdir),
          "--steps", "1000000", "--no-progress"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=_ignore_sigint if how == "sigint-started-ignored" else None)
     deadline = time.time() + 120
     while not (logdir / "tb").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     time.sleep(3.0)  # let it collect a little
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
     assert "interrupted at step" in out

@@ -15,21 +15,13 @@ from dreamer_fast.nets import ConvDecoder, ConvEncoder
 FRAMES, FEAT = 800, 600 + 32 * 32
 
 
-def encoder_plain(enc: ConvEncoder, image: torch.Tensor) -> torch.Tensor:
-    return enc.net(image).reshape(image.shape[0], enc.out_dim)
-
-
-def decoder_plain(dec: ConvDecoder, feat: torch.Tensor) -> torch.Tensor:
-    return dec.net(dec.linear(feat).reshape(-1, 32 * dec.depth, 1, 1))
-
-
 @pytest.mark.parametrize("impl", ["ours", "plain"])
 def test_conv_encoder(benchmark, impl):
     benchmark.group = f"conv encoder fwd+bwd, {FRAMES} frames 1x64x64, depth 48 (f32)"
     torch.manual_seed(0)
     enc = ConvEncoder(1, 48)
     image = torch.rand(FRAMES, 1, 64, 64) - 0.5
-    forward = enc if impl == "ours" else (lambda x: encoder_plain(enc, x))
+    forward = enc if impl == "ours" else enc.forward_plain
     params = list(enc.parameters())
 
     def run():
@@ -45,7 +37,7 @@ def test_conv_decoder(benchmark, impl):
     torch.manual_seed(0)
     dec = ConvDecoder(FEAT, 1, 48)
     feat = torch.randn(FRAMES, FEAT, requires_grad=True)
-    forward = dec if impl == "ours" else (lambda f: decoder_plain(dec, f))
+    forward = dec if impl == "ours" else dec.forward_plain
     params = [feat, *dec.parameters()]
 
     def run():

@@ -94,6 +94,12 @@ class ConvEncoder(nn.Module):
         x = self.net[-1](conv2d_as_gemm(x, self.net[-2].weight, self.net[-2].bias, stride=2))
         return x.reshape(*lead, self.out_dim)
 
+    def forward_plain(self, image: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` through the plain ``nn.Conv2d`` layers (the reference the tests and benchmarks compare
+        with)."""
+        lead = image.shape[:-3]
+        return self.net(image.reshape(-1, *image.shape[-3:])).reshape(*lead, self.out_dim)
+
 
 class ConvDecoder(nn.Module):
     """DreamerV2's image decoder: Linear ``feat -> 32·depth`` as a 1x1 map, transposed convs (kernels 5, 5, 6, 6,
@@ -125,6 +131,13 @@ class ConvDecoder(nn.Module):
         c_in, c_out, k, _ = first.weight.shape
         x = torch.addmm(first.bias.repeat_interleave(k * k), x, first.weight.reshape(c_in, c_out * k * k))
         x = self.net[1:](x.view(-1, c_out, k, k))  # 5 -> 13 -> 30 -> 64
+        return x.reshape(*lead, *x.shape[1:])
+
+    def forward_plain(self, feat: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` through the plain ``nn.ConvTranspose2d`` layers (the reference the tests and benchmarks
+        compare with)."""
+        lead = feat.shape[:-1]
+        x = self.net(self.linear(feat).reshape(-1, 32 * self.depth, 1, 1))
         return x.reshape(*lead, *x.shape[1:])
 
 

@@ -31,22 +31,25 @@ class SequenceLinear:
         # Under torch.compile a plain addmm: dynamo cannot trace the record's side effects in _Step.backward (a
         # mutation of state from outside the autograd.Function), and AOTAutograd derives the weight gradient itself.
         tracked = weight.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        self._token = None
+        if not tracked:
+            return
         device = weight.device.type
-        gemm_dtype = weight.dtype
-        if tracked and weight.is_floating_point() and torch.is_autocast_enabled(device):
-            gemm_dtype = torch.get_autocast_dtype(device)
+        # Under autocast: its dtype for every GEMM, the weight cast once for the whole sequence (autocast itself would
+        # cast it at every call), each input cast once for its forward GEMM and its weight gradient.
+        autocast = weight.is_floating_point() and torch.is_autocast_enabled(device)
+        self._cast = torch.get_autocast_dtype(device) if autocast else None
         # What the graph's nodes share; it holds no reference back to the graph (no reference cycle).
-        self._record = _Record(weight, gemm_dtype)
-        # The weight in the GEMMs' dtype, cast once for the whole sequence (autocast would cast it at every call).
-        self._gemm_weight = weight.detach().to(gemm_dtype)
-        self._token = _Sink.apply(weight, self._record) if tracked else None
+        self._record = _Record(weight, self._cast or weight.dtype)
+        self._gemm_weight = weight.detach().to(self._record.gemm_dtype)
+        self._token = _Sink.apply(weight, self._record)
 
     def __call__(self, acc: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self._token is None:
             return torch.addmm(acc, x, self.weight.t())
         index = len(self._record.inputs)
-        if x.is_floating_point() and x.dtype != self._record.gemm_dtype:
-            x = x.to(self._record.gemm_dtype)  # cast once for the forward GEMM and the weight gradient (autocast)
+        if self._cast is not None and x.is_floating_point():
+            x = x.to(self._cast)
         self._record.inputs.append(x.detach())
         return _Step.apply(acc, x, self._gemm_weight, self._token, self._record, index)
 

@@ -98,12 +98,13 @@ def test_conv_decoder_shape():
 
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("stride,bias", [(2, True), (1, False)])
-def test_conv2d_as_gemm_matches_conv2d(stride, bias):
+def test_conv2d_as_gemm_matches_conv2d(stride, bias, dtype):
     torch.manual_seed(0)
-    x = torch.randn(3, 5, 9, 8, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(7, 5, 4, 4, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(7, dtype=torch.float64, requires_grad=True) if bias else None
+    x = torch.randn(3, 5, 9, 8, dtype=dtype, requires_grad=True)
+    w = torch.randn(7, 5, 4, 4, dtype=dtype, requires_grad=True)
+    b = torch.randn(7, dtype=dtype, requires_grad=True) if bias else None
     out, ref = conv2d_as_gemm(x, w, b, stride), F.conv2d(x, w, b, stride=stride)
     torch.testing.assert_close(out, ref)
     g = torch.randn_like(ref)

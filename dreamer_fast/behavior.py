@@ -38,14 +38,20 @@ def actor_objective(
     weights: torch.Tensor,
     rho: float,
     ent_scale: float,
+    scale: float | torch.Tensor = 1.0,
 ) -> torch.Tensor:
-    """``mean(w·-(ρ·log π(a_t)·sg(R_t - v(s_t)) + (1 - ρ)·R_t + η·H[π(s_t)]))``, all inputs ``[H, N]``."""
-    advantage = (returns - baseline).detach()
+    """``mean(w·-(ρ·log π(a_t)·sg(R_t - v(s_t))/S + (1 - ρ)·R_t/S + η·H[π(s_t)]))``, all inputs ``[H, N]``.
+
+    ``S`` (``scale``, a number or a 0-d tensor, no gradient) is 1 in DreamerV2; with return normalisation it is
+    :meth:`ActorCritic.return_scale`, so that ``η`` weighs the entropy against returns of a fixed range.
+    """
+    scale = scale.detach() if isinstance(scale, torch.Tensor) else scale
+    advantage = (returns - baseline).detach() / scale
     objective = ent_scale * entropy
     if rho:
         objective = objective + rho * log_prob * advantage
     if rho != 1:
-        objective = objective + (1 - rho) * returns
+        objective = objective + (1 - rho) * returns / scale
     return -(weights.detach() * objective).mean()
 
 
@@ -61,11 +67,16 @@ class ActorCritic(nn.Module):
         feat_size: the world model's feature size.
         act_space: ``.discrete``, ``.dim``.
         config: horizon, discount, lam, actor_grad, actor_ent, actor_dist, actor_min_std, actor_init_std,
-            slow_target_update.
+            actor_unimix, return_norm, return_norm_decay, slow_target_update.
 
     The slow critic (``slow_critic``) gives the values of the λ-returns and the actor's baseline; it is not trained
     (``requires_grad`` off) and is a hard copy of the critic after every ``slow_target_update`` calls of
     :meth:`update_slow_target` (counted by ``updates``).
+
+    ``return_norm="percentile"`` (DreamerV3's return normalisation, off in DreamerV2) keeps the buffer
+    ``return_range = [low, high]``: exponential moving averages (decay ``return_norm_decay``, starting at 0) of the
+    5th and 95th percentiles of each update's λ-returns; the actor's objective is divided by
+    ``S = max(1, high - low)`` (:meth:`return_scale`). The buffer is in the state dict, so checkpoints carry it.
     """
 
     def __init__(self, feat_size: int, act_space: ActionSpaceLike, config: Config) -> None:
@@ -73,13 +84,32 @@ class ActorCritic(nn.Module):
         self.config = config
         self.act_space = act_space
         c = config
-        self.actor = ActionHead(feat_size, act_space.dim, actor_dist_name(act_space, c), c.mlp_layers, c.mlp_units,
-                                c.actor_min_std, c.actor_init_std, backend=c.backend)
+        dist = actor_dist_name(act_space, c)
+        if c.actor_unimix > 0 and dist != "onehot":
+            raise ValueError(f"config `actor_unimix` applies to the one-hot actor only; the actor here is {dist!r}")
+        self.actor = ActionHead(feat_size, act_space.dim, dist, c.mlp_layers, c.mlp_units,
+                                c.actor_min_std, c.actor_init_std, unimix=c.actor_unimix, backend=c.backend)
         self.critic = MLP(feat_size, 1, c.mlp_layers, c.mlp_units)
         self.slow_critic = copy.deepcopy(self.critic)
         self.slow_critic.requires_grad_(False)
         self.updates = 0
         self.rho = 1.0 if c.actor_grad == "reinforce" else 0.0
+        if c.return_norm == "percentile":
+            self.register_buffer("return_range", torch.zeros(2))
+
+    def return_scale(self, returns: torch.Tensor | None = None) -> torch.Tensor | float:
+        """``S`` of :func:`actor_objective`: 1.0 without return normalisation. With it, first folds the 5th and 95th
+        percentiles of ``returns`` (any shape, if given) into ``return_range``, then returns ``max(1, high - low)``
+        as a 0-d float32 tensor."""
+        if self.config.return_norm == "none":
+            return 1.0
+        if returns is not None:
+            flat = returns.detach().float().flatten()
+            quantiles = torch.quantile(flat, torch.tensor([0.05, 0.95], device=flat.device))
+            decay = self.config.return_norm_decay
+            self.return_range.mul_(decay).add_((1 - decay) * quantiles)
+        low, high = self.return_range.unbind()
+        return torch.clamp(high - low, min=1.0)
 
     def update_slow_target(self) -> bool:
         """Count one update; every ``slow_target_update``-th copies the critic into the slow critic. True if copied."""
@@ -137,7 +167,9 @@ class ActorCritic(nn.Module):
         dist = self.actor.dist(raw)
         log_prob = dist.log_prob(actions.detach())
         entropy = dist.entropy()
-        actor_loss = actor_objective(log_prob, entropy, returns, slow_value[:-1], weights, self.rho, c.actor_ent)
+        scale = self.return_scale(returns)
+        actor_loss = actor_objective(log_prob, entropy, returns, slow_value[:-1], weights, self.rho, c.actor_ent,
+                                     scale)
         value = self.value(feat[:-1].detach())
         critic_loss = critic_objective(value, returns, weights)
         metrics = {
@@ -149,6 +181,8 @@ class ActorCritic(nn.Module):
             "imag/reward": reward.mean().item(),
             "imag/discount": disc.mean().item(),
         }
+        if isinstance(scale, torch.Tensor):
+            metrics["actor/return_scale"] = scale.item()
         return actor_loss, critic_loss, metrics
 
 

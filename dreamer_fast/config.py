@@ -68,6 +68,9 @@ class Config:
     lam: float = 0.95
     actor_grad: str = "reinforce"  # "reinforce" (rho = 1, Atari) | "dynamics" (rho = 0, continuous control)
     actor_ent: float = 1e-3
+    actor_unimix: float = 0.0  # uniform mixture in the one-hot actor's probabilities (DreamerV3: 0.01; V2: 0)
+    return_norm: str = "none"  # "none" (DreamerV2) | "percentile" (DreamerV3: advantages / max(1, P95 - P5))
+    return_norm_decay: float = 0.99  # EMA decay of the return percentiles when return_norm = "percentile"
     actor_dist: str = "auto"  # "auto" (onehot for discrete, trunc_normal for continuous) | "onehot" | "trunc_normal"
     actor_min_std: float = 0.1
     actor_init_std: float = 1.0
@@ -98,7 +101,8 @@ class Config:
             value = getattr(self, key)
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"config `{key}` must be finite and > 0, got {value!r}")
-        for key in ("unimix", "kl_balance", "lam", "discount", "sticky_actions", "replay_ends"):
+        for key in ("unimix", "kl_balance", "lam", "discount", "sticky_actions", "replay_ends",
+                    "actor_unimix", "return_norm_decay"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"config `{key}` must be in [0, 1], got {getattr(self, key)!r}")
         for key in ("kl_free", "kl_scale", "image_scale", "vector_scale", "reward_scale", "discount_scale",
@@ -107,7 +111,8 @@ class Config:
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"config `{key}` must be finite and >= 0, got {value!r}")
         choices = {"clip_rewards": ("tanh", "none"), "actor_grad": ("reinforce", "dynamics"),
-                   "actor_dist": ("auto", "onehot", "trunc_normal"), "backend": ("auto", "fused", "reference")}
+                   "actor_dist": ("auto", "onehot", "trunc_normal"), "backend": ("auto", "fused", "reference"),
+                   "return_norm": ("none", "percentile")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"config `{key}` must be one of {allowed}, got {getattr(self, key)!r}")

@@ -259,6 +259,69 @@ def test_actor_loss_dynamics_hand_computed():
     assert log_prob.grad is None
 
 
+@pytest.mark.parametrize("rho", [1.0, 0.0])
+def test_actor_loss_scaled_hand_computed(rho):
+    """A return scale S divides the advantage (REINFORCE) or the return (dynamics), not the entropy bonus."""
+    log_prob, entropy, returns, baseline, weights = _actor_inputs()
+    loss = actor_objective(log_prob, entropy, returns, baseline, weights, rho=rho, ent_scale=0.1,
+                           scale=torch.tensor(4.0))
+    if rho:  # t0: -1 * 2 / 4 + 0.05 = -0.45; t1: (-2 * -1 / 4 + 0.025) * 0.5 = 0.2625; -mean = 0.09375
+        assert loss.item() == pytest.approx(0.09375)
+    else:  # t0: 3 / 4 + 0.05 = 0.8; t1: (1 / 4 + 0.025) * 0.5 = 0.1375; -mean = -0.46875
+        assert loss.item() == pytest.approx(-0.46875)
+    unscaled = actor_objective(*_actor_inputs(), rho=rho, ent_scale=0.1, scale=1.0)
+    assert unscaled.item() == pytest.approx(0.46875 if rho else -1.78125)
+
+
+def test_return_scale_percentile_ema():
+    config = tiny_config(return_norm="percentile", return_norm_decay=0.9)
+    ac = ActorCritic(10, DISCRETE, config)
+    assert "return_range" in ac.state_dict()
+    returns = torch.arange(101.0)  # 5th percentile 5, 95th 95
+    scale = ac.return_scale(returns)
+    torch.testing.assert_close(ac.return_range, torch.tensor([0.5, 9.5]))
+    assert scale.item() == pytest.approx(9.0)
+    scale = ac.return_scale(returns * 0.0)  # range shrinks by the decay only
+    torch.testing.assert_close(ac.return_range, torch.tensor([0.45, 8.55]))
+    assert scale.item() == pytest.approx(8.1)
+    restored = ActorCritic(10, DISCRETE, config)
+    restored.load_state_dict(ac.state_dict())  # checkpoints carry the running range
+    assert restored.return_scale().item() == pytest.approx(8.1)
+    small = ActorCritic(10, DISCRETE, config)
+    assert small.return_scale(torch.linspace(0, 1, 50)).item() == 1.0  # never below 1: small returns stay as they are
+    plain = ActorCritic(10, DISCRETE, tiny_config())
+    assert plain.return_scale(returns) == 1.0 and "return_range" not in plain.state_dict()
+
+
+def test_actor_critic_return_norm_in_loss():
+    torch.manual_seed(0)
+    config = tiny_config(return_norm="percentile")
+    wm = WorldModel(VECTOR_SPACE, DISCRETE, config)
+    ac = ActorCritic(wm.feat_size, DISCRETE, config)
+    with torch.no_grad():
+        ac.return_range.copy_(torch.tensor([-10.0, 30.0]))
+    data = wm.preprocess(random_batch(VECTOR_SPACE, DISCRETE))
+    _, post, _ = wm.loss(data)
+    torch.manual_seed(1)
+    _, _, metrics = ac.loss(wm, post.detach().flatten(), data["is_terminal"].reshape(-1))
+    low, high = ac.return_range.tolist()
+    assert metrics["actor/return_scale"] == pytest.approx(high - low, rel=1e-6)
+    assert 0.99 * 40 - 1 < high - low < 0.99 * 40 + 1  # one EMA step from 40 with returns of a small range
+
+
+def test_actor_unimix_floors_the_probabilities():
+    config = tiny_config(actor_unimix=0.1)
+    ac = ActorCritic(10, DISCRETE, config)
+    probs = ac.actor.dist(torch.tensor([[50.0, -50.0, -50.0]])).probs
+    torch.testing.assert_close(probs, torch.tensor([[0.9 + 0.1 / 3, 0.1 / 3, 0.1 / 3]]))
+    with pytest.raises(ValueError, match="actor_unimix"):
+        ActorCritic(10, CONTINUOUS, config)
+    with pytest.raises(ValueError, match="return_norm"):
+        tiny_config(return_norm="max")
+    with pytest.raises(ValueError, match="actor_unimix"):
+        tiny_config(actor_unimix=1.5)
+
+
 def test_critic_loss_hand_computed():
     value = torch.tensor([[1.0], [2.0]], requires_grad=True)
     returns = torch.tensor([[2.0], [0.0]], requires_grad=True)

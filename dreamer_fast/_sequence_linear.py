@@ -73,11 +73,14 @@ class _Step(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         (weight,) = ctx.saved_tensors
-        ctx.record.grads[ctx.index] = dy
+        # Cast once to the GEMMs' dtype (weight.dtype): this step's input gradient and the sink's weight gradient
+        # both read it.
+        dy_gemm = dy.to(weight.dtype)
+        ctx.record.grads[ctx.index] = dy_gemm
         dx = None
         if ctx.needs_input_grad[1]:
             with torch.autocast(dy.device.type, enabled=False):
-                dx = (dy.to(weight.dtype) @ weight).to(ctx.x_dtype)  # weight.dtype: the GEMMs' dtype
+                dx = (dy_gemm @ weight).to(ctx.x_dtype)
         d_acc = None
         if ctx.needs_input_grad[0]:
             d_acc = (dy.sum(0) if ctx.acc_is_row else dy).to(ctx.acc_dtype)

@@ -564,6 +564,24 @@ def test_bf16_train_step_is_finite(case):
     assert np.all(np.isfinite(action))
 
 
+def test_bf16_agent_acts_in_float32_on_cpu():
+    """Acting skips autocast on the CPU (config.bf16 is about training): the same weights act exactly as float32."""
+    agent, obs_space, act_space = make_agent("image-discrete", bf16=True)
+    plain, _, _ = make_agent("image-discrete")
+    plain.load_state_dict(agent.state_dict())
+    obs = {"image": random_batch(obs_space, act_space)["image"][0], "is_first": np.array([True, False])}
+    latents = []
+    for a in (agent, plain):
+        torch.manual_seed(5)
+        action, state = a.policy(obs, None, "explore")
+        action, (latent, _) = a.policy({**obs, "is_first": np.array([False, False])}, state, "explore")
+        latents.append((action, latent))
+    np.testing.assert_array_equal(latents[0][0], latents[1][0])
+    assert latents[0][1].logits.dtype == torch.float32 and latents[0][1].deter.abs().max() > 0
+    for field in ("deter", "logits"):
+        torch.testing.assert_close(getattr(latents[0][1], field), getattr(latents[1][1], field), rtol=0, atol=0)
+
+
 def test_slow_target_through_train_steps():
     agent, obs_space, act_space = make_agent("vector-continuous", slow_target_update=2)
     batch = random_batch(obs_space, act_space)

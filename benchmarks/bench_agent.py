@@ -49,3 +49,20 @@ def test_train_update(benchmark, preset, backend):
     metrics = benchmark.pedantic(agent.train_step, args=(data,), rounds=2 if preset == "atari" else 5, iterations=1)
     assert all(np.isfinite(v) for v in metrics.values())
     benchmark.extra_info["updates_per_s"] = 1.0 / benchmark.stats.stats.mean if benchmark.stats else None
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference", "fused-bf16"])
+def test_policy_step(benchmark, backend):
+    """One acting step at the Atari preset, one environment (B=1): conv encoder + RSSM obs_step + actor + sample, as
+    `dreamer-fast train` runs it at every environment step (`fused-bf16`: `bf16: true`, which acts in float32 on the
+    CPU)."""
+    config = load_config("atari", {"backend": backend.removesuffix("-bf16"), "bf16": backend.endswith("-bf16")})
+    benchmark.group = "agent policy step (atari preset, B=1, explore)"
+    agent = Agent({"image": ((1, 64, 64), np.uint8)}, ActionSpace(True, ACTIONS), config)
+    obs = {"image": batch(1, 1)["image"][0], "is_first": np.array([True])}
+    _, state = agent.policy(obs, None)
+    obs["is_first"] = np.array([False])
+    for _ in range(10):
+        _, state = agent.policy(obs, state)
+    action, _ = benchmark(agent.policy, obs, state)
+    assert action.shape == (1, ACTIONS)

@@ -425,14 +425,16 @@ class RSSM(nn.Module):
         dtype = self._dtype()
         # Time-independent GEMMs over all T·B rows at once: the action part of img_in (with the reset applied to
         # the action) and the embed part of obs_out.
-        act_proj = F.linear(action * keep[..., None], self.img_in.weight[:, flat:], self.img_in.bias)
-        emb_proj = F.linear(embed, self.obs_out.weight[:, D:], self.obs_out.bias)
+        w_stoch_in, w_act_in = _split_columns(self.img_in.weight, flat)
+        w_deter_out, w_emb_out = _split_columns(self.obs_out.weight, D)
+        act_proj = F.linear(action * keep[..., None], w_act_in, self.img_in.bias)
+        emb_proj = F.linear(embed, w_emb_out, self.obs_out.bias)
         # The recurrence, forward and backward, is one C++ op; under autocast its GEMMs run in autocast's dtype.
         device_type = embed.device.type
         gemm_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
         deters, samples, logits = observe_sequence(
-            act_proj.to(dtype), emb_proj.to(dtype), keep, state.deter, state.stoch, self.img_in.weight[:, :flat],
-            self.gru.weight, self.gru.bias, self.gru_norm.weight, self.gru_norm.bias, self.obs_out.weight[:, :D],
+            act_proj.to(dtype), emb_proj.to(dtype), keep, state.deter, state.stoch, w_stoch_in,
+            self.gru.weight, self.gru.bias, self.gru_norm.weight, self.gru_norm.bias, w_deter_out,
             self.post_logits.weight, self.post_logits.bias, noise=noise, unimix=self.unimix, eps=_GRU_EPS,
             gemm_dtype=gemm_dtype, backend="fused",
         )
@@ -586,6 +588,36 @@ class RSSM(nn.Module):
         if not noise.is_floating_point():
             raise TypeError(f"RSSM.{op}: `noise` must be floating point (uniform in [0, 1)), got {noise.dtype}")
         return noise.to(dtype)
+
+
+class _SplitColumns(torch.autograd.Function):
+    """``(w[:, :at], w[:, at:])`` whose backward writes the weight's gradient once (``cat`` of the two parts).
+
+    Autograd's own slicing would give each part's gradient a zero-filled full-size tensor and add the two: five
+    full passes over the weight instead of one (measurable at the RSSM's 600 x 2136 ``obs_out`` in observe).
+    """
+
+    @staticmethod
+    def forward(ctx, weight, at):
+        ctx.at, ctx.width = at, weight.shape[1]
+        return weight[:, :at], weight[:, at:]
+
+    @staticmethod
+    def backward(ctx, d_left, d_right):
+        if d_left is None and d_right is None:
+            return None, None
+        if d_left is None or d_right is None:
+            like = d_right if d_left is None else d_left
+            shape = (like.shape[0], ctx.at) if d_left is None else (like.shape[0], ctx.width - ctx.at)
+            zeros = like.new_zeros(shape)
+            d_left, d_right = (zeros, d_right) if d_left is None else (d_left, zeros)
+        return torch.cat([d_left, d_right], 1), None
+
+
+def _split_columns(weight: torch.Tensor, at: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if not (weight.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling():
+        return weight[:, :at], weight[:, at:]
+    return _SplitColumns.apply(weight, at)
 
 
 class _FusedImagination:

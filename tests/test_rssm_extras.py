@@ -272,3 +272,26 @@ def test_gradcheck_observe():
         grads[backend] = torch.autograd.grad(sum((o * w).sum() for o, w in zip(outs, weights)), inputs)
     for name, a, b in zip(["embed", "action", "deter0", "stoch0", *names], grads["fused"], grads["reference"]):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("used", ["both", "left", "right"])
+def test_split_columns_gradient_matches_slicing(used):
+    """observe's column split of img_in/obs_out: values are views of the weight; the gradient is autograd's."""
+    from dreamer_fast.rssm import _split_columns
+
+    torch.manual_seed(0)
+    w = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    grads = []
+    for split in (_split_columns, lambda w, at: (w[:, :at], w[:, at:])):
+        left, right = split(w, 3)
+        assert left.shape == (5, 3) and right.shape == (5, 4)
+        assert torch.equal(left, w[:, :3]) and torch.equal(right, w[:, 3:])
+        loss = 0.0
+        if used in ("both", "left"):
+            loss = loss + left.square().sum()
+        if used in ("both", "right"):
+            loss = loss + (x @ right.t()).sin().sum()
+        grads.append(torch.autograd.grad(loss, w)[0])
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+    assert torch.autograd.gradcheck(lambda w: sum(p.sin().sum() for p in _split_columns(w, 2)), (w,))

@@ -61,7 +61,7 @@ class MLP(nn.Module):
         mods: list[nn.Module] = []
         dim = in_dim
         for _ in range(layers):
-            mods += [nn.Linear(dim, units), nn.ELU()]
+            mods += [nn.Linear(dim, units), nn.ELU(inplace=True)]
             dim = units
         mods.append(nn.Linear(dim, out_dim))
         self.net = nn.Sequential(*mods)
@@ -83,7 +83,7 @@ class ConvEncoder(nn.Module):
         mods: list[nn.Module] = []
         channels, size = in_channels, image_size
         for mult in (1, 2, 4, 8):
-            mods += [nn.Conv2d(channels, mult * depth, kernel_size=4, stride=2), nn.ELU()]
+            mods += [nn.Conv2d(channels, mult * depth, kernel_size=4, stride=2), nn.ELU(inplace=True)]
             channels, size = mult * depth, (size - 4) // 2 + 1
         self.net = nn.Sequential(*mods)
         self.out_dim = channels * size * size
@@ -120,7 +120,7 @@ class ConvDecoder(nn.Module):
         for i, kernel in enumerate((5, 5, 6, 6)):
             mods.append(nn.ConvTranspose2d(chans[i], chans[i + 1], kernel_size=kernel, stride=2))
             if i < 3:
-                mods.append(nn.ELU())
+                mods.append(nn.ELU(inplace=True))
         self.net = nn.Sequential(*mods)
         init_keras_(self)
 
@@ -152,7 +152,7 @@ class MLPEncoder(nn.Module):
         mods: list[nn.Module] = []
         dim = in_dim
         for _ in range(max(layers, 1)):
-            mods += [nn.Linear(dim, units), nn.ELU()]
+            mods += [nn.Linear(dim, units), nn.ELU(inplace=True)]
             dim = units
         self.net = nn.Sequential(*mods)
         self.out_dim = units

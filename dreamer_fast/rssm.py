@@ -440,7 +440,7 @@ class RSSM(nn.Module):
         )
         post = RSSMState(deters, samples, logits)
         # The prior head feeds nothing back into the recurrence: one pass over all T·B rows after the loop.
-        prior_logits = self._logits(self.prior_logits(F.elu(self.img_out(deters))))
+        prior_logits = self._logits(self.prior_logits(F.elu(self.img_out(deters), inplace=True)))
         return post, RSSMState(deters, _probs(prior_logits, self.unimix), prior_logits)
 
     def _obs_step_fused(self, prev_state, prev_action, embed, keep, noise):
@@ -639,9 +639,9 @@ class _FusedImagination:
         m = self.rssm
         if act_proj is None:
             act_proj = self.action_in(m.img_in.bias, action)
-        x = F.elu(self.stoch_in(act_proj, state.stoch.flatten(-2)))
+        x = F.elu(self.stoch_in(act_proj, state.stoch.flatten(-2)), inplace=True)
         deter = m._ln_gru(self.gru(m.gru.bias, torch.cat([x, state.deter], -1)), state.deter)
-        logits = m._logits(self.logits(m.prior_logits.bias, F.elu(self.out(m.img_out.bias, deter))))
+        logits = m._logits(self.logits(m.prior_logits.bias, F.elu(self.out(m.img_out.bias, deter), inplace=True)))
         stoch, _ = m._sample(logits, noise, fused=True)
         return RSSMState(deter, stoch, logits)
 

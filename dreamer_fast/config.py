@@ -26,7 +26,8 @@ class Config:
     seed: int = 0
     device: str = "cpu"  # "cpu" | "cuda" | "cuda:N"
     backend: str = "auto"  # dreamer_fast op backend: "auto" | "fused" | "reference"
-    bf16: bool = False  # bfloat16 autocast of the networks' GEMMs (LayerNorm, distributions, losses in float32)
+    bf16: bool = False  # bfloat16 autocast of the networks' GEMMs (LayerNorm, distributions, losses in float32);
+    # the atari preset turns it on (the official code's 16-bit mixed precision)
     threads: int = 0  # torch.set_num_threads; 0 = leave torch's default
     # ---- environment
     num_envs: int = 1  # environments stepped in lock-step for collection

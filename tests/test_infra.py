@@ -19,7 +19,7 @@ from dreamer_fast.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from dreamer_fast.config import Config
+from dreamer_fast.config import Config, load_config, presets
 from dreamer_fast.envs import ActionSpace, make_env
 from dreamer_fast.logger import Logger, plot, read_metrics
 from dreamer_fast.replay import Replay
@@ -481,3 +481,11 @@ def test_keep_freed_memory_removes_page_faults_of_repeated_large_allocations():
     default, keep = faults("default"), faults("keep")
     assert default > 0.8 * 6 * 16 * 2**20 * 4 // 4096  # ~6 x 16,384 faults
     assert keep < default / 3
+
+
+def test_atari_preset_is_the_defaults_plus_mixed_precision():
+    """atari.yaml = Config()'s defaults (DreamerV2's Atari configuration) with bf16 autocast on; the CPU-sized presets
+    train in float32."""
+    preset, defaults = load_config("atari").to_dict(), Config().to_dict()
+    assert {k for k in defaults if preset[k] != defaults[k]} == {"bf16"} and preset["bf16"] is True
+    assert all(not load_config(name).bf16 for name in presets() if name != "atari")

@@ -130,6 +130,7 @@ def cases(device: torch.device, dtype: torch.dtype):
         inputs = [rnd(B, 1800), rnd(B, 600), rnd(1800), rnd(1800)]
         out.append((f"ln_gru {B}x600", inputs,
                     lambda *x: df.ln_gru(*x, backend="fused"), lambda *x: ref.ln_gru_ref(*x)))
+    out.append(("elu 800x48x31x31", [rnd(800, 48, 31, 31)], lambda x: df.elu(x, backend="fused"), ref.elu_ref))
     return out
 
 

@@ -30,6 +30,9 @@ void define_schemas(torch::Library& m) {
   m.def(
       "ln_gru_backward(Tensor grad, Tensor gates, Tensor deter, Tensor weight, Tensor bias, Tensor mean,"
       " Tensor rstd) -> (Tensor, Tensor, Tensor, Tensor)");
+  // ELU with alpha = 1, any shape; the backward reads the output only (dx = grad (out + 1) where out <= 0).
+  m.def("elu(Tensor x) -> Tensor");
+  m.def("elu_backward(Tensor grad, Tensor out) -> Tensor");
   // The whole-sequence RSSM observe (recurrence in csrc/observe_sequence.h): act_proj/emb_proj [T, B, H] are the
   // time-independent parts of img_in/obs_out (biases included), keep [T, B] is 1 - is_first, stoch0 [B, S, K];
   // `seeds` [T] (int64, CPU) are the sampler's per-step Philox seeds, used where `noise` [T, B, S] is None;

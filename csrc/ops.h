@@ -28,7 +28,9 @@
                                                         double eps);                                            \
   std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ln_gru_backward(                                   \
       const at::Tensor& grad, const at::Tensor& gates, const at::Tensor& deter, const at::Tensor& weight,       \
-      const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& rstd);
+      const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& rstd);                                  \
+  at::Tensor elu(const at::Tensor& x);                                                                          \
+  at::Tensor elu_backward(const at::Tensor& grad, const at::Tensor& out);
 
 // Registers every op of backend namespace `ns` (dreamer_fast::cpu, ::cuda or ::emulated) on the library `m`:
 // the one list of kernels, so no backend can miss an op.
@@ -42,6 +44,8 @@
     m.impl("straight_through_categorical_backward", &ns::straight_through_categorical_backward); \
     m.impl("ln_gru", &ns::ln_gru);                                                             \
     m.impl("ln_gru_backward", &ns::ln_gru_backward);                                           \
+    m.impl("elu", &ns::elu);                                                                   \
+    m.impl("elu_backward", &ns::elu_backward);                                                 \
   } while (0)
 
 namespace dreamer_fast {

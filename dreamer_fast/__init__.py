@@ -6,6 +6,7 @@ Ops (time-major ``[T, B, ...]``; each has a plain-PyTorch twin ``*_ref`` in :mod
 - :func:`kl_balance` — DreamerV2's balanced KL loss between ``[..., S, K]`` posterior and prior logits.
 - :func:`straight_through_categorical` — one-hot sample with straight-through gradient, and probs, ``[..., K]``.
 - :func:`ln_gru` — DreamerV2's LayerNorm-GRU update ``[B, 3D], [B, D] -> [B, D]``.
+- :func:`elu` — ELU (alpha 1), any shape, with a backward from its output (the networks' activation).
 
 Modules: :class:`RSSM` (DreamerV2's recurrent state-space model, drop-in) and its state :class:`RSSMState`.
 
@@ -14,11 +15,13 @@ Modules: :class:`RSSM` (DreamerV2's recurrent state-space model, drop-in) and it
 
 from dreamer_fast._backend import BACKENDS, extension_loaded, has_kernel
 from dreamer_fast._memory import keep_freed_memory
+from dreamer_fast.ops.elu import elu
 from dreamer_fast.ops.kl_balance import kl_balance
 from dreamer_fast.ops.lambda_return import lambda_return
 from dreamer_fast.ops.ln_gru import ln_gru
 from dreamer_fast.ops.straight_through_categorical import straight_through_categorical
 from dreamer_fast.reference import (
+    elu_ref,
     kl_balance_ref,
     lambda_return_ref,
     ln_gru_ref,
@@ -32,6 +35,8 @@ __all__ = [
     "BACKENDS",
     "RSSM",
     "RSSMState",
+    "elu",
+    "elu_ref",
     "extension_loaded",
     "has_kernel",
     "keep_freed_memory",

@@ -89,7 +89,7 @@ class ActorCritic(nn.Module):
             raise ValueError(f"config `actor_unimix` applies to the one-hot actor only; the actor here is {dist!r}")
         self.actor = ActionHead(feat_size, act_space.dim, dist, c.mlp_layers, c.mlp_units,
                                 c.actor_min_std, c.actor_init_std, unimix=c.actor_unimix, backend=c.backend)
-        self.critic = MLP(feat_size, 1, c.mlp_layers, c.mlp_units)
+        self.critic = MLP(feat_size, 1, c.mlp_layers, c.mlp_units, c.backend)
         self.slow_critic = copy.deepcopy(self.critic)
         self.slow_critic.requires_grad_(False)
         self.updates = 0

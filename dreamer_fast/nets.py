@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dreamer_fast import _backend
+from dreamer_fast.ops.elu import elu
 from dreamer_fast.ops.straight_through_categorical import straight_through_categorical
 
 
@@ -50,18 +52,33 @@ def conv2d_as_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return y.view(n, ho, wo, c_out).permute(0, 3, 1, 2)
 
 
+class ELU(nn.Module):
+    """DreamerV2's activation as a layer: the fused :func:`dreamer_fast.elu` (its backward reads only the output),
+    or ``F.elu`` in place on the reference backend (whose backward also reads only the output). Either way the
+    preceding layer's output need not be kept for the backward."""
+
+    def __init__(self, backend: str | None = None) -> None:
+        super().__init__()
+        self.backend = backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _backend.resolve(self.backend) == "reference":
+            return F.elu(x, inplace=True)
+        return elu(x, backend=self.backend)
+
+
 class MLP(nn.Module):
     """``layers`` hidden Linear(units) + ELU, then a Linear to ``out_dim`` (no activation).
 
     ``[..., in_dim] -> [..., out_dim]``.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, layers: int, units: int) -> None:
+    def __init__(self, in_dim: int, out_dim: int, layers: int, units: int, backend: str | None = None) -> None:
         super().__init__()
         mods: list[nn.Module] = []
         dim = in_dim
         for _ in range(layers):
-            mods += [nn.Linear(dim, units), nn.ELU(inplace=True)]
+            mods += [nn.Linear(dim, units), ELU(backend)]
             dim = units
         mods.append(nn.Linear(dim, out_dim))
         self.net = nn.Sequential(*mods)
@@ -78,12 +95,12 @@ class ConvEncoder(nn.Module):
     ``[..., C, 64, 64] float -> [..., out_dim]`` with ``out_dim = 8·depth·2·2`` (1536 for depth 48).
     """
 
-    def __init__(self, in_channels: int, depth: int = 48, image_size: int = 64) -> None:
+    def __init__(self, in_channels: int, depth: int = 48, image_size: int = 64, backend: str | None = None) -> None:
         super().__init__()
         mods: list[nn.Module] = []
         channels, size = in_channels, image_size
         for mult in (1, 2, 4, 8):
-            mods += [nn.Conv2d(channels, mult * depth, kernel_size=4, stride=2), nn.ELU(inplace=True)]
+            mods += [nn.Conv2d(channels, mult * depth, kernel_size=4, stride=2), ELU(backend)]
             channels, size = mult * depth, (size - 4) // 2 + 1
         self.net = nn.Sequential(*mods)
         self.out_dim = channels * size * size
@@ -111,7 +128,7 @@ class ConvDecoder(nn.Module):
     ``[..., feat_size] -> [..., out_channels, 64, 64]``: the mean of a unit-variance Gaussian over ``obs/255 - 0.5``.
     """
 
-    def __init__(self, feat_size: int, out_channels: int, depth: int = 48) -> None:
+    def __init__(self, feat_size: int, out_channels: int, depth: int = 48, backend: str | None = None) -> None:
         super().__init__()
         self.depth, self.out_channels = depth, out_channels
         self.linear = nn.Linear(feat_size, 32 * depth)
@@ -120,7 +137,7 @@ class ConvDecoder(nn.Module):
         for i, kernel in enumerate((5, 5, 6, 6)):
             mods.append(nn.ConvTranspose2d(chans[i], chans[i + 1], kernel_size=kernel, stride=2))
             if i < 3:
-                mods.append(nn.ELU(inplace=True))
+                mods.append(ELU(backend))
         self.net = nn.Sequential(*mods)
         init_keras_(self)
 
@@ -147,12 +164,12 @@ class ConvDecoder(nn.Module):
 class MLPEncoder(nn.Module):
     """Vector observations: ``layers`` x (Linear(units) + ELU). ``[..., in_dim] -> [..., out_dim = units]``."""
 
-    def __init__(self, in_dim: int, layers: int, units: int) -> None:
+    def __init__(self, in_dim: int, layers: int, units: int, backend: str | None = None) -> None:
         super().__init__()
         mods: list[nn.Module] = []
         dim = in_dim
         for _ in range(max(layers, 1)):
-            mods += [nn.Linear(dim, units), nn.ELU(inplace=True)]
+            mods += [nn.Linear(dim, units), ELU(backend)]
             dim = units
         self.net = nn.Sequential(*mods)
         self.out_dim = units
@@ -292,7 +309,7 @@ class ActionHead(nn.Module):
         frac = min(max((init_std - min_std) / 2.0, 1e-3), 1 - 1e-3)
         self.std_offset = math.log(frac / (1 - frac))
         out = action_dim if dist == "onehot" else 2 * action_dim
-        self.mlp = MLP(in_dim, out, layers, units)
+        self.mlp = MLP(in_dim, out, layers, units, backend)
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
         """Raw outputs ``[..., P]`` (turned into a distribution by :meth:`dist`)."""

@@ -84,18 +84,18 @@ class WorldModel(nn.Module):
         self.obs_shape = tuple(obs_space[self.obs_key][0])
         c = config
         if self.obs_key == "image":
-            self.encoder: nn.Module = ConvEncoder(self.obs_shape[0], c.cnn_depth)
+            self.encoder: nn.Module = ConvEncoder(self.obs_shape[0], c.cnn_depth, backend=c.backend)
         else:
-            self.encoder = MLPEncoder(self.obs_shape[0], c.mlp_layers, c.mlp_units)
+            self.encoder = MLPEncoder(self.obs_shape[0], c.mlp_layers, c.mlp_units, backend=c.backend)
         self.rssm = RSSM(act_space.dim, self.encoder.out_dim, c.deter, c.hidden, c.stoch, c.classes, c.unimix,
                          backend=c.backend)
         feat = self.rssm.feat_size
         if self.obs_key == "image":
-            self.decoder: nn.Module = ConvDecoder(feat, self.obs_shape[0], c.cnn_depth)
+            self.decoder: nn.Module = ConvDecoder(feat, self.obs_shape[0], c.cnn_depth, backend=c.backend)
         else:
-            self.decoder = MLPDecoder(feat, self.obs_shape[0], c.mlp_layers, c.mlp_units)
-        self.reward = MLP(feat, 1, c.mlp_layers, c.mlp_units)
-        self.discount = MLP(feat, 1, c.mlp_layers, c.mlp_units)
+            self.decoder = MLPDecoder(feat, self.obs_shape[0], c.mlp_layers, c.mlp_units, c.backend)
+        self.reward = MLP(feat, 1, c.mlp_layers, c.mlp_units, c.backend)
+        self.discount = MLP(feat, 1, c.mlp_layers, c.mlp_units, c.backend)
 
     @property
     def feat_size(self) -> int:

@@ -17,7 +17,7 @@ import dreamer_fast as df
 from dreamer_fast.agent import Agent
 from dreamer_fast.behavior import ActorCritic, actor_objective, critic_objective, return_weights
 from dreamer_fast.config import load_config
-from dreamer_fast.nets import MLP, ActionHead, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, OneHotDist, \
+from dreamer_fast.nets import ELU, MLP, ActionHead, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, OneHotDist, \
     TruncNormalDist, conv2d_as_gemm
 from dreamer_fast.world_model import WorldModel, gaussian_loss, soft_bce_with_logits
 
@@ -149,7 +149,7 @@ def test_conv_decoder_matches_transposed_convs():
 def test_mlps():
     mlp = MLP(7, 2, layers=3, units=16)
     assert mlp(torch.randn(4, 5, 7)).shape == (4, 5, 2)
-    assert sum(isinstance(m, torch.nn.ELU) for m in mlp.modules()) == 3
+    assert sum(isinstance(m, ELU) for m in mlp.modules()) == 3
     enc = MLPEncoder(7, layers=2, units=16)
     assert enc(torch.randn(3, 7)).shape == (3, enc.out_dim) == (3, 16)
     assert MLPDecoder(9, 7, 1, 8)(torch.randn(2, 9)).shape == (2, 7)

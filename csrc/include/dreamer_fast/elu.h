@@ -1,0 +1,54 @@
+// ELU with alpha = 1 (DreamerV2's activation), shared by the CPU, CUDA and emulated kernels:
+//   forward  y = x for x > 0, e^x - 1 otherwise;
+//   backward from the output (as ATen's elu_backward with is_result): dx = dy (y + 1) for y <= 0 (y + 1 = e^x), dy
+//   otherwise. So the backward needs neither the input nor an exp, and the input's buffer can be freed or reused.
+// Float math is branch-free (selects, no libm call) so that CPU loops vectorise; double uses libm's expm1.
+#pragma once
+
+#include "exp.h"
+#include "macros.h"
+
+namespace dreamer_fast::elu {
+
+// e^x - 1 for x <= 0 in float32, one range reduction and one polynomial (as exp.h's exp_nonpositive): x = n ln2 + r
+// with |r| <= ln2 / 2, e^x - 1 = 2^n (e^r - 1) + (2^n - 1), and e^r - 1 by its Taylor polynomial r + r^2/2! + ... +
+// r^8/8! (truncation < 2e-9 relative). The polynomial has no 1 to cancel against, so results near 0 keep their
+// relative precision (n = 0 there); below, both terms have magnitude <= 1 and the sum >= 0.29. Below -87, 2^n is
+// clamped at ~2^-126 and the result is -1 (as for -inf); NaN gives NaN.
+DF_INLINE float expm1_nonpositive(float x) {
+  using namespace exp_detail;
+  constexpr float kMin = -87.0f;
+  constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+  constexpr float kShift = 12582912.0f;  // 1.5 * 2^23: t - kShift rounds x / ln2 to an integer
+  const float xc = x < kMin ? kMin : x;
+  const float t = xc * kLog2e + kShift;
+  const float n = t - kShift;
+  const float r = (xc - n * kLn2Hi) - n * kLn2Lo;
+  float p = 1.0f / 40320;
+  p = p * r + 1.0f / 5040;
+  p = p * r + 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  const float em1 = p * r;  // e^r - 1
+  const float scale = from_bits(static_cast<int32_t>((bits(t) - bits(kShift) + 127) << 23));  // 2^n
+  return scale * em1 + (scale - 1.0f);
+}
+
+DF_INLINE double expm1_nonpositive(double x) { return ::expm1(x); }
+
+// NaN stays NaN (it fails `x <= 0`); the exp's argument is kept <= 0 (it is discarded where x > 0).
+template <typename acc_t>
+DF_INLINE acc_t forward(acc_t x) {
+  const acc_t neg = expm1_nonpositive(x <= acc_t(0) ? x : acc_t(0));
+  return x <= acc_t(0) ? neg : x;
+}
+
+template <typename acc_t>
+DF_INLINE acc_t backward(acc_t grad, acc_t out) {
+  return out <= acc_t(0) ? grad * (out + acc_t(1)) : grad;
+}
+
+}  // namespace dreamer_fast::elu

@@ -1,0 +1,165 @@
+"""The fused ELU (alpha 1) against its reference F.elu: values, gradients, special values, both raw kernels (CPU and
+the CUDA source through the emulator), the half types, gradcheck, opcheck, torch.compile and bad inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import kernel_namespaces, tol
+
+import dreamer_fast as df
+from dreamer_fast import nets
+from dreamer_fast.reference import elu_ref
+
+pytestmark = pytest.mark.skipif(not df.has_kernel("elu", "cpu"), reason="the compiled extension is not loaded")
+
+# Around the range reduction's steps (odd multiples of ln 2 / 2 = 0.3466), the clamp at -87, the far tails, and 0.
+EDGES = [0.0, -0.0, -1e-30, -1e-7, -0.01, -0.3465, -0.3466, -0.35, -0.5, -1.0, -5.0, -20.0, -86.9, -87.0, -87.1, -88.7,
+         -100.0, -1e4, 1e-30, 0.5, 3.0, 1e30]
+
+
+def sample(shape, device, dtype, requires_grad=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 3).to(device=device, dtype=dtype)
+    return x.requires_grad_(requires_grad)
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 3, 4, 5), (800, 13)])
+def test_values_and_grads_match_reference(shape, device, dtype):
+    x = sample(shape, device, dtype, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    y, y_ref = df.elu(x, backend="fused"), elu_ref(x_ref)
+    torch.testing.assert_close(y, y_ref, **tol(dtype))
+    g = torch.randn_like(y)
+    (dx,), (dx_ref,) = torch.autograd.grad(y, x, g), torch.autograd.grad(y_ref, x_ref, g)
+    torch.testing.assert_close(dx, dx_ref, **tol(dtype))
+
+
+@pytest.mark.parametrize("ns", kernel_namespaces())
+def test_raw_kernels_accuracy_and_special_values(ns):
+    """float32 within 2 ulp of float64's expm1 (relative), across the branch points, tails and specials."""
+    x = torch.cat([torch.tensor(EDGES), torch.linspace(-90, 5, 100_001), -torch.logspace(-38, 2, 20_001)])
+    y = ns.elu(x)
+    want = F.elu(x.double())
+    finite = torch.isfinite(want) & (want != 0)
+    rel = ((y.double() - want).abs() / want.abs())[finite]
+    assert rel.max() < 2.5 * 2.0**-24, rel.max()
+    assert torch.equal(y[want == 0], want[want == 0].float())  # 0 and -0 stay exact
+    special = torch.tensor([float("inf"), -float("inf"), float("nan")])
+    out = ns.elu(special)
+    assert out[0] == float("inf") and out[1] == -1.0 and out[2].isnan()
+    assert ns.elu(torch.tensor([-1e-45]))[0] == torch.tensor(-1e-45)  # a denormal keeps its value (e^x - 1 ~ x)
+
+
+def test_emulated_cuda_kernel_equals_cpu_kernel():
+    x = torch.cat([torch.tensor(EDGES), torch.randn(5000) * 4])
+    g, out = torch.randn_like(x), torch.ops.dreamer_fast.elu(x)
+    assert torch.equal(torch.ops.dreamer_fast_emu.elu(x), out)
+    assert torch.equal(torch.ops.dreamer_fast_emu.elu_backward(g, out), torch.ops.dreamer_fast.elu_backward(g, out))
+    xd = x.double()
+    assert torch.equal(torch.ops.dreamer_fast_emu.elu(xd), torch.ops.dreamer_fast.elu(xd))
+
+
+@pytest.mark.parametrize("ns", kernel_namespaces())
+def test_backward_from_the_output(ns):
+    """dx = grad·(out + 1) where out <= 0, grad elsewhere: exactly ATen's result-based ELU backward."""
+    x = torch.cat([torch.tensor(EDGES), torch.randn(3000) * 4]).double()
+    out, g = F.elu(x), torch.randn(x.shape, dtype=torch.float64)
+    want = torch.ops.aten.elu_backward(g, 1.0, 1, 1, True, out)
+    assert torch.equal(ns.elu_backward(g, out), want)
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("ns", kernel_namespaces())
+def test_half_types_round_once_from_float32(ns, half):
+    """bfloat16/float16 (CPU too: under bf16 autocast the conv outputs are bfloat16) compute in float32 and round
+    once to nearest even: equal to rounding the float32 kernel's result, forward and backward."""
+    x = (torch.randn(4099) * 4).to(half)
+    x[:3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    y = ns.elu(x)
+    assert y.dtype == half
+    want = ns.elu(x.float()).to(half)
+    assert torch.equal(y[3:], want[3:]) and y[0].isnan() and y[1] == float("inf") and y[2] == -1
+    g = torch.randn(x.shape).to(half)
+    assert torch.equal(ns.elu_backward(g[3:], y[3:]), ns.elu_backward(g[3:].float(), y[3:].float()).to(half))
+    torch.testing.assert_close(df.elu(x[3:], backend="fused").float(), F.elu(x[3:].float()), **tol(half))
+
+
+def test_gradcheck(device):
+    x = sample((6, 5), device, torch.float64, requires_grad=True)
+    x = x.detach().masked_fill(x.detach().abs() < 1e-3, 0.5).requires_grad_()  # away from the kink at 0
+    assert torch.autograd.gradcheck(lambda t: df.elu(t, backend="fused"), (x,))
+
+
+def test_opcheck(device):
+    torch.library.opcheck(torch.ops.dreamer_fast.elu.default, (sample((4, 7), device, torch.float32, True),))
+    x = sample((4, 7), device, torch.float32)
+    torch.library.opcheck(torch.ops.dreamer_fast.elu_backward.default, (torch.randn_like(x), F.elu(x)))
+
+
+def test_compile_fullgraph():
+    x = sample((16, 33), "cpu", torch.float32, requires_grad=True)
+
+    def loss(t):
+        return df.elu(t, backend="fused").square().mean()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(torch.autograd.grad(compiled(x), x)[0], torch.autograd.grad(loss(x), x)[0])
+
+
+def test_non_contiguous_and_empty(device):
+    x = sample((6, 8), device, torch.float64).t()
+    assert not x.is_contiguous()
+    torch.testing.assert_close(df.elu(x, backend="fused"), F.elu(x), **tol(torch.float64))
+    for shape in [(0,), (3, 0), (0, 4, 5)]:
+        e = torch.empty(shape, device=device, requires_grad=True)
+        out = df.elu(e, backend="fused")
+        assert out.shape == shape
+        assert torch.autograd.grad(out.sum(), e)[0].shape == shape
+
+
+BAD = [
+    ("int dtype", lambda x: x.long(), TypeError, "`x` must be float32, float64, float16 or bfloat16"),
+    ("bool", lambda x: x > 0, TypeError, "`x` must be float32"),
+    ("not a tensor", lambda x: 1.5, TypeError, "`x` must be a torch.Tensor"),
+]
+
+
+@pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
+def test_bad_inputs(case):
+    _, mutate, exc, match = case
+    with pytest.raises(exc, match=match):
+        df.elu(mutate(torch.randn(3, 4)), backend="fused")
+
+
+@pytest.mark.parametrize("ns", kernel_namespaces())
+def test_cpp_checks_name_the_argument(ns):
+    """The C++ kernels check too (for callers who skip the Python wrapper)."""
+    x = torch.randn(4, 6)
+    with pytest.raises(RuntimeError, match="`x` must be contiguous"):
+        ns.elu(x.t())
+    with pytest.raises(RuntimeError, match="`x` must be float32"):
+        ns.elu(x.int())
+    out = F.elu(x)
+    with pytest.raises(RuntimeError, match="`grad` must have shape"):
+        ns.elu_backward(torch.randn(4, 5), out)
+    with pytest.raises(RuntimeError, match="`grad` must have the dtype of `out`"):
+        ns.elu_backward(torch.randn(4, 6, dtype=torch.float64), out)
+    with pytest.raises(RuntimeError, match="`out` must be contiguous"):
+        ns.elu_backward(torch.randn(6, 4), out.t())
+
+
+def test_backend_selection_and_layer(monkeypatch):
+    x = torch.randn(5, 9)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        df.elu(x, backend="fast")
+    assert df.elu(x.requires_grad_(), backend="reference").grad_fn.name() == "EluBackward0"
+    assert "dreamer_fast" in str(df.elu(x, backend="fused").grad_fn)
+    # The networks' layer: the fused op, or F.elu in place on the reference backend; same values.
+    y = x.detach() * 2
+    fused, ref = nets.ELU("fused")(y.clone()), nets.ELU("reference")(y.clone())
+    torch.testing.assert_close(fused, ref, **tol(torch.float32))
+    monkeypatch.setenv("DREAMER_FAST_BACKEND", "reference")
+    z = y.clone()
+    assert nets.ELU()(z) is z  # in place

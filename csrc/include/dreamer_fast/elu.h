@@ -16,14 +16,9 @@ namespace dreamer_fast::elu {
 // relative precision (n = 0 there); below, both terms have magnitude <= 1 and the sum >= 0.29. Below -87, 2^n is
 // clamped at ~2^-126 and the result is -1 (as for -inf); NaN gives NaN.
 DF_INLINE float expm1_nonpositive(float x) {
-  using namespace exp_detail;
   constexpr float kMin = -87.0f;
-  constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
-  constexpr float kShift = 12582912.0f;  // 1.5 * 2^23: t - kShift rounds x / ln2 to an integer
-  const float xc = x < kMin ? kMin : x;
-  const float t = xc * kLog2e + kShift;
-  const float n = t - kShift;
-  const float r = (xc - n * kLn2Hi) - n * kLn2Lo;
+  const exp_detail::Ln2Split s = exp_detail::split_ln2(x < kMin ? kMin : x);
+  const float r = s.r;
   float p = 1.0f / 40320;
   p = p * r + 1.0f / 5040;
   p = p * r + 1.0f / 720;
@@ -33,8 +28,7 @@ DF_INLINE float expm1_nonpositive(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   const float em1 = p * r;  // e^r - 1
-  const float scale = from_bits(static_cast<int32_t>((bits(t) - bits(kShift) + 127) << 23));  // 2^n
-  return scale * em1 + (scale - 1.0f);
+  return s.pow2n * em1 + (s.pow2n - 1.0f);
 }
 
 DF_INLINE double expm1_nonpositive(double x) { return ::expm1(x); }

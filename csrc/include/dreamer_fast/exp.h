@@ -56,17 +56,28 @@ DF_INLINE double from_bits(int64_t i) {
 #endif
 }
 
+// The range reduction of the float32 functions (exp_nonpositive here, expm1_nonpositive in elu.h): for z >= -87,
+// z = n ln2 + r with |r| <= ln2 / 2; returns r and 2^n (a normal float, built in the exponent bits).
+struct Ln2Split {
+  float r, pow2n;
+};
+
+DF_INLINE Ln2Split split_ln2(float z) {
+  constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+  constexpr float kShift = 12582912.0f;  // 1.5 * 2^23
+  const float t = z * kLog2e + kShift;
+  const float n = t - kShift;
+  const float r = (z - n * kLn2Hi) - n * kLn2Lo;
+  return {r, from_bits(static_cast<int32_t>((bits(t) - bits(kShift) + 127) << 23))};
+}
+
 }  // namespace exp_detail
 
 DF_INLINE float exp_nonpositive(float z) {
-  using namespace exp_detail;
   constexpr float kMin = -87.0f;  // 2^n stays a normal float down to here
-  constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
-  constexpr float kShift = 12582912.0f;  // 1.5 * 2^23
   const float zc = z < kMin ? kMin : z;
-  const float t = zc * kLog2e + kShift;
-  const float n = t - kShift;
-  const float r = (zc - n * kLn2Hi) - n * kLn2Lo;
+  const exp_detail::Ln2Split s = exp_detail::split_ln2(zc);
+  const float r = s.r;
   float p = 1.0f / 5040;
   p = p * r + 1.0f / 720;
   p = p * r + 1.0f / 120;
@@ -75,8 +86,7 @@ DF_INLINE float exp_nonpositive(float z) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const float scale = from_bits(static_cast<int32_t>((bits(t) - bits(kShift) + 127) << 23));
-  return p * scale * static_cast<float>(z >= kMin);  // a product, not a branch: vectorises; NaN stays NaN
+  return p * s.pow2n * static_cast<float>(z >= kMin);  // a product, not a branch: vectorises; NaN stays NaN
 }
 
 DF_INLINE double exp_nonpositive(double z) {

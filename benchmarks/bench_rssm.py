@@ -5,7 +5,8 @@
   takes minutes, so it is not timed: see `test_observe` below);
 - imagine H=15 B=800 with a 4x400 ELU actor (straight-through one-hot actions) forward+backward: fused vs reference
   (both GEMM-bound: ~360 GFLOP a round);
-- one policy step, B=1, under torch.no_grad (acting in the environment): fused vs reference.
+- one policy step, B=1, under torch.no_grad (acting in the environment): fused vs reference, and the fused step
+  without the prior head and with bfloat16 weight copies (how an agent acts).
 
 Run:  pytest benchmarks/bench_rssm.py --benchmark-only --benchmark-columns=mean,stddev,rounds
 """
@@ -164,10 +165,15 @@ def test_imagine_gemms(benchmark):
     benchmark.extra_info["gflop"] = sum(2 * m * k * n for m, k, n in shapes) / 1e9
 
 
-@pytest.mark.parametrize("impl", ["fused", "reference"])
+@pytest.mark.parametrize("impl", ["fused", "fused-posterior", "fused-posterior-bf16w", "reference"])
 def test_policy_step(benchmark, impl):
+    """obs_step as the issue states it (posterior and prior, float32), and as an agent acts: ``prior=False``, and
+    with ``inference_dtype = torch.bfloat16`` (weights rounded to bfloat16, products in float32)."""
     benchmark.group = "rssm obs_step B=1 no_grad (f32)"
-    m = rssm(impl)
+    m = rssm(impl.split("-")[0])
+    prior = "posterior" not in impl
+    if impl.endswith("bf16w"):
+        m.inference_dtype = torch.bfloat16
     g = torch.Generator().manual_seed(4)
     embed = torch.randn(1, EMBED, generator=g)
     action = torch.zeros(1, ACTIONS)
@@ -176,9 +182,9 @@ def test_policy_step(benchmark, impl):
 
     def run():
         with torch.no_grad():
-            return m.obs_step(state, action, embed, is_first)
+            return m.obs_step(state, action, embed, is_first, prior=prior)
 
     for _ in range(10):
         run()
-    post, _ = benchmark(run)
-    assert post.deter.shape == (1, 600) and df.RSSMState is RSSMState
+    post, prior_state = benchmark(run)
+    assert post.deter.shape == (1, 600) and df.RSSMState is RSSMState and (prior_state is None) != prior

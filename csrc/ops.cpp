@@ -59,12 +59,14 @@ void define_schemas(torch::Library& m) {
   // One RSSM observe step for acting (no autograd; recurrence in csrc/composite/obs_step_inference.cpp): the state
   // deter [B, D], stoch [B, S, K], action [B, A], embed [B, E], keep [B] (1 - is_first), the RSSM's full layers
   // (weight [out, in], bias [out]), the sampler's noise [B, S] or Philox `seed`. Returns (deter', post sample, post
-  // logits, prior probs, prior logits).
+  // logits, prior probs, prior logits); without `with_prior` the last two are empty [0]. The six weights may be
+  // bfloat16 copies when the state is float32.
   m.def(
       "obs_step_inference(Tensor deter, Tensor stoch, Tensor action, Tensor embed, Tensor keep, Tensor w_img_in,"
       " Tensor b_img_in, Tensor w_gru, Tensor b_gru, Tensor ln_w, Tensor ln_b, Tensor w_img_out, Tensor b_img_out,"
       " Tensor w_prior, Tensor b_prior, Tensor w_obs_out, Tensor b_obs_out, Tensor w_post, Tensor b_post,"
-      " Tensor? noise, Tensor seed, float unimix, float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      " Tensor? noise, Tensor seed, float unimix, float eps, bool with_prior=True)"
+      " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 }  // namespace

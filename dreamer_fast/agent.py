@@ -134,7 +134,7 @@ class Agent(nn.Module):
             latent, prev_action = state
         with self._autocast(acting=True):
             embed = self.wm.encoder(data[self.wm.obs_key])
-            latent, _ = self.wm.rssm.obs_step(latent, prev_action, embed, data["is_first"])
+            latent, _ = self.wm.rssm.obs_step(latent, prev_action, embed, data["is_first"], prior=False)
             dist = self.ac.actor.dist(self.ac.actor(self.wm.rssm.get_feat(latent)))
             action = dist.sample() if mode == "explore" else dist.mode()
         action = action.float()

@@ -164,6 +164,8 @@ class RSSM(nn.Module):
         self.obs_out = nn.Linear(deter + embed_dim, hidden)
         self.post_logits = nn.Linear(hidden, flat)
         self.reset_parameters()
+        self._inference_dtype: torch.dtype | None = None
+        self._inference_cache: tuple[tuple, dict[str, torch.Tensor]] | None = None
 
     @property
     def backend(self) -> str | None:
@@ -174,6 +176,28 @@ class RSSM(nn.Module):
         if value is not None:
             _backend.resolve(value)  # validates
         self._backend = value
+
+    @property
+    def inference_dtype(self) -> torch.dtype | None:
+        """The weights' dtype in :meth:`obs_step` without gradients on the fused backend (acting in an environment).
+
+        ``None`` (default): the parameters themselves. ``torch.bfloat16`` (float32 parameters): the step reads
+        bfloat16 copies of its six weight matrices, made at the first such step and remade whenever a weight has
+        changed since (its version counter: an optimizer step, ``load_state_dict``, ``.to()``). At B = 1 the step's
+        time is the bytes of weights it reads, so this halves it (docs/PERFORMANCE.md). The products still
+        accumulate in float32 and biases and LayerNorm stay float32, but the weights are rounded to bfloat16
+        (relative error ≤ 2⁻⁹), so the results are those of the RSSM with rounded weights, not bit-equal to the
+        float32 step. Steps with gradients, under autocast, on the reference backend or with non-float32
+        parameters use the parameters as they are.
+        """
+        return self._inference_dtype
+
+    @inference_dtype.setter
+    def inference_dtype(self, value: torch.dtype | None) -> None:
+        if value not in (None, torch.bfloat16):
+            raise ValueError(f"RSSM: `inference_dtype` must be None or torch.bfloat16, got {value!r}")
+        self._inference_dtype = value
+        self._inference_cache = None
 
     def reset_parameters(self) -> None:
         """Keras' defaults, as DreamerV2: Xavier-uniform weights, zero biases, LayerNorm (1, 0)."""
@@ -244,15 +268,20 @@ class RSSM(nn.Module):
         embed: torch.Tensor,
         is_first: torch.Tensor,
         noise: torch.Tensor | None = None,
-    ) -> tuple[RSSMState, RSSMState]:
+        *,
+        prior: bool = True,
+    ) -> tuple[RSSMState, RSSMState | None]:
         """One step of :meth:`observe` (e.g. the policy's filter while acting).
 
         Args:
             prev_state: ``[B]`` state; prev_action: ``[B, action_dim]``; embed: ``[B, embed_dim]``; is_first: ``[B]``.
             noise: ``[B, S]``, the posterior sample's noise.
+            prior: False skips the prior head (``img_out`` and ``prior_logits``, 17% of the step's weights at the
+                default sizes) and returns None for it: acting needs the posterior only.
 
         Returns:
             ``(post, prior)`` with ``[B]`` fields (``prior.stoch``: the prior's probabilities, as in observe).
+            Without gradients on the fused backend the weights may be bfloat16 copies: :attr:`inference_dtype`.
         """
         dtype = self._dtype()
         B = self._check_step("obs_step", prev_action, embed, is_first)
@@ -260,8 +289,9 @@ class RSSM(nn.Module):
         noise = self._noise("obs_step", noise, (B,), dtype)
         keep = (is_first == 0).to(dtype)
         if self._fused(embed.device):
-            return self._obs_step_fused(prev_state, prev_action, embed, keep, noise)
-        return self._obs_step_reference(prev_state, prev_action, embed, keep, noise)
+            return self._obs_step_fused(prev_state, prev_action, embed, keep, noise, bool(prior))
+        post, prior_state = self._obs_step_reference(prev_state, prev_action, embed, keep, noise)
+        return post, (prior_state if prior else None)
 
     def img_step(
         self, prev_state: RSSMState, prev_action: torch.Tensor, noise: torch.Tensor | None = None
@@ -443,7 +473,7 @@ class RSSM(nn.Module):
         prior_logits = self._logits(self.prior_logits(F.elu(self.img_out(deters), inplace=True)))
         return post, RSSMState(deters, _probs(prior_logits, self.unimix), prior_logits)
 
-    def _obs_step_fused(self, prev_state, prev_action, embed, keep, noise):
+    def _obs_step_fused(self, prev_state, prev_action, embed, keep, noise, prior=True):
         p = self._params()
         device_type = embed.device.type
         if (not torch.is_grad_enabled() and not torch.is_autocast_enabled(device_type)
@@ -451,11 +481,14 @@ class RSSM(nn.Module):
             # The acting path (B = 1 under torch.no_grad, every environment step): the whole step is one C++ op, as
             # ~20 ATen calls from Python cost about as much as its GEMVs (docs/PERFORMANCE.md). The op has no
             # autograd, and under autocast the step below casts the GEMMs as autocast does.
+            if self._inference_dtype is not None and self._dtype() == torch.float32:
+                p = self._inference_layers(p)
             deter, stoch, logits, prior_probs, prior_logits = _obs_step_inference.call(
                 prev_state.deter, prev_state.stoch, prev_action, embed, keep, p, p["gru_norm"][0], p["gru_norm"][1],
-                noise, self.unimix, _GRU_EPS,
+                noise, self.unimix, _GRU_EPS, None, prior,
             )
-            return RSSMState(deter, stoch, logits), RSSMState(deter, prior_probs, prior_logits)
+            post = RSSMState(deter, stoch, logits)
+            return post, (RSSMState(deter, prior_probs, prior_logits) if prior else None)
         # Training through a single step (or autocast): functional calls on the parameters, no module calls, the
         # fused ops without their wrappers' checks.
         k = keep[:, None]
@@ -465,12 +498,26 @@ class RSSM(nn.Module):
         x = F.elu(F.linear(torch.cat([deter, embed], -1), *p["obs_out"]))
         logits = self._logits(F.linear(x, *p["post_logits"]))
         stoch, _ = self._sample(logits, noise, fused=True)
+        if not prior:
+            return RSSMState(deter, stoch, logits), None
         prior_logits = self._logits(F.linear(F.elu(F.linear(deter, *p["img_out"])), *p["prior_logits"]))
         return RSSMState(deter, stoch, logits), RSSMState(deter, _probs(prior_logits, self.unimix), prior_logits)
 
     def _params(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """(weight, bias) of every layer, read without nn.Module's attribute lookup."""
         return {name: (m._parameters["weight"], m._parameters["bias"]) for name, m in self._modules.items()}
+
+    _LINEARS = ("img_in", "gru", "img_out", "prior_logits", "obs_out", "post_logits")
+
+    def _inference_layers(self, p: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+        """``p`` with the weights replaced by their :attr:`inference_dtype` copies (remade when a weight changed)."""
+        key = tuple((id(p[n][0]), p[n][0].data_ptr(), p[n][0]._version) for n in self._LINEARS)
+        if self._inference_cache is None or self._inference_cache[0] != key:
+            with torch.no_grad():
+                copies = {n: p[n][0].to(self._inference_dtype).contiguous() for n in self._LINEARS}
+            self._inference_cache = (key, copies)
+        copies = self._inference_cache[1]
+        return {**p, **{n: (copies[n], p[n][1]) for n in self._LINEARS}}
 
     def _ln_gru(self, gates, deter):
         """The fused op, without the public wrapper's checks (the shapes are ours)."""

@@ -185,3 +185,151 @@ def test_cpp_checks_name_the_argument():
             torch.ops.dreamer_fast.obs_step_inference(*bad, noise, seed, 0.0, 1e-3)
         with pytest.raises(RuntimeError, match="`seed` must be a one-element int64 CPU tensor"):
             torch.ops.dreamer_fast.obs_step_inference(*flat, noise, seed.double(), 0.0, 1e-3)
+
+
+# ---- prior=False and bfloat16 weight copies (RSSM.inference_dtype) ------------------------------------------------
+
+# Sizes whose GEMV rows have whole 32-value blocks and a tail, and whose outputs are not a multiple of 4 (the bf16
+# kernel's unroll): img_in reads 47 values, gru 82, obs_out 107; outputs 45, 111, 42.
+ODD = dict(action_dim=5, embed_dim=70, deter=37, hidden=45, stoch=6, classes=7)
+
+
+def odd_model(seed=0, unimix=0.0):
+    torch.manual_seed(seed)
+    m = rssm_module.RSSM(**ODD, unimix=unimix, backend="fused")
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith("bias") or name.startswith("gru_norm"):
+                p.add_(0.1 * torch.randn_like(p))
+    return m
+
+
+def odd_sequence(T, B, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    embed = torch.randn(T, B, ODD["embed_dim"], generator=g)
+    action = torch.nn.functional.one_hot(torch.randint(ODD["action_dim"], (T, B), generator=g), ODD["action_dim"])
+    is_first = torch.zeros(T, B, dtype=torch.bool)
+    is_first[0] = True
+    if T > 7:
+        is_first[7, 0] = True  # a reset of one row only
+    noise = torch.rand(T, B, ODD["stoch"], generator=g)
+    return embed, action.float(), is_first, noise
+
+
+def rounded_copy(m):
+    """m with its six weight matrices rounded to bfloat16 (and back to float32): what the bf16 path computes."""
+    r = odd_model(unimix=m.unimix)
+    r.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        for name in rssm_module.RSSM._LINEARS:
+            w = getattr(r, name).weight
+            w.copy_(w.bfloat16().float())
+    return r
+
+
+@pytest.mark.parametrize("B", [1, 3])
+@pytest.mark.parametrize("unimix", [0.0, 0.01])
+def test_bf16_weights_equal_the_rssm_with_rounded_weights(B, unimix, monkeypatch):
+    m = odd_model(unimix=unimix)
+    embed, action, is_first, noise = odd_sequence(12, B)
+    exact = rollout(m, "fused", embed, action, is_first, noise)
+    expected = rollout(rounded_copy(m), "reference", embed, action, is_first, noise)
+    m.inference_dtype = torch.bfloat16
+    calls = op_calls(monkeypatch)
+    got = rollout(m, "fused", embed, action, is_first, noise)
+    assert len(calls) == 12
+    for a, b in zip(got, expected):
+        assert_states_close(a, b, rtol=1e-5, atol=1e-5)
+    # The copies were really used: float32 weights give visibly other states.
+    assert (got[0].deter - exact[0].deter).abs().max() > 1e-4
+
+
+def test_bf16_weight_copies_follow_the_parameters(monkeypatch):
+    m = odd_model()
+    m.inference_dtype = torch.bfloat16
+    embed, action, is_first, noise = odd_sequence(3, 1)
+
+    def step(model):
+        return model.obs_step(model.initial(1), action[1], embed[1], is_first[1], noise=noise[1])[0]
+
+    with torch.no_grad():
+        step(m)
+        copies = m._inference_cache[1]
+        step(m)
+        assert m._inference_cache[1] is copies  # unchanged weights: the copies are reused
+        opt = torch.optim.SGD(m.parameters(), lr=0.5)
+    for p in m.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()  # in place: the weights' version counters move
+    with torch.no_grad():
+        got = step(m)
+        assert m._inference_cache[1] is not copies
+        expected = step(rounded_copy(m))  # float32 weights, rounded
+    assert_states_close(got, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="`inference_dtype` must be None or torch.bfloat16"):
+        m.inference_dtype = torch.float16
+
+
+@pytest.mark.parametrize("path", ["op", "grad", "reference"])
+def test_prior_false_returns_the_same_posterior(path, monkeypatch):
+    m = odd_model()
+    m.backend = "reference" if path == "reference" else "fused"
+    embed, action, is_first, noise = odd_sequence(2, 2)
+    state = m.initial(2)
+    calls = op_calls(monkeypatch)
+    with torch.set_grad_enabled(path == "grad"):
+        post, prior = m.obs_step(state, action[1], embed[1], is_first[1], noise=noise[1])
+        post_only, none = m.obs_step(state, action[1], embed[1], is_first[1], noise=noise[1], prior=False)
+    assert none is None and prior is not None
+    assert_states_close(post_only, post, rtol=0, atol=0)
+    assert len(calls) == (2 if path == "op" else 0)
+
+
+def bf16_op_args(with_noise=True):
+    m = odd_model()
+    embed, action, is_first, noise = odd_sequence(1, 2)
+    state = m.initial(2)
+    g = torch.Generator().manual_seed(3)
+    deter = torch.randn(2, ODD["deter"], generator=g)
+    layers = {name: (getattr(m, name).weight.detach().bfloat16(), getattr(m, name).bias.detach())
+              for name in rssm_module.RSSM._LINEARS}
+    return (deter, state.stoch + 0.1, action[0], embed[0], torch.ones(2), layers, m.gru_norm.weight.detach(),
+            m.gru_norm.bias.detach()), noise[0]
+
+
+def flat_args(args):
+    deter, stoch, action, embed, keep, layers, ln_w, ln_b = args
+    return [deter, stoch, action, embed, keep, *layers["img_in"], *layers["gru"], ln_w, ln_b, *layers["img_out"],
+            *layers["prior_logits"], *layers["obs_out"], *layers["post_logits"]]
+
+
+@pytest.mark.parametrize("with_prior", [True, False])
+def test_bf16_weights_opcheck_and_emulated(with_prior):
+    args, noise = bf16_op_args()
+    flat = flat_args(args)
+    seed = draw_seed()
+    torch.library.opcheck(torch.ops.dreamer_fast.obs_step_inference.default,
+                          (*flat, noise, seed, 0.0, 1e-3, with_prior), test_utils=("test_schema", "test_faketensor"))
+    with torch.no_grad():
+        real = torch.ops.dreamer_fast.obs_step_inference(*flat, noise, seed, 0.01, 1e-3, with_prior)
+        emu = torch.ops.dreamer_fast_emu.obs_step_inference(*flat, noise, seed, 0.01, 1e-3, with_prior)
+    for a, b in zip(real, emu):
+        torch.testing.assert_close(a, b, **tol(torch.float32))
+    assert real[0].dtype == torch.float32
+    assert real[3].shape == ((2, ODD["stoch"], ODD["classes"]) if with_prior else (0,))
+
+
+def test_bf16_weights_bad_inputs():
+    args, noise = bf16_op_args()
+    deter, stoch, action, embed, keep, layers, ln_w, ln_b = args
+    mixed = dict(layers, gru=(layers["gru"][0].float(), layers["gru"][1]))  # one weight not bfloat16
+    with torch.no_grad():
+        with pytest.raises(TypeError, match=re.escape("`layers['gru'] weight` has dtype torch.float32")):
+            obs_step_inference(deter, stoch, action, embed, keep, mixed, ln_w, ln_b, noise=noise)
+        f64 = [t.double() for t in (deter, stoch, action, embed, keep, ln_w, ln_b)]
+        f64_layers = {k: (w, b.double()) for k, (w, b) in layers.items()}  # bf16 weights need a float32 state
+        with pytest.raises(TypeError, match=re.escape("`layers['img_in'] weight` has dtype torch.bfloat16")):
+            obs_step_inference(*f64[:5], f64_layers, *f64[5:], noise=noise.double())
+        flat = flat_args((deter, stoch, action, embed, keep, mixed, ln_w, ln_b))
+        with pytest.raises(RuntimeError, match="`w_gru` must be bfloat16 like `w_img_in`"):
+            torch.ops.dreamer_fast.obs_step_inference(*flat, noise, torch.zeros((), dtype=torch.int64), 0.0, 1e-3)

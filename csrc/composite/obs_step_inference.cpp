@@ -14,14 +14,22 @@
 //   post_logits  = b_post + elu(b_obs_out + [h', embed] W_obs_out^T) W_post^T
 //   sample       = straight_through_categorical(post_logits, noise or seed, unimix)
 //   prior_logits = b_prior + elu(b_img_out + h' W_img_out^T) W_prior^T;  prior_probs = its (unimixed) softmax
+// The prior is computed only with `with_prior` (acting needs the posterior alone: 17% of the weights are the prior's).
+//
+// Weights: in the state's dtype, or bfloat16 copies with a float32 state (RSSM.inference_dtype): at B = 1 the step's
+// time is the bytes of weights it reads. Biases and the LayerNorm stay in the state's dtype; the products accumulate
+// in float32 (on the CPU: cpu/linear_bf16.h; elsewhere in the GEMM library's bfloat16 GEMM, then cast).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <iterator>
 #include <string>
 
 #include "../check.h"
+#include "../cpu/linear_bf16.h"
 
 namespace dreamer_fast::obs_step_inference {
 namespace {
@@ -96,7 +104,20 @@ Sizes check_args(const Tensor& deter, const Tensor& stoch, const Tensor& action,
       {"ln_w", &ln_w},           {"ln_b", &ln_b},           {"w_img_out", &w_img_out}, {"b_img_out", &b_img_out},
       {"w_prior", &w_prior},     {"b_prior", &b_prior},     {"w_obs_out", &w_obs_out}, {"b_obs_out", &b_obs_out},
       {"w_post", &w_post},       {"b_post", &b_post}};
-  for (const auto& [name, t] : like_deter) check_like(name, *t, deter);
+  // Weights in the state's dtype, or all six in bfloat16 with a float32 state (the other tensors: the state's dtype).
+  const Tensor* weights[] = {&w_img_in, &w_gru, &w_img_out, &w_prior, &w_obs_out, &w_post};
+  const bool bf16_weights = deter.scalar_type() == at::kFloat && w_img_in.scalar_type() == at::kBFloat16;
+  for (const auto& [name, t] : like_deter) {
+    const bool is_weight = std::find(std::begin(weights), std::end(weights), t) != std::end(weights);
+    if (!is_weight || !bf16_weights) {
+      check_like(name, *t, deter);
+      continue;
+    }
+    TORCH_CHECK(t->scalar_type() == at::kBFloat16, kOp, ": `", name, "` must be bfloat16 like `w_img_in` (the "
+                "weights are all in the state's dtype or all bfloat16), got ", t->scalar_type());
+    TORCH_CHECK(t->device() == deter.device(), kOp, ": `", name, "` must be on the device of `deter` (",
+                deter.device(), "), got ", t->device());
+  }
   check_shape_of("stoch", stoch, {s.B, s.S, s.K}, "[B, S, K]");
   check_shape_of("action", action, {s.B, s.A}, "[B, A]");
   check_shape_of("embed", embed, {s.B, s.E}, "[B, E]");
@@ -132,9 +153,16 @@ bool needs_reset(const Tensor& keep) {
   return !keep.is_cpu() || keep.eq(0).any().item<bool>();
 }
 
-// b + x W^T, then ELU in place.
+// b + x W^T in x's dtype; W in x's dtype, or bfloat16 with a float32 x.
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
+  if (w.scalar_type() == x.scalar_type()) return at::addmm(b, x, w.t());
+  if (x.is_cpu()) return cpu::linear_bf16_weight(x.contiguous(), w.contiguous(), b.contiguous());
+  return at::mm(x.to(w.scalar_type()), w.t()).to(x.scalar_type()).add_(b);
+}
+
+// linear, then ELU in place.
 Tensor linear_elu(const Tensor& x, const Tensor& w, const Tensor& b) {
-  Tensor y = at::addmm(b, x, w.t());
+  Tensor y = linear(x, w, b);
   return at::elu_(y);
 }
 
@@ -146,7 +174,7 @@ Out kernel(const Tensor& deter, const Tensor& stoch, const Tensor& action, const
            const Tensor& ln_w, const Tensor& ln_b, const Tensor& w_img_out, const Tensor& b_img_out,
            const Tensor& w_prior, const Tensor& b_prior, const Tensor& w_obs_out, const Tensor& b_obs_out,
            const Tensor& w_post, const Tensor& b_post, const OptTensor& noise, const Tensor& seed, double unimix,
-           double eps) {
+           double eps, bool with_prior) {
   static const StepOps ops(kLib == 0 ? "dreamer_fast" : "dreamer_fast_emu");
   const Sizes s = check_args(deter, stoch, action, embed, keep, w_img_in, b_img_in, w_gru, b_gru, ln_w, ln_b,
                              w_img_out, b_img_out, w_prior, b_prior, w_obs_out, b_obs_out, w_post, b_post, noise,
@@ -165,16 +193,19 @@ Out kernel(const Tensor& deter, const Tensor& stoch, const Tensor& action, const
   }
   // Concatenations as the layers read them: at B = 1 a copy of a few KB, cheaper than a second GEMV call.
   const Tensor x = linear_elu(at::cat({z, a}, 1), w_img_in, b_img_in);
-  const Tensor gates = at::addmm(b_gru, at::cat({x, h}, 1), w_gru.t());
+  const Tensor gates = linear(at::cat({x, h}, 1), w_gru, b_gru);
   const Tensor h_next = std::get<0>(ops.ln_gru.call(gates, h, ln_w.contiguous(), ln_b.contiguous(), eps));
 
   const Tensor y = linear_elu(at::cat({h_next, embed}, 1), w_obs_out, b_obs_out);
-  const Tensor post_logits = at::addmm(b_post, y, w_post.t()).view({s.B, s.S, s.K});
+  const Tensor post_logits = linear(y, w_post, b_post).view({s.B, s.S, s.K});
   const OptTensor noise_c = noise ? OptTensor(noise->contiguous()) : std::nullopt;
   const Tensor sample = std::get<0>(ops.sample.call(post_logits, noise_c, seed, unimix));
 
+  if (!with_prior) {
+    return {h_next, sample, post_logits, deter.new_empty({0}), deter.new_empty({0})};
+  }
   const Tensor prior_logits =
-      at::addmm(b_prior, linear_elu(h_next, w_img_out, b_img_out), w_prior.t()).view({s.B, s.S, s.K});
+      linear(linear_elu(h_next, w_img_out, b_img_out), w_prior, b_prior).view({s.B, s.S, s.K});
   Tensor prior_probs = at::softmax(prior_logits, -1);
   if (unimix > 0) prior_probs.mul_(1 - unimix).add_(unimix / static_cast<double>(s.K));
   return {h_next, sample, post_logits, prior_probs, prior_logits};

@@ -31,6 +31,7 @@ def obs_step_inference(
     unimix: float = 0.0,
     eps: float = 1e-3,
     generator: torch.Generator | None = None,
+    with_prior: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One posterior and prior step of DreamerV2's RSSM without autograd, in one op.
 
@@ -44,6 +45,10 @@ def obs_step_inference(
         noise: ``[B, S]`` uniforms of the posterior sample; None: a Philox seed drawn from ``generator`` (None:
             torch's default CPU generator), the same draw as the sampler's own.
         unimix, eps: the categoricals' uniform mixture, the LayerNorm epsilon.
+        with_prior: False skips the prior head (``img_out``, ``prior_logits``), whose outputs are then empty ``[0]``.
+
+    The six weights are in ``deter``'s dtype, or all bfloat16 with a float32 state (copies made once for acting: at
+    B = 1 the step's time is the weights' bytes); the biases and the LayerNorm are always in ``deter``'s dtype.
 
     Returns:
         ``(deter [B, D], post sample [B, S, K], post logits, prior probs, prior logits)``.
@@ -78,35 +83,43 @@ def obs_step_inference(
         expected[f"layers['{name}'] bias"] = (bias, (out,), f"[{out}]")
     if noise is not None:
         expected["noise"] = (noise, (B, S), "[B, S]")
+    first_weight = _checks.tensor(_OP, "layers['img_in'] weight", layers["img_in"][0])
+    bf16_weights = deter.dtype == torch.float32 and first_weight.dtype == torch.bfloat16
+    if bf16_weights and first_weight.device != deter.device:
+        _checks.like(_OP, "layers['img_in'] weight", first_weight, deter, "deter")  # raises, naming the devices
     for name, (t, shape, what) in expected.items():
         _checks.tensor(_OP, name, t)
-        _checks.like(_OP, name, t, deter, "deter")
+        if bf16_weights and name.endswith(" weight"):  # all six bfloat16, on deter's device
+            _checks.like(_OP, name, t, first_weight, "layers['img_in'] weight")
+        else:
+            _checks.like(_OP, name, t, deter, "deter")
         _checks.shape(_OP, name, t, shape, what)
     unimix = _checks.number_in(_OP, "unimix", unimix, 0.0, 1.0)
     if unimix >= 1:
         raise ValueError(f"{_OP}: `unimix` must be in [0, 1), got {unimix}")
     eps = _checks.number_in(_OP, "eps", eps, 0.0, math.inf)
     _backend.use_fused(_OP, deter.device, "fused")  # raises, naming the device, where the op has no kernel
-    return call(deter, stoch, action, embed, keep, layers, ln_w, ln_b, noise, unimix, eps, generator)
+    return call(deter, stoch, action, embed, keep, layers, ln_w, ln_b, noise, unimix, eps, generator, bool(with_prior))
 
 
-def call(deter, stoch, action, embed, keep, layers, ln_w, ln_b, noise, unimix, eps, generator=None):
+def call(deter, stoch, action, embed, keep, layers, ln_w, ln_b, noise, unimix, eps, generator=None, with_prior=True):
     """The op without the checks (RSSM.obs_step has made its own): ``layers`` as in :func:`obs_step_inference`."""
     # With noise the seed is unused: pass zero rather than advance the generator (as the sampler's wrapper does).
     seed = draw_seed(generator) if noise is None else torch.zeros((), dtype=torch.int64)
     return torch.ops.dreamer_fast.obs_step_inference.default(
         deter, stoch, action, embed, keep, *layers["img_in"], *layers["gru"], ln_w, ln_b, *layers["img_out"],
-        *layers["prior_logits"], *layers["obs_out"], *layers["post_logits"], noise, seed, unimix, eps
+        *layers["prior_logits"], *layers["obs_out"], *layers["post_logits"], noise, seed, unimix, eps, with_prior
     )
 
 
 def _register() -> None:
     @torch.library.register_fake("dreamer_fast::obs_step_inference")
     def _(deter, stoch, action, embed, keep, w_img_in, b_img_in, w_gru, b_gru, ln_w, ln_b, w_img_out, b_img_out,
-          w_prior, b_prior, w_obs_out, b_obs_out, w_post, b_post, noise, seed, unimix, eps):
+          w_prior, b_prior, w_obs_out, b_obs_out, w_post, b_post, noise, seed, unimix, eps, with_prior=True):
         logits = deter.new_empty(stoch.shape)
-        return (deter.new_empty(deter.shape), torch.empty_like(logits), logits, torch.empty_like(logits),
-                torch.empty_like(logits))
+        prior = ((torch.empty_like(logits), torch.empty_like(logits)) if with_prior
+                 else (deter.new_empty(0), deter.new_empty(0)))
+        return (deter.new_empty(deter.shape), torch.empty_like(logits), logits, *prior)
 
 
 if _backend.extension_loaded():

@@ -333,3 +333,18 @@ def test_bf16_weights_bad_inputs():
         flat = flat_args((deter, stoch, action, embed, keep, mixed, ln_w, ln_b))
         with pytest.raises(RuntimeError, match="`w_gru` must be bfloat16 like `w_img_in`"):
             torch.ops.dreamer_fast.obs_step_inference(*flat, noise, torch.zeros((), dtype=torch.int64), 0.0, 1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine (the CPU kernel of "
+                    "the bf16-weight GEMV is tested above; the CUDA path is an ATen addmm)")
+@pytest.mark.parametrize("with_prior", [True, False])
+def test_bf16_weights_cuda_equals_cpu(with_prior):
+    args, noise = bf16_op_args()
+    flat = flat_args(args)
+    seed = torch.zeros((), dtype=torch.int64)
+    with torch.no_grad():
+        cpu = torch.ops.dreamer_fast.obs_step_inference(*flat, noise, seed, 0.0, 1e-3, with_prior)
+        cuda = torch.ops.dreamer_fast.obs_step_inference(*[t.cuda() for t in flat], noise.cuda(), seed, 0.0, 1e-3,
+                                                         with_prior)
+    for a, b in zip(cpu, cuda):
+        torch.testing.assert_close(b.cpu(), a, **tol(torch.float32))

@@ -18,7 +18,7 @@
 //
 // Weights: in the state's dtype, or bfloat16 copies with a float32 state (RSSM.inference_dtype): at B = 1 the step's
 // time is the bytes of weights it reads. Biases and the LayerNorm stay in the state's dtype; the products accumulate
-// in float32 (on the CPU: cpu/linear_bf16.h; elsewhere in the GEMM library's bfloat16 GEMM, then cast).
+// in float32 (on the CPU: cpu/linear_bf16.h; elsewhere a float32 GEMM of the widened copy).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
@@ -157,7 +157,9 @@ bool needs_reset(const Tensor& keep) {
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   if (w.scalar_type() == x.scalar_type()) return at::addmm(b, x, w.t());
   if (x.is_cpu()) return cpu::linear_bf16_weight(x.contiguous(), w.contiguous(), b.contiguous());
-  return at::mm(x.to(w.scalar_type()), w.t()).to(x.scalar_type()).add_(b);
+  // Elsewhere (CUDA) the copy is widened at each call: the same function as on the CPU (rounded weights, x and the
+  // sums in float32), without the CPU's saving; a GPU's B = 1 step is bound by its launches, not its bytes.
+  return at::addmm(b, x, w.to(x.scalar_type()).t());
 }
 
 // linear, then ELU in place.

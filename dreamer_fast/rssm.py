@@ -507,7 +507,7 @@ class RSSM(nn.Module):
         """(weight, bias) of every layer, read without nn.Module's attribute lookup."""
         return {name: (m._parameters["weight"], m._parameters["bias"]) for name, m in self._modules.items()}
 
-    _LINEARS = ("img_in", "gru", "img_out", "prior_logits", "obs_out", "post_logits")
+    _LINEARS = _obs_step_inference.LAYERS
 
     def _inference_layers(self, p: dict[str, tuple[torch.Tensor, torch.Tensor]]):
         """``p`` with the weights replaced by their :attr:`inference_dtype` copies (remade when a weight changed)."""

@@ -24,6 +24,7 @@
 
 #include "../elu_checks.h"
 #include "../ops.h"
+#include "bf16_bits.h"
 #include "clones.h"
 #include "dreamer_fast/elu.h"
 
@@ -31,22 +32,6 @@ namespace dreamer_fast::cpu {
 namespace {
 
 constexpr int64_t kGrain = 1 << 15;  // elements per task
-
-inline float bf16_to_float(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-// Round to nearest even; a NaN stays a quiet NaN (rounding its bits could carry into an infinity). Integer ops only.
-inline uint16_t float_to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
-  return static_cast<uint16_t>(nan ? ((u >> 16) | 0x0040u) : rounded);
-}
 
 DF_CPU_CLONES void forward_f32(const float* __restrict__ x, float* __restrict__ y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = elu::forward(x[i]);

@@ -1,7 +1,7 @@
 // See linear_bf16.h. Four weight rows at a time: each is widened to float32 with integer shifts and masks 32 values
 // at a time (widen_pairs) and multiplied with x's row into its own 16-wide float32 accumulator (GCC vector types,
-// cloned for AVX-512 and AVX2 by clones.h), which is then summed as a tree. For B > 1 the weight rows are read again per row of x (from cache:
-// the rows of a task are a few hundred KB at most; B is 1 when acting).
+// cloned for AVX-512 and AVX2 by clones.h), which is then summed as a tree. For B > 1 the weight rows are read again
+// per row of x (from cache: the rows of a task are a few hundred KB at most; B is 1 when acting).
 #include "linear_bf16.h"
 
 #include <ATen/Parallel.h>
@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "bf16_bits.h"
 #include "clones.h"
 
 #pragma GCC diagnostic push
@@ -37,13 +38,6 @@ using U32x16 = uint32_t __attribute__((vector_size(kWidth * sizeof(uint32_t))));
   F32x16 v;
   std::memcpy(&v, x, sizeof v);
   return v;
-}
-
-inline float bf16_to_float(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
 }
 
 // The lanes' sum as a tree (halving the vector): 4 dependent adds instead of 16.

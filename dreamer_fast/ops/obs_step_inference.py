@@ -15,6 +15,8 @@ from dreamer_fast import _backend, _checks
 from dreamer_fast.reference.philox import draw_seed
 
 _OP = "obs_step_inference"
+# The layers the op reads, as RSSM names them (their weights are the six that may be bfloat16 copies).
+LAYERS = ("img_in", "gru", "img_out", "prior_logits", "obs_out", "post_logits")
 
 
 def obs_step_inference(
@@ -67,10 +69,9 @@ def obs_step_inference(
         raise ValueError(f"{_OP}: `action` and `embed` must be [B, A] and [B, E], got shapes {list(action.shape)} "
                          f"and {list(embed.shape)}")
     A, E = action.shape[1], embed.shape[1]
-    names = ("img_in", "gru", "img_out", "prior_logits", "obs_out", "post_logits")
-    if not isinstance(layers, dict) or set(layers) != set(names):
+    if not isinstance(layers, dict) or set(layers) != set(LAYERS):
         got = sorted(layers) if isinstance(layers, dict) else type(layers).__name__
-        raise ValueError(f"{_OP}: `layers` must map {list(names)} to (weight, bias), got {got}")
+        raise ValueError(f"{_OP}: `layers` must map {list(LAYERS)} to (weight, bias), got {got}")
     H = _checks.tensor(_OP, "layers['img_in'] weight", layers["img_in"][0]).shape[0]
     shapes = {"img_in": (H, S * K + A), "gru": (3 * D, H + D), "img_out": (H, D), "prior_logits": (S * K, H),
               "obs_out": (H, D + E), "post_logits": (S * K, H)}

@@ -61,6 +61,24 @@ def test_emulated_cuda_kernel_equals_cpu_kernel():
     assert torch.equal(torch.ops.dreamer_fast_emu.elu(xd), torch.ops.dreamer_fast.elu(xd))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["f32", "f64", "bf16"])
+def test_emulated_cuda_kernel_any_offset_and_length(dtype):
+    """The CUDA kernels read 16 bytes per access when all pointers are 16-byte aligned (packs of 2-8 elements plus a
+    tail) and one element otherwise: views at every element offset, lengths around a pack, equal the CPU kernel."""
+    base = (torch.randn(300) * 4).to(dtype)
+    grad = torch.randn(300).to(dtype)
+    for offset in range(9):
+        for length in (0, 1, 2, 3, 7, 8, 9, 17, 255, 256 - offset):
+            x, g = base[offset:offset + length], grad[offset:offset + length]  # contiguous views, maybe misaligned
+            out = torch.ops.dreamer_fast.elu(x)
+            assert torch.equal(torch.ops.dreamer_fast_emu.elu(x), out), (offset, length)
+            got = torch.ops.dreamer_fast_emu.elu_backward(g, out)
+            assert torch.equal(got, torch.ops.dreamer_fast.elu_backward(g, out)), (offset, length)
+            y = torch.ops.dreamer_fast.elu(base)[offset:offset + length]  # an aligned grad with a misaligned output
+            assert torch.equal(torch.ops.dreamer_fast_emu.elu_backward(grad[:length], y),
+                               torch.ops.dreamer_fast.elu_backward(grad[:length], y)), (offset, length)
+
+
 @pytest.mark.parametrize("ns", kernel_namespaces())
 def test_backward_from_the_output(ns):
     """dx = grad·(out + 1) where out <= 0, grad elsewhere: exactly ATen's result-based ELU backward."""

@@ -49,13 +49,24 @@ def test_gpu_check_fails_loudly_without_gpu():
     assert "no CUDA GPU visible" in result.stderr
 
 
-def test_gpu_check_cases_run_on_cpu():
+def test_gpu_check_cases_run_on_cpu(monkeypatch):
     """gpu_check.py's cases are exercised here (on the CPU, float32) so the GPU script is not first run on a GPU."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     try:
         import gpu_check
     finally:
         sys.path.pop(0)
-    for label, inputs, fused, reference in gpu_check.cases(torch.device("cpu"), torch.float32):
-        gpu_check.fwd_bwd(fused, inputs)()
-        gpu_check.fwd_bwd(reference, inputs)()
+    for label, inputs, fused, reference, grad_out in gpu_check.cases(torch.device("cpu"), torch.float32):
+        assert grad_out is None or grad_out.shape == inputs[0].shape, label
+        gpu_check.fwd_bwd(fused, inputs, grad_out)()
+        gpu_check.fwd_bwd(reference, inputs, grad_out)()
+    calls = []
+
+    def once(fn, reps=50):  # CUDA events need a GPU: run each case once instead of timing it
+        calls.append(fn())
+        return 1.0
+
+    monkeypatch.setattr(gpu_check, "cuda_time_ms", once)
+    rows = gpu_check.policy_step_rows(torch.device("cpu")) + gpu_check.agent_update_rows(torch.device("cpu"), "debug")
+    assert len(rows) == len(calls) == 8 and all(ms == 1.0 for _, ms in rows)
+    assert all(isinstance(metrics, dict) for metrics in calls[4:])  # train_step's metrics

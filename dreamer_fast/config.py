@@ -85,7 +85,8 @@ class Config:
     log_every: int = 1_000
     checkpoint_every: int = 10_000
     video_every: int = 0  # open-loop prediction GIF every N steps (0 = only at the end)
-    eval_episodes: int = 0  # greedy evaluation episodes at the end of training
+    eval_episodes: int = 0  # greedy evaluation episodes at the end of training (and at each eval_every)
+    eval_every: int = 0  # greedy evaluation every N steps on a separate env; the best mean is kept as best.pt
 
     def validate(self) -> Config:
         """Raises ValueError naming the first bad key."""
@@ -95,7 +96,8 @@ class Config:
         for key in positive:
             if getattr(self, key) <= 0:
                 raise ValueError(f"config `{key}` must be > 0, got {getattr(self, key)!r}")
-        for key in ("prefill", "noop_max", "time_limit", "video_every", "eval_episodes", "threads", "seed"):
+        for key in ("prefill", "noop_max", "time_limit", "video_every", "eval_episodes", "eval_every", "threads",
+                    "seed"):
             if getattr(self, key) < 0:
                 raise ValueError(f"config `{key}` must be >= 0, got {getattr(self, key)!r}")
         for key in ("model_lr", "actor_lr", "critic_lr", "opt_eps", "grad_clip", "actor_min_std", "actor_init_std"):
@@ -117,6 +119,9 @@ class Config:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"config `{key}` must be one of {allowed}, got {getattr(self, key)!r}")
+        if self.eval_every and not self.eval_episodes:
+            raise ValueError(f"config `eval_every` ({self.eval_every}) needs `eval_episodes` > 0 (episodes per "
+                             "evaluation)")
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             raise ValueError(f"config `device` must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         if "/" not in self.env or self.env.split("/", 1)[0] not in ("atari", "gym"):

@@ -105,8 +105,9 @@ def _rolling_mean(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def plot(logdir: str | Path, window: int = 20) -> list[Path]:
-    """Writes ``logdir/curve.png`` (``episode/return`` vs step, with a ``window``-episode rolling mean) and
-    ``logdir/losses.png`` (one subplot per training metric, see ``TRAINING_PREFIXES``) from ``metrics.csv``; returns both paths."""
+    """Writes ``logdir/curve.png`` (``episode/return`` vs step, with a ``window``-episode rolling mean and the greedy
+    evaluations' means) and ``logdir/losses.png`` (one subplot per training metric, see ``TRAINING_PREFIXES``) from
+    ``metrics.csv``; returns both paths."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
@@ -120,6 +121,8 @@ def plot(logdir: str | Path, window: int = 20) -> list[Path]:
         steps, values = metrics["episode/return"]
         ax.plot(steps, values, ".", alpha=0.3, label="episode return")
         ax.plot(steps, _rolling_mean(values, window), label=f"rolling mean ({window} episodes)")
+        if "eval/return" in metrics:  # greedy evaluations (periodic with eval_every, and the final one)
+            ax.plot(*metrics["eval/return"], "s-", markersize=4, label="greedy evaluation (mean)")
         ax.legend()
     else:
         ax.text(0.5, 0.5, "no 'episode/return' in metrics.csv", ha="center", va="center", transform=ax.transAxes)

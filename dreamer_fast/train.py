@@ -4,6 +4,7 @@ Everything a run leaves is under its ``logdir``:
 
     config.yaml        the resolved configuration (``--resume`` reads it back)
     checkpoint.pt      model, optimisers, RNG states and step counters, written atomically (temp file + rename)
+    best.pt            with ``eval_every``: the agent at its best greedy evaluation (``dreamer-fast eval`` loads it)
     replay/            the replay buffer as episode chunks (.npz); resume reloads them, so nothing is lost
     metrics.csv        every logged metric (step, name, value), also in TensorBoard under tb/
     curve.png          the learning curve (episode return vs env steps), losses.png the training losses
@@ -37,6 +38,7 @@ from dreamer_fast.logger import Logger, plot
 from dreamer_fast.replay import Replay
 
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"  # the agent at its best periodic evaluation (config.eval_every), loadable as a checkpoint
 
 
 def resolve_resume_config(logdir: Path, overrides: dict[str, Any]) -> Config:
@@ -104,10 +106,12 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
     logger = Logger(logdir)
 
     step, updates, episodes = 0, 0, 0
+    best: dict[str, Any] = {}  # the best periodic evaluation so far: {"step", "return"}
     if resume:
         ckpt = load_checkpoint(ckpt_path, map_location=device)
         agent.load_checkpoint_state(ckpt["agent"])
         step, updates, episodes = ckpt["step"], ckpt["updates"], ckpt["episodes"]
+        best = dict(ckpt.get("best_eval", {}))
         set_rng_state(ckpt["rng"])
         replay.set_rng_state(ckpt["replay_rng"])
         print(f"dreamer-fast: resumed {logdir} at step {step:,} ({updates:,} updates, {len(replay):,} replay steps)")
@@ -116,8 +120,20 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
         replay.save()
         save_checkpoint(ckpt_path, {
             "config": config.to_dict(), "agent": agent.checkpoint_state(), "step": step, "updates": updates,
-            "episodes": episodes, "rng": rng_state(), "replay_rng": replay.rng_state(),
+            "episodes": episodes, "rng": rng_state(), "replay_rng": replay.rng_state(), "best_eval": best,
         })
+
+    eval_env = make_env(config, seed=config.seed + 999_983) if config.eval_every else None
+
+    def periodic_eval() -> None:
+        """Greedy returns on the evaluation env; the agent is written to best.pt when their mean is the best yet."""
+        returns = evaluate(agent, eval_env, config.eval_episodes)
+        mean = float(np.mean(returns))
+        logger.scalars({"eval/return": mean, "eval/return_min": float(np.min(returns))}, step)
+        if not best or mean > best["return"]:
+            best.update(step=step, updates=updates, episodes=episodes, **{"return": mean})
+            save_checkpoint(logdir / BEST, {"config": config.to_dict(), "agent": agent.checkpoint_state(), **best})
+        bar.set_postfix_str(f"eval {mean:.1f} (best {best['return']:.1f} at {best['step']:,})", refresh=False)
 
     zero_action = np.zeros(act_space.dim, np.float32)
     current = []
@@ -137,6 +153,7 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
     next_log = (step // config.log_every + 1) * config.log_every
     next_ckpt = (step // config.checkpoint_every + 1) * config.checkpoint_every
     next_video = (step // config.video_every + 1) * config.video_every if config.video_every else math.inf
+    next_eval = (step // config.eval_every + 1) * config.eval_every if config.eval_every else math.inf
     interrupted = False
     bar = tqdm(total=config.steps, initial=step, unit="step", dynamic_ncols=True, disable=not progress,
                desc=f"{config.env}")
@@ -192,6 +209,9 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
                 if step >= next_video and updates:
                     next_video += config.video_every
                     _open_loop(agent, replay, logger, config, step)
+                if step >= next_eval and updates:
+                    next_eval += config.eval_every
+                    periodic_eval()
                 if step >= next_ckpt:
                     next_ckpt += config.checkpoint_every
                     checkpoint()
@@ -211,8 +231,10 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
         returns = evaluate(agent, envs[0], config.eval_episodes)
         logger.scalars({"eval/return": float(np.mean(returns))}, step)
         result["eval_returns"] = returns
+    if best:
+        result["best_eval"] = dict(best)
     logger.close()
-    for env in envs:
+    for env in envs + ([eval_env] if eval_env is not None else []):
         env.close()
     result["plots"] = [str(p) for p in plot(logdir)]
     return result

@@ -57,6 +57,33 @@ def test_train_resume_eval_cartpole(tmp_path, capsys):
     assert "2 greedy episodes after 400 steps" in out
 
 
+def test_periodic_eval_keeps_the_best_agent(tmp_path, capsys):
+    """eval_every: greedy evaluations during training (logged as eval/return), the best one's agent in best.pt, which
+    `dreamer-fast eval` loads; resume keeps the best so far."""
+    logdir = tmp_path / "run"
+    args = ["--config", "debug", "--logdir", str(logdir), "--no-progress", "--set", "eval_every=100",
+            "--set", "eval_episodes=2"]
+    assert run_cli("train", *args, "--steps", "300") == 0
+    evals = [(int(r["step"]), float(r["value"])) for r in metrics(logdir) if r["name"] == "eval/return"]
+    # prefill 100 (the first update is at step 100), evaluations at 100, 200 and 300, then the final one at 300
+    assert [step for step, _ in evals] == [100, 200, 300, 300], evals
+    best = load_checkpoint(logdir / "best.pt")
+    periodic = evals[:3]
+    assert best["return"] == max(v for _, v in periodic)
+    assert best["step"] == next(step for step, v in periodic if v == best["return"])  # the first of equal bests
+    assert set(best["agent"]) == set(load_checkpoint(logdir / "checkpoint.pt")["agent"])
+    assert load_checkpoint(logdir / "checkpoint.pt")["best_eval"]["return"] == best["return"]
+
+    assert run_cli("train", "--resume", "--logdir", str(logdir), "--steps", "400", "--no-progress") == 0
+    best2 = load_checkpoint(logdir / "best.pt")
+    evals2 = [(int(r["step"]), float(r["value"])) for r in metrics(logdir) if r["name"] == "eval/return"]
+    assert [step for step, _ in evals2][4:] == [400, 400]
+    assert best2["return"] == max(best["return"], evals2[4][1])
+    capsys.readouterr()
+    assert run_cli("eval", "--checkpoint", str(logdir / "best.pt"), "--episodes", "1") == 0
+    assert f"1 greedy episodes after {best2['step']} steps" in capsys.readouterr().out
+
+
 def test_atari_debug_run_writes_open_loop_gif(tmp_path):
     logdir = tmp_path / "pong"
     code = run_cli("train", "--config", "debug", "--env", "atari/Pong", "--logdir", str(logdir), "--steps", "160",
@@ -85,6 +112,7 @@ def test_existing_run_needs_resume(tmp_path, capsys):
     (["--set", "replay_ends=-0.1"], "`replay_ends`"),
     (["--batch_size", "0"], "`batch_size`"),
     (["--set", "no_such_key=1"], "no_such_key"),
+    (["--set", "eval_every=100"], "`eval_every`"),
     (["--config", "nope"], "unknown config preset"),
 ])  # fmt: skip
 def test_bad_config_is_a_clear_error(tmp_path, capsys, args, message):

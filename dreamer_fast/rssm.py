@@ -687,7 +687,9 @@ class _FusedImagination:
         if act_proj is None:
             act_proj = self.action_in(m.img_in.bias, action)
         x = F.elu(self.stoch_in(act_proj, state.stoch.flatten(-2)), inplace=True)
-        deter = m._ln_gru(self.gru(m.gru.bias, torch.cat([x, state.deter], -1)), state.deter)
+        # Under autocast x is in the GEMMs' dtype: concatenate there (autocast's cat would widen x to float32 and the
+        # GRU layer narrow the result again).
+        deter = m._ln_gru(self.gru(m.gru.bias, torch.cat([x, state.deter.to(x.dtype)], -1)), state.deter)
         logits = m._logits(self.logits(m.prior_logits.bias, F.elu(self.out(m.img_out.bias, deter), inplace=True)))
         stoch, _ = m._sample(logits, noise, fused=True)
         return RSSMState(deter, stoch, logits)

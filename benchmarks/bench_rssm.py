@@ -3,8 +3,8 @@
 - observe T=50 B=16 forward+backward (a world-model batch): fused vs reference vs a torch.compile'd reference step
   (the reference's obs_step compiled once and called in the Python loop; compiling the 50-step unrolled sequence
   takes minutes, so it is not timed: see `test_observe` below);
-- imagine H=15 B=800 with a 4x400 ELU actor (straight-through one-hot actions) forward+backward: fused vs reference
-  (both GEMM-bound: ~360 GFLOP a round);
+- imagine H=15 B=800 with a 4x400 ELU actor (straight-through one-hot actions) forward+backward (from given gradients
+  of the imagined deter and stoch states): fused vs reference vs its GEMMs alone (~360 GFLOP a round);
 - one policy step, B=1, under torch.no_grad (acting in the environment): fused vs reference, and the fused step
   without the prior head and with bfloat16 weight copies (how an agent acts).
 
@@ -120,13 +120,18 @@ def test_imagine(benchmark, impl):
     )
     used = [p for name, p in m.named_parameters() if not name.startswith(("obs_out", "post_logits"))]
     params = [*used, *actor.parameters()]
+    # Backward from given gradients of the imagined states' features (what the actor and critic losses would send),
+    # so that the round is imagine's forward and backward alone, as its GEMM floor below. (Until 2026-12-04 a
+    # stand-in loss, get_feat(states).square().mean(), was part of the round: a cat of all states into an 83 MB
+    # feature tensor and its elementwise passes, 20-160 ms of memory traffic that is not imagine's; PERFORMANCE.md.)
+    d_deter = torch.randn(16, 800, 600, generator=g) * 1e-3
+    d_stoch = torch.randn(16, 800, 32, 32, generator=g) * 1e-3
 
     def run():
         torch.manual_seed(3)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             states = m.imagine(actor, start, 15)
-            loss = m.get_feat(states).float().square().mean()
-        return torch.autograd.grad(loss, params)
+        return torch.autograd.grad([states.deter, states.stoch], params, [d_deter, d_stoch])
 
     run()
     grads = benchmark.pedantic(run, rounds=3, iterations=1)  # ~360 GFLOP per round

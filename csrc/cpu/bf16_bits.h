@@ -5,9 +5,17 @@
 #include <cstdint>
 #include <cstring>
 
+// Always inlined: the kernels that use them are compiled for several -march levels (target_clones), and GCC does not
+// inline a plain inline function into a clone of another level (it became a call through the PLT per element).
+#if defined(__GNUC__)
+#define DF_BF16_INLINE inline __attribute__((always_inline))
+#else
+#define DF_BF16_INLINE inline
+#endif
+
 namespace dreamer_fast::cpu {
 
-inline float bf16_to_float(uint16_t b) {
+DF_BF16_INLINE float bf16_to_float(uint16_t b) {
   const uint32_t u = static_cast<uint32_t>(b) << 16;
   float f;
   std::memcpy(&f, &u, sizeof f);
@@ -15,7 +23,7 @@ inline float bf16_to_float(uint16_t b) {
 }
 
 // Round to nearest even; a NaN stays a quiet NaN (rounding its bits could carry into an infinity).
-inline uint16_t float_to_bf16(float f) {
+DF_BF16_INLINE uint16_t float_to_bf16(float f) {
   uint32_t u;
   std::memcpy(&u, &f, sizeof u);
   const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;

@@ -24,10 +24,14 @@ def floating(op: str, name: str, t: torch.Tensor) -> None:
     raise TypeError(f"{op}: `{name}` must be float32 or float64{extra}, got {t.dtype}")
 
 
-def like(op: str, name: str, t: torch.Tensor, ref: torch.Tensor, ref_name: str) -> None:
-    """Same dtype and device as ``ref``."""
+def same_device(op: str, name: str, t: torch.Tensor, ref: torch.Tensor, ref_name: str) -> None:
     if t.device != ref.device:
         raise ValueError(f"{op}: `{name}` is on {t.device} but `{ref_name}` is on {ref.device}; put them on one device")
+
+
+def like(op: str, name: str, t: torch.Tensor, ref: torch.Tensor, ref_name: str) -> None:
+    """Same dtype and device as ``ref``."""
+    same_device(op, name, t, ref, ref_name)
     if t.dtype != ref.dtype:
         raise TypeError(f"{op}: `{name}` has dtype {t.dtype} but `{ref_name}` has {ref.dtype}; they must match")
 

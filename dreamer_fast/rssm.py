@@ -31,6 +31,7 @@ from dreamer_fast import _backend
 from dreamer_fast._sequence_linear import SequenceLinear
 from dreamer_fast.ops import obs_step_inference as _obs_step_inference
 from dreamer_fast.ops.kl_balance import kl_balance
+from dreamer_fast.ops.ln_gru import is_mixed as _ln_gru_is_mixed
 from dreamer_fast.ops.observe_sequence import observe_sequence
 from dreamer_fast.ops.straight_through_categorical import straight_through_categorical
 from dreamer_fast.reference.kl_balance import kl_balance_ref
@@ -520,9 +521,12 @@ class RSSM(nn.Module):
         return {**p, **{n: (copies[n], p[n][1]) for n in self._LINEARS}}
 
     def _ln_gru(self, gates, deter):
-        """The fused op, without the public wrapper's checks (the shapes are ours)."""
+        """The fused op, without the public wrapper's checks (the shapes are ours). Low-precision gates under autocast
+        go in as they are (the op's mixed-precision form widens them as it reads them: no cast pass)."""
+        if not _ln_gru_is_mixed(gates, deter):
+            gates = gates.to(deter.dtype)
         return torch.ops.dreamer_fast.ln_gru.default(
-            gates.to(deter.dtype), deter.contiguous(), self.gru_norm.weight, self.gru_norm.bias, _GRU_EPS
+            gates, deter.contiguous(), self.gru_norm.weight, self.gru_norm.bias, _GRU_EPS
         )[0]
 
     # ---- helpers ---------------------------------------------------------------------------------------------------

@@ -87,6 +87,56 @@ def test_emulated_cuda_kernel_half(half):
         torch.testing.assert_close(a.float(), b, rtol=5e-2, atol=5e-2)
 
 
+HALVES = [pytest.param(torch.bfloat16, id="bf16"), pytest.param(torch.float16, id="f16")]
+
+
+@pytest.mark.parametrize("ns", kernel_namespaces())
+@pytest.mark.parametrize("half", HALVES)
+@pytest.mark.parametrize("B,D", [(70, 33), (5, 600), (0, 4)])
+def test_mixed_precision_kernels_equal_float32_on_widened_gates(ns, half, B, D):
+    """float16/bfloat16 gates beside a float32 state: the float32 op on gates.float(), bit for bit, and the gates'
+    gradient is the float32 one rounded to the gates' dtype."""
+    gates, deter, weight, bias = (t.detach() for t in make(B, D, "cpu", torch.float32))
+    low = gates.to(half)
+    out, mean, rstd = ns.ln_gru(low, deter, weight, bias, 1e-3)
+    want = ns.ln_gru(low.float(), deter, weight, bias, 1e-3)
+    assert out.dtype == mean.dtype == rstd.dtype == torch.float32
+    for got, exp in zip((out, mean, rstd), want):
+        assert torch.equal(got, exp)
+    grad = torch.randn(B, D)
+    got = ns.ln_gru_backward(grad, low, deter, weight, bias, mean, rstd)
+    exp = ns.ln_gru_backward(grad, low.float(), deter, weight, bias, *want[1:])
+    assert got[0].dtype == half and got[1].dtype == got[2].dtype == got[3].dtype == torch.float32
+    assert torch.equal(got[0], exp[0].to(half))
+    for a, b in zip(got[1:], exp[1:]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("half", HALVES)
+def test_mixed_precision_matches_reference(half, device):
+    """Through autograd: values and every gradient against the reference, which widens the gates first."""
+    gates, deter, weight, bias = make(16, 24, device, torch.float32)
+    fused_in = [gates.to(half).requires_grad_(), *(t.requires_grad_() for t in (deter, weight, bias))]
+    ref_in = [t.detach().clone().requires_grad_() for t in fused_in]
+    out = df.ln_gru(*fused_in, backend="fused")
+    ref = ln_gru_ref(*ref_in)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, **tol(torch.float32))
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, fused_in, grad)
+    want = torch.autograd.grad(ref, ref_in, grad)
+    assert got[0].dtype == half
+    for name, a, b in zip(("gates", "deter", "weight", "bias"), got, want):
+        torch.testing.assert_close(a, b, **tol(a.dtype), msg=lambda m, n=name: f"d{n}: {m}")
+
+
+@pytest.mark.parametrize("half", HALVES)
+def test_mixed_precision_opcheck(half, device):
+    gates, deter, weight, bias = make(6, 5, device, torch.float32)
+    inputs = [gates.to(half).requires_grad_(), *(t.requires_grad_() for t in (deter, weight, bias))]
+    torch.library.opcheck(torch.ops.dreamer_fast.ln_gru.default, (*inputs, 1e-3))
+
+
 def test_emulated_cuda_kernel_equals_cpu_kernel():
     """Same per-element math (dreamer_fast/gru.h); only the order of the row sums differs."""
     inputs = [t.detach() for t in make(37, 33, "cpu", torch.float64)]
@@ -172,6 +222,12 @@ BAD = [
     ("int dtype", lambda g, h, w, b: (g.long(), h, w, b), TypeError, "`gates` must be float32 or float64"),
     ("half on cpu", lambda g, h, w, b: (g.half(), h.half(), w.half(), b.half()), TypeError, "CUDA only"),
     ("mixed dtype", lambda g, h, w, b: (g, h.double(), w, b), TypeError, "`deter` has dtype torch.float64"),
+    ("bf16 gates, f64 state", lambda g, h, w, b: (g.bfloat16(), h.double(), w.double(), b.double()), TypeError,
+     "`gates` must be float32 or float64"),
+    ("bf16 gates, bf16 weight", lambda g, h, w, b: (g.bfloat16(), h, w.bfloat16(), b), TypeError,
+     "`weight` has dtype torch.bfloat16 but `deter` has torch.float32"),
+    ("bf16 gates, deter elsewhere", lambda g, h, w, b: (g.bfloat16(), h.to("meta"), w, b), ValueError,
+     "`deter` is on meta"),
     ("mixed device", lambda g, h, w, b: (g, h, w, b.to("meta")), ValueError, "`bias` is on meta"),
     ("not a tensor", lambda g, h, w, b: (g, h, 1.0, b), TypeError, "`weight` must be a torch.Tensor"),
 ]
@@ -199,6 +255,11 @@ def test_cpp_checks_name_the_argument():
             ns.ln_gru(g, h[:, 1:].contiguous(), w, b, 1e-3)
         with pytest.raises(RuntimeError, match="`bias` must have the dtype"):
             ns.ln_gru(g, h, w, b.double(), 1e-3)
+        with pytest.raises(RuntimeError, match="`weight` must have the dtype of `deter`"):
+            ns.ln_gru(g.bfloat16(), h, w.bfloat16(), b, 1e-3)
+        if ns is torch.ops.dreamer_fast:  # the CPU kernels: low-precision gates only beside a float32 state
+            with pytest.raises(RuntimeError, match="`gates` must be float32 or float64"):
+                ns.ln_gru(g.bfloat16(), h.bfloat16(), w.bfloat16(), b.bfloat16(), 1e-3)
         with pytest.raises(RuntimeError, match=r"`gates` must be \[B, 3\*D\]"):
             ns.ln_gru(g[:, 1:].contiguous(), h, w, b, 1e-3)
         out, mean, rstd = ns.ln_gru(g, h, w, b, 1e-3)

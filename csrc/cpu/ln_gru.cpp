@@ -17,6 +17,7 @@
 
 #include "../ln_gru_check.h"
 #include "../ops.h"
+#include "bf16_bits.h"
 
 // As in kl_balance.cpp, confined to this file's own functions (after the library headers): without -ftrapping-math
 // the selects of the polynomials vectorise (nothing here uses FP exceptions).
@@ -139,6 +140,97 @@ void backward_dispatch(const T* g, const T* x, const T* h, const T* w, const T* 
     backward_rows<T>(g, x, h, w, b, mean, rstd, dx, dh, pw, pb, dy, r0, r1, D);
 }
 
+// Mixed precision (float16/bfloat16 gates, float32 state): each row of gates is widened into a float32 scratch row
+// and goes through the float32 kernel above, so the results are those of the float32 op on the widened gates bit
+// for bit; the gates' gradient is rounded to the gates' dtype as it is written (round to nearest even).
+// Vectorised (integer shifts and adds, see bf16_bits.h) and compiled for each -march level like the row loops.
+DF_CPU_CLONES void widen_row(const c10::BFloat16* src, float* dst, int64_t n) {
+  const uint16_t* bits = reinterpret_cast<const uint16_t*>(src);
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) dst[j] = bf16_to_float(bits[j]);
+}
+
+DF_CPU_CLONES void narrow_row(const float* src, c10::BFloat16* dst, int64_t n) {
+  uint16_t* bits = reinterpret_cast<uint16_t*>(dst);
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) bits[j] = float_to_bf16(src[j]);
+}
+
+// float16 through c10::Half's conversions (not vectorised; autocast on the CPU defaults to bfloat16).
+void widen_row(const c10::Half* src, float* dst, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<float>(src[j]);
+}
+
+void narrow_row(const float* src, c10::Half* dst, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<c10::Half>(src[j]);
+}
+
+template <typename G>
+void forward_mixed(const at::Tensor& gates, const at::Tensor& deter, const at::Tensor& weight, const at::Tensor& bias,
+                   at::Tensor& out, at::Tensor& mean, at::Tensor& rstd, double eps) {
+  const int64_t B = gates.size(0), D = deter.size(1), N = 3 * D;
+  const G* x = gates.const_data_ptr<G>();
+  const float* h = deter.const_data_ptr<float>();
+  const float* w = weight.const_data_ptr<float>();
+  const float* b = bias.const_data_ptr<float>();
+  float* o = out.mutable_data_ptr<float>();
+  float* mu = mean.mutable_data_ptr<float>();
+  float* rs = rstd.mutable_data_ptr<float>();
+  const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, N));
+  at::parallel_for(0, B, grain, [&](int64_t r0, int64_t r1) {
+    constexpr int64_t kRows = 8;  // rows widened at a time (a few tens of KB: stays in L1/L2)
+    std::vector<float> rows(kRows * N);
+    for (int64_t r = r0; r < r1; r += kRows) {
+      const int64_t n = std::min(kRows, r1 - r);
+      widen_row(x + r * N, rows.data(), n * N);
+      forward_rows_f32(rows.data(), h + r * D, w, b, o + r * D, mu + r, rs + r, 0, n, D, static_cast<float>(eps));
+    }
+  });
+}
+
+template <typename G>
+void backward_mixed(const at::Tensor& grad, const at::Tensor& gates, const at::Tensor& deter, const at::Tensor& weight,
+                    const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& rstd, at::Tensor& d_gates,
+                    at::Tensor& d_deter, float* partial, int64_t blocks) {
+  const int64_t B = gates.size(0), D = deter.size(1), N = 3 * D;
+  const float* g = grad.const_data_ptr<float>();
+  const G* x = gates.const_data_ptr<G>();
+  const float* h = deter.const_data_ptr<float>();
+  const float* w = weight.const_data_ptr<float>();
+  const float* b = bias.const_data_ptr<float>();
+  const float* mu = mean.const_data_ptr<float>();
+  const float* rs = rstd.const_data_ptr<float>();
+  G* dx = d_gates.mutable_data_ptr<G>();
+  float* dh = d_deter.mutable_data_ptr<float>();
+  const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, kRowsPerBlock * N));
+  at::parallel_for(0, blocks, grain, [&](int64_t k0, int64_t k1) {
+    std::vector<float> dy(N), row(N), d_row(N);
+    for (int64_t k = k0; k < k1; ++k) {
+      float* pw = partial + k * 2 * N;
+      for (int64_t r = k * kRowsPerBlock; r < std::min(B, (k + 1) * kRowsPerBlock); ++r) {
+        widen_row(x + r * N, row.data(), N);
+        backward_rows_f32(g + r * D, row.data(), h + r * D, w, b, mu + r, rs + r, d_row.data(), dh + r * D, pw,
+                          pw + N, dy.data(), 0, 1, D);
+        narrow_row(d_row.data(), dx + r * N, N);
+      }
+    }
+  });
+}
+
+// The weight and bias gradients: the blocks' partial sums, added in block order.
+template <typename T>
+void sum_partials(const T* partial, int64_t blocks, int64_t N, T* dw, T* db) {
+  for (int64_t j = 0; j < N; ++j) {
+    T sw = 0, sb = 0;
+    for (int64_t k = 0; k < blocks; ++k) {
+      sw += partial[k * 2 * N + j];
+      sb += partial[k * 2 * N + N + j];
+    }
+    dw[j] = sw;
+    db[j] = sb;
+  }
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ln_gru(const at::Tensor& gates, const at::Tensor& deter,
@@ -146,9 +238,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ln_gru(const at::Tensor& gates, c
   const int64_t D = check_ln_gru_inputs("ln_gru", gates, deter, weight, bias, /*allow_half=*/false);
   const int64_t B = gates.size(0);
   at::Tensor out = at::empty_like(deter);
-  at::Tensor mean = at::empty({B}, gates.options());
-  at::Tensor rstd = at::empty({B}, gates.options());
+  at::Tensor mean = at::empty({B}, deter.options());
+  at::Tensor rstd = at::empty({B}, deter.options());
   if (B == 0) return {out, mean, rstd};
+  if (ln_gru_mixed(gates, deter)) {
+    AT_DISPATCH_REDUCED_FLOATING_TYPES(gates.scalar_type(), "ln_gru_cpu_mixed", [&] {
+      forward_mixed<scalar_t>(gates, deter, weight, bias, out, mean, rstd, eps);
+    });
+    return {out, mean, rstd};
+  }
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "ln_gru_cpu", [&] {
     const scalar_t* x = gates.const_data_ptr<scalar_t>();
     const scalar_t* h = deter.const_data_ptr<scalar_t>();
@@ -174,6 +272,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ln_gru_backward(
   const int64_t B = gates.size(0), N = 3 * D;
   at::Tensor d_gates = at::empty_like(gates), d_deter = at::empty_like(deter);
   at::Tensor d_weight = at::empty_like(weight), d_bias = at::empty_like(bias);
+  if (ln_gru_mixed(gates, deter)) {
+    const int64_t blocks = (B + kRowsPerBlock - 1) / kRowsPerBlock;
+    std::vector<float> partial(static_cast<size_t>(blocks) * 2 * N, 0.0f);
+    AT_DISPATCH_REDUCED_FLOATING_TYPES(gates.scalar_type(), "ln_gru_backward_cpu_mixed", [&] {
+      backward_mixed<scalar_t>(grad, gates, deter, weight, bias, mean, rstd, d_gates, d_deter, partial.data(), blocks);
+    });
+    sum_partials(partial.data(), blocks, N, d_weight.mutable_data_ptr<float>(), d_bias.mutable_data_ptr<float>());
+    return {d_gates, d_deter, d_weight, d_bias};
+  }
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "ln_gru_backward_cpu", [&] {
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     const scalar_t* x = gates.const_data_ptr<scalar_t>();
@@ -196,17 +303,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ln_gru_backward(
                                     std::min(B, (k + 1) * kRowsPerBlock), D);
       }
     });
-    scalar_t* dw = d_weight.mutable_data_ptr<scalar_t>();
-    scalar_t* db = d_bias.mutable_data_ptr<scalar_t>();
-    for (int64_t j = 0; j < N; ++j) {
-      scalar_t sw = 0, sb = 0;
-      for (int64_t k = 0; k < blocks; ++k) {
-        sw += partial[k * 2 * N + j];
-        sb += partial[k * 2 * N + N + j];
-      }
-      dw[j] = sw;
-      db[j] = sb;
-    }
+    sum_partials(partial.data(), blocks, N, d_weight.mutable_data_ptr<scalar_t>(), d_bias.mutable_data_ptr<scalar_t>());
   });
   return {d_gates, d_deter, d_weight, d_bias};
 }

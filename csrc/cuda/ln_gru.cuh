@@ -1,7 +1,9 @@
 // LayerNorm-GRU, CUDA kernels. A block owns one row (grid-stride over the rows): its threads stride over the 3D
 // gate values for the row statistics (block reductions in a fixed order, no atomics) and over the D units for the
 // cell (dreamer_fast/gru.h). Compiled by nvcc (csrc/cuda/ln_gru.cu) and by the host compiler against the emulator
-// (csrc/emulated/ln_gru.cpp). float16/bfloat16 are read and written as such and computed in float32.
+// (csrc/emulated/ln_gru.cpp). float16/bfloat16 are read and written as such and computed in float32. The gates (and
+// their gradient) have their own type `gate_t`: the state's, or float16/bfloat16 beside a float32 state (mixed
+// precision, ln_gru_mixed).
 //
 // Forward:  `forward` -> deter', mean, rstd.
 // Backward: `backward` (a block per row) -> d gates, d deter, and dy (the gradient after the affine map, float32 or
@@ -35,8 +37,8 @@ constexpr int64_t kMaxBlocks = 1 << 16;  // grid-stride beyond this
 constexpr int64_t kMaxBlocks = 3;  // the emulator's tests use small shapes: make them take the grid-stride loop too
 #endif
 
-template <typename scalar_t>
-__global__ void forward(const scalar_t* __restrict__ x, const scalar_t* __restrict__ h,
+template <typename gate_t, typename scalar_t>
+__global__ void forward(const gate_t* __restrict__ x, const scalar_t* __restrict__ h,
                         const scalar_t* __restrict__ w, const scalar_t* __restrict__ b, scalar_t* __restrict__ out,
                         at::opmath_type<scalar_t>* __restrict__ mean, at::opmath_type<scalar_t>* __restrict__ rstd,
                         int64_t B, int64_t D, double eps) {
@@ -44,7 +46,7 @@ __global__ void forward(const scalar_t* __restrict__ x, const scalar_t* __restri
   __shared__ acc_t partial[kMaxWarps];
   const int64_t N = 3 * D;
   for (int64_t row = blockIdx.x; row < B; row += gridDim.x) {
-    const scalar_t* xr = x + row * N;
+    const gate_t* xr = x + row * N;
     acc_t sum = 0;
     for (int64_t j = threadIdx.x; j < N; j += blockDim.x) sum += static_cast<acc_t>(xr[j]);
     const acc_t m = block_sum(sum, partial) / static_cast<acc_t>(N);
@@ -69,18 +71,18 @@ __global__ void forward(const scalar_t* __restrict__ x, const scalar_t* __restri
   }
 }
 
-template <typename scalar_t>
-__global__ void backward(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
+template <typename gate_t, typename scalar_t>
+__global__ void backward(const scalar_t* __restrict__ g, const gate_t* __restrict__ x,
                          const scalar_t* __restrict__ h, const scalar_t* __restrict__ w,
                          const scalar_t* __restrict__ b, const at::opmath_type<scalar_t>* __restrict__ mean,
-                         const at::opmath_type<scalar_t>* __restrict__ rstd, scalar_t* __restrict__ dx,
+                         const at::opmath_type<scalar_t>* __restrict__ rstd, gate_t* __restrict__ dx,
                          scalar_t* __restrict__ dh, at::opmath_type<scalar_t>* __restrict__ dy, int64_t B,
                          int64_t D) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t partial[kMaxWarps];
   const int64_t N = 3 * D;
   for (int64_t row = blockIdx.x; row < B; row += gridDim.x) {
-    const scalar_t* xr = x + row * N;
+    const gate_t* xr = x + row * N;
     acc_t* dyr = dy + row * N;
     const acc_t m = mean[row], s = rstd[row];
     acc_t m1 = 0, m2 = 0;
@@ -110,15 +112,15 @@ __global__ void backward(const scalar_t* __restrict__ g, const scalar_t* __restr
         const int64_t j = k * D + i;
         const acc_t xhat = (static_cast<acc_t>(xr[j]) - m) * s;
         const acc_t d_xhat = dyr[j] * static_cast<acc_t>(w[j]);
-        dx[row * N + j] = static_cast<scalar_t>(ln_input_grad<acc_t>(d_xhat, xhat, m1, m2, s));
+        dx[row * N + j] = static_cast<gate_t>(ln_input_grad<acc_t>(d_xhat, xhat, m1, m2, s));
       }
     }
   }
 }
 
 // part[k][0][j] = Σ dy x̂, part[k][1][j] = Σ dy over the rows of chunk k = blockIdx.y; thread per column j.
-template <typename scalar_t>
-__global__ void param_grad_partial(const scalar_t* __restrict__ x, const at::opmath_type<scalar_t>* __restrict__ mean,
+template <typename gate_t, typename scalar_t>
+__global__ void param_grad_partial(const gate_t* __restrict__ x, const at::opmath_type<scalar_t>* __restrict__ mean,
                                    const at::opmath_type<scalar_t>* __restrict__ rstd,
                                    const at::opmath_type<scalar_t>* __restrict__ dy,
                                    at::opmath_type<scalar_t>* __restrict__ part, int64_t B, int64_t N,
@@ -157,7 +159,7 @@ inline int row_threads(int64_t D) {
   return static_cast<int>(std::min<int64_t>(kMaxThreads, std::max<int64_t>(kWarp, (D + kWarp - 1) / kWarp * kWarp)));
 }
 
-inline at::ScalarType stats_type(const at::Tensor& gates) {
+inline at::ScalarType stats_type(const at::Tensor& gates) {  // float32 for float16/bfloat16 or mixed gates
   const auto s = gates.scalar_type();
   return (s == at::kHalf || s == at::kBFloat16) ? at::kFloat : s;
 }
@@ -173,13 +175,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ln_gru(const at::Tensor& gates, c
   at::Tensor mean = at::empty({B}, gates.options().dtype(k::stats_type(gates)));
   at::Tensor rstd = at::empty({B}, gates.options().dtype(k::stats_type(gates)));
   if (B == 0) return {out, mean, rstd};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(), "ln_gru_cuda", [&] {
+  const auto run = [&](auto gate_tag, auto state_tag) {
+    using gate_t = decltype(gate_tag);
+    using scalar_t = decltype(state_tag);
     using acc_t = at::opmath_type<scalar_t>;
-    launch("ln_gru.forward", k::forward<scalar_t>, dim3(static_cast<unsigned>(std::min(B, k::kMaxBlocks))),
-           dim3(k::row_threads(D)), gates.const_data_ptr<scalar_t>(), deter.const_data_ptr<scalar_t>(),
+    launch("ln_gru.forward", k::forward<gate_t, scalar_t>, dim3(static_cast<unsigned>(std::min(B, k::kMaxBlocks))),
+           dim3(k::row_threads(D)), gates.const_data_ptr<gate_t>(), deter.const_data_ptr<scalar_t>(),
            weight.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
            mean.mutable_data_ptr<acc_t>(), rstd.mutable_data_ptr<acc_t>(), B, D, eps);
-  });
+  };
+  if (ln_gru_mixed(gates, deter)) {
+    AT_DISPATCH_REDUCED_FLOATING_TYPES(gates.scalar_type(), "ln_gru_cuda_mixed", [&] { run(scalar_t(), float()); });
+  } else {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(), "ln_gru_cuda",
+                                    [&] { run(scalar_t(), scalar_t()); });
+  }
   return {out, mean, rstd};
 }
 
@@ -199,25 +209,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ln_gru_backward(
   const auto acc_options = gates.options().dtype(k::stats_type(gates));
   at::Tensor dy = at::empty({B, N}, acc_options);
   at::Tensor part = at::empty({chunks, 2, N}, acc_options);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(), "ln_gru_backward_cuda", [&] {
+  const auto run = [&](auto gate_tag, auto state_tag) {
+    using gate_t = decltype(gate_tag);
+    using scalar_t = decltype(state_tag);
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* x = gates.const_data_ptr<scalar_t>();
+    const gate_t* x = gates.const_data_ptr<gate_t>();
     if (B > 0)
-      launch("ln_gru.backward", k::backward<scalar_t>, dim3(static_cast<unsigned>(std::min(B, k::kMaxBlocks))),
-             dim3(k::row_threads(D)), grad.const_data_ptr<scalar_t>(), x, deter.const_data_ptr<scalar_t>(),
-             weight.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(), mean.const_data_ptr<acc_t>(),
-             rstd.const_data_ptr<acc_t>(), d_gates.mutable_data_ptr<scalar_t>(),
-             d_deter.mutable_data_ptr<scalar_t>(), dy.mutable_data_ptr<acc_t>(), B, D);
+      launch("ln_gru.backward", k::backward<gate_t, scalar_t>,
+             dim3(static_cast<unsigned>(std::min(B, k::kMaxBlocks))), dim3(k::row_threads(D)),
+             grad.const_data_ptr<scalar_t>(), x, deter.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+             bias.const_data_ptr<scalar_t>(), mean.const_data_ptr<acc_t>(), rstd.const_data_ptr<acc_t>(),
+             d_gates.mutable_data_ptr<gate_t>(), d_deter.mutable_data_ptr<scalar_t>(), dy.mutable_data_ptr<acc_t>(),
+             B, D);
     const int threads = static_cast<int>(std::min<int64_t>(k::kMaxThreads, (N + k::kWarp - 1) / k::kWarp * k::kWarp));
     // With B == 0 every chunk sums no rows, so the weight and bias gradients come out zero.
-    launch("ln_gru.param_grad_partial", k::param_grad_partial<scalar_t>,
+    launch("ln_gru.param_grad_partial", k::param_grad_partial<gate_t, scalar_t>,
            dim3(ceil_div(N, threads), static_cast<unsigned>(chunks)), dim3(threads), x, mean.const_data_ptr<acc_t>(),
            rstd.const_data_ptr<acc_t>(), dy.const_data_ptr<acc_t>(), part.mutable_data_ptr<acc_t>(), B, N,
            rows_per_chunk);
     launch("ln_gru.param_grad_reduce", k::param_grad_reduce<scalar_t>, dim3(ceil_div(N, threads)), dim3(threads),
            part.const_data_ptr<acc_t>(), d_weight.mutable_data_ptr<scalar_t>(), d_bias.mutable_data_ptr<scalar_t>(),
            chunks, N);
-  });
+  };
+  if (ln_gru_mixed(gates, deter)) {
+    AT_DISPATCH_REDUCED_FLOATING_TYPES(gates.scalar_type(), "ln_gru_backward_cuda_mixed",
+                                       [&] { run(scalar_t(), float()); });
+  } else {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(), "ln_gru_backward_cuda",
+                                    [&] { run(scalar_t(), scalar_t()); });
+  }
   return {d_gates, d_deter, d_weight, d_bias};
 }
 

@@ -28,6 +28,11 @@ def ln_gru(
     ``deter' = update * cand + (1 - update) * deter``. The backward is one pass too; the weight and bias gradients
     are summed over the batch in a fixed order (deterministic).
 
+    Mixed precision: ``gates`` may be float16/bfloat16 (a low-precision GEMM's output, e.g. under autocast) beside a
+    float32 ``deter``, ``weight`` and ``bias``; the gates are then widened as they are read (the result is that of
+    ``gates.float()``, bit for bit), the state and statistics are float32, and the gates' gradient comes back in the
+    gates' dtype (rounded once, as ``gates.float()``'s backward would round it). No cast pass over ``[B, 3*D]`` either way.
+
     Args:
         gates: ``[B, 3*D]``, the GRU Dense layer's output on ``cat([x, deter])``.
         deter: ``[B, D]``, the previous deterministic state.
@@ -36,17 +41,25 @@ def ln_gru(
         backend: "auto" | "fused" | "reference" (default: $DREAMER_FAST_BACKEND or "auto").
 
     Returns:
-        ``[B, D]``, the next deterministic state; differentiable in all four tensors.
-        float32/float64 everywhere, float16/bfloat16 on CUDA (computed in float32).
+        ``[B, D]``, the next deterministic state (``deter``'s dtype); differentiable in all four tensors.
+        float32/float64 everywhere, float16/bfloat16 on CUDA (computed in float32), float16/bfloat16 gates with a
+        float32 state everywhere.
     """
     gates = _checks.tensor(_OP, "gates", gates)
-    _checks.floating(_OP, "gates", gates)
+    deter = _checks.tensor(_OP, "deter", deter)
+    mixed = is_mixed(gates, deter)
+    if not mixed:
+        _checks.floating(_OP, "gates", gates)
     if gates.dim() != 2 or gates.shape[1] % 3 != 0:
         raise ValueError(f"{_OP}: `gates` must be [B, 3*D], got shape {list(gates.shape)}")
     B, D = gates.shape[0], gates.shape[1] // 3
-    for name, t in (("deter", deter), ("weight", weight), ("bias", bias)):
+    if mixed:
+        _checks.same_device(_OP, "deter", deter, gates, "gates")
+    else:
+        _checks.like(_OP, "deter", deter, gates, "gates")
+    for name, t in (("weight", weight), ("bias", bias)):
         _checks.tensor(_OP, name, t)
-        _checks.like(_OP, name, t, gates, "gates")
+        _checks.like(_OP, name, t, deter, "deter")
     _checks.shape(_OP, "deter", deter, (B, D), "[B, D]")
     _checks.shape(_OP, "weight", weight, (3 * D,), "[3*D]")
     _checks.shape(_OP, "bias", bias, (3 * D,), "[3*D]")
@@ -56,6 +69,11 @@ def ln_gru(
             gates.contiguous(), deter.contiguous(), weight.contiguous(), bias.contiguous(), eps
         )[0]
     return ln_gru_ref(gates, deter, weight, bias, eps)
+
+
+def is_mixed(gates: torch.Tensor, deter: torch.Tensor) -> bool:
+    """float16/bfloat16 gates beside a float32 state: the op's mixed-precision form (any device)."""
+    return gates.dtype in (torch.float16, torch.bfloat16) and deter.dtype == torch.float32
 
 
 def _stats_dtype(gates: torch.Tensor) -> torch.dtype:

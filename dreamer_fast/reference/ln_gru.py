@@ -15,6 +15,8 @@ def ln_gru_ref(
     ``reset = σ(reset)``, ``cand = tanh(reset * cand)``, ``update = σ(update - 1)``,
     ``deter' = update * cand + (1 - update) * deter``.
     """
+    if gates.dtype != deter.dtype:  # mixed precision (float16/bfloat16 gates, float32 state): computed in float32
+        gates = gates.to(deter.dtype)
     y = F.layer_norm(gates, gates.shape[-1:], weight, bias, eps)
     reset, cand, update = y.chunk(3, dim=-1)
     reset = torch.sigmoid(reset)

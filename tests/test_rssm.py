@@ -464,6 +464,48 @@ def test_sequence_linear_under_autocast_matches_autocast_addmm(rows):
         assert a.dtype == b.dtype == torch.float32
         torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
 
+@pytest.mark.parametrize("shape", [(16, 24), (6, 4)], ids=["tiled", "untiled"])
+@pytest.mark.parametrize("rows", [8, 5])
+def test_sequence_linear_transposed_weight_gradient_under_autocast(monkeypatch, shape, rows):
+    """The large-weight path under autocast (forced here on small shapes): each step's backward writes its output
+    gradient transposed into one buffer (tile by tile where the sizes allow) and the sink runs one bf16 GEMM over all
+    the steps. Against autograd through autocast's addmm (which rounds each step's product instead)."""
+    from dreamer_fast import _sequence_linear
+    from dreamer_fast._sequence_linear import SequenceLinear
+
+    monkeypatch.setattr(_sequence_linear, "_TRANSPOSED_MIN_NUMEL", 0)
+    g = torch.Generator().manual_seed(1)
+    out, inp = shape
+    weight = torch.randn(out, inp, generator=g, requires_grad=True)
+    bias = torch.randn(out, generator=g, requires_grad=True)
+    x0 = torch.randn(rows, inp, generator=g, requires_grad=True)
+
+    def unroll(make_linear):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            linear = make_linear()
+            x, outs = x0, []
+            for _ in range(4):
+                y = linear(bias, x)
+                outs.append(y.float())
+                x = y.float().tanh().repeat(1, inp // out + 1)[:, :inp]
+        return sum((o * (i + 1)).sum() for i, o in enumerate(outs[:3]))  # the last step reaches no loss
+
+    linear = None
+
+    def make():
+        nonlocal linear
+        linear = SequenceLinear(weight)
+        return linear
+
+    got = torch.autograd.grad(unroll(make), [weight, bias, x0])
+    assert linear._record.transposed and linear._record.dyt is None  # used, and freed by the sink
+    want = torch.autograd.grad(unroll(lambda: lambda b, x: torch.addmm(b, x, weight.t())), [weight, bias, x0])
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype == torch.float32
+        # One bf16 rounding of the per-step products apart: relative to the gradient's scale (sums cancel).
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=1e-2 * b.abs().max().item())
+
+
 @pytest.mark.parametrize("rows", [5, 300], ids=["concatenated", "accumulated"])
 def test_sequence_linear_weight_gradient(rows):
     """The fused loop's Linear: one weight gradient for all steps, equal to autograd's per-step sum."""

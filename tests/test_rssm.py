@@ -447,22 +447,28 @@ def test_sequence_linear_under_autocast_matches_autocast_addmm(rows):
     bias = torch.randn(6, generator=g, requires_grad=True)
     x0 = torch.randn(rows, 4, generator=g, requires_grad=True)
 
-    def unroll(make_linear):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            linear = make_linear()
-            x, outs = x0, []
-            for _ in range(4):
-                y = linear(bias, x)
-                assert y.dtype == torch.bfloat16
-                outs.append(y.float())
-                x = y[:, :4].float().tanh()
-        return sum((o * (i + 1)).sum() for i, o in enumerate(outs[:3]))
-
-    want = torch.autograd.grad(unroll(lambda: lambda b, x: torch.addmm(b, x, weight.t())), [weight, bias, x0])
-    got = torch.autograd.grad(unroll(lambda: SequenceLinear(weight)), [weight, bias, x0])
+    want = torch.autograd.grad(_autocast_unroll(lambda: lambda b, x: torch.addmm(b, x, weight.t()), bias, x0),
+                               [weight, bias, x0])
+    got = torch.autograd.grad(_autocast_unroll(lambda: SequenceLinear(weight), bias, x0), [weight, bias, x0])
     for a, b in zip(got, want):
         assert a.dtype == b.dtype == torch.float32
         torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
+
+
+def _autocast_unroll(make_linear, bias, x0):
+    """Four steps of a recurrent Linear (made under bf16 autocast by ``make_linear()``, called as ``linear(bias, x)``)
+    fed with tanh of its own output; a loss on the first three (the last step reaches no loss)."""
+    width = x0.shape[1]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        linear = make_linear()
+        x, outs = x0, []
+        for _ in range(4):
+            y = linear(bias, x)
+            assert y.dtype == torch.bfloat16
+            outs.append(y.float())
+            x = y.float().tanh().repeat(1, width // y.shape[1] + 1)[:, :width]
+    return sum((o * (i + 1)).sum() for i, o in enumerate(outs[:3]))
+
 
 @pytest.mark.parametrize("shape", [(16, 24), (6, 4)], ids=["tiled", "untiled"])
 @pytest.mark.parametrize("rows", [8, 5])
@@ -480,16 +486,6 @@ def test_sequence_linear_transposed_weight_gradient_under_autocast(monkeypatch, 
     bias = torch.randn(out, generator=g, requires_grad=True)
     x0 = torch.randn(rows, inp, generator=g, requires_grad=True)
 
-    def unroll(make_linear):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            linear = make_linear()
-            x, outs = x0, []
-            for _ in range(4):
-                y = linear(bias, x)
-                outs.append(y.float())
-                x = y.float().tanh().repeat(1, inp // out + 1)[:, :inp]
-        return sum((o * (i + 1)).sum() for i, o in enumerate(outs[:3]))  # the last step reaches no loss
-
     linear = None
 
     def make():
@@ -497,9 +493,10 @@ def test_sequence_linear_transposed_weight_gradient_under_autocast(monkeypatch, 
         linear = SequenceLinear(weight)
         return linear
 
-    got = torch.autograd.grad(unroll(make), [weight, bias, x0])
+    got = torch.autograd.grad(_autocast_unroll(make, bias, x0), [weight, bias, x0])
     assert linear._record.transposed and linear._record.dyt is None  # used, and freed by the sink
-    want = torch.autograd.grad(unroll(lambda: lambda b, x: torch.addmm(b, x, weight.t())), [weight, bias, x0])
+    want = torch.autograd.grad(_autocast_unroll(lambda: lambda b, x: torch.addmm(b, x, weight.t()), bias, x0),
+                               [weight, bias, x0])
     for a, b in zip(got, want):
         assert a.dtype == b.dtype == torch.float32
         # One bf16 rounding of the per-step products apart: relative to the gradient's scale (sums cancel).

@@ -6,6 +6,8 @@ Run:  pytest benchmarks/ --benchmark-only            (timings; ratios within a g
 
 from __future__ import annotations
 
+import os
+import platform
 from collections.abc import Callable, Sequence
 
 import torch
@@ -15,6 +17,36 @@ import dreamer_fast
 # As `dreamer-fast train` does: keep freed memory for reuse instead of page-faulting fresh mmaps (applies to every
 # implementation in a comparison alike; see dreamer_fast/_memory.py).
 dreamer_fast.keep_freed_memory()
+
+
+
+def cpu_description() -> str:
+    """The CPU model and the features that decide the bf16 ratios (AMX makes bf16 GEMMs ~6x float32; without it,
+    with avx512_bf16, ~2x): ratios measured on different CPUs are not comparable (docs/PERFORMANCE.md)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    features = ", ".join(f"{name}: {'yes' if flag in flags else 'no'}"
+                         for name, flag in (("AMX-bf16", "amx_bf16"), ("AVX512-bf16", "avx512_bf16")))
+    return f"{model}; {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; {features}"
+
+
+def pytest_report_header(config) -> str:
+    return f"dreamer_fast benchmarks on: {cpu_description()}"
+
+
+def pytest_benchmark_update_machine_info(config, machine_info) -> None:
+    machine_info["dreamer_fast_cpu"] = cpu_description()
+
 
 _compiled: dict[Callable, Callable] = {}
 

@@ -6,6 +6,7 @@ Run:  pytest benchmarks/ --benchmark-only            (timings; ratios within a g
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from collections.abc import Callable, Sequence
@@ -19,7 +20,7 @@ import dreamer_fast
 dreamer_fast.keep_freed_memory()
 
 
-
+@functools.cache
 def cpu_description() -> str:
     """The CPU model and the features that decide the bf16 ratios (AMX makes bf16 GEMMs ~6x float32; without it,
     with avx512_bf16, ~2x): ratios measured on different CPUs are not comparable (docs/PERFORMANCE.md)."""

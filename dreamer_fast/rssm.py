@@ -30,6 +30,7 @@ from torch import nn
 from dreamer_fast import _backend
 from dreamer_fast._sequence_linear import SequenceLinear
 from dreamer_fast.ops import obs_step_inference as _obs_step_inference
+from dreamer_fast.ops.elu import elu
 from dreamer_fast.ops.kl_balance import kl_balance
 from dreamer_fast.ops.ln_gru import is_mixed as _ln_gru_is_mixed
 from dreamer_fast.ops.observe_sequence import observe_sequence
@@ -470,8 +471,10 @@ class RSSM(nn.Module):
             gemm_dtype=gemm_dtype, backend="fused",
         )
         post = RSSMState(deters, samples, logits)
-        # The prior head feeds nothing back into the recurrence: one pass over all T·B rows after the loop.
-        prior_logits = self._logits(self.prior_logits(_elu(self.img_out(deters))))
+        # The prior head feeds nothing back into the recurrence: one pass over all T·B rows after the loop. The fused
+        # ELU (here and in _FusedImagination) saves its output, as F.elu(inplace=True) does, and in bfloat16 it is
+        # ~11x faster than ATen's on some CPUs (docs/PERFORMANCE.md, sixth session).
+        prior_logits = self._logits(self.prior_logits(elu(self.img_out(deters), backend="fused")))
         return post, RSSMState(deters, _probs(prior_logits, self.unimix), prior_logits)
 
     def _obs_step_fused(self, prev_state, prev_action, embed, keep, noise, prior=True):
@@ -690,19 +693,13 @@ class _FusedImagination:
         m = self.rssm
         if act_proj is None:
             act_proj = self.action_in(m.img_in.bias, action)
-        x = _elu(self.stoch_in(act_proj, state.stoch.flatten(-2)))
+        x = elu(self.stoch_in(act_proj, state.stoch.flatten(-2)), backend="fused")
         # Under autocast x is in the GEMMs' dtype: concatenate there (autocast's cat would widen x to float32 and the
         # GRU layer narrow the result again).
         deter = m._ln_gru(self.gru(m.gru.bias, torch.cat([x, state.deter.to(x.dtype)], -1)), state.deter)
-        logits = m._logits(self.logits(m.prior_logits.bias, _elu(self.out(m.img_out.bias, deter))))
+        logits = m._logits(self.logits(m.prior_logits.bias, elu(self.out(m.img_out.bias, deter), backend="fused")))
         stoch, _ = m._sample(logits, noise, fused=True)
         return RSSMState(deter, stoch, logits)
-
-
-def _elu(x: torch.Tensor) -> torch.Tensor:
-    """The fused ELU op (fused backend only): its backward reads the output, as F.elu(inplace=True)'s does, and
-    in bfloat16 it is several times faster than ATen's on some CPUs (docs/PERFORMANCE.md, sixth session)."""
-    return torch.ops.dreamer_fast.elu.default(x.contiguous())
 
 
 def _at(noise: torch.Tensor | None, t: int) -> torch.Tensor | None:

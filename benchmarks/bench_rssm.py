@@ -8,6 +8,9 @@
 - one policy step, B=1, under torch.no_grad (acting in the environment): fused vs reference, and the fused step
   without the prior head and with bfloat16 weight copies (how an agent acts).
 
+"fused-mkl" / "fused-onednn": the fused op with its small CPU GEMMs forced to one library (`df.set_cpu_gemm`); "fused"
+is the default rule (oneDNN unless the CPU is Intel's).
+
 Run:  pytest benchmarks/bench_rssm.py --benchmark-only --benchmark-columns=mean,stddev,rounds
 """
 
@@ -63,10 +66,25 @@ def compiled_observe(m: RSSM, embed, action, is_first, noise):
     return RSSMState.stack(posts), RSSMState.stack(priors)
 
 
-@pytest.mark.parametrize("impl", ["fused", "reference", "compiled"])
-def test_observe(benchmark, impl):
+@pytest.fixture
+def cpu_gemm_of(request):
+    """For "fused-mkl" / "fused-onednn": that CPU GEMM library (df.set_cpu_gemm) for the test, then "auto" again. The
+    plain "fused" case is the default rule (oneDNN unless the CPU is Intel's), so both libraries are timed on every
+    CPU and the rule can be re-decided from one run."""
+    impl = request.node.callspec.params["impl"]
+    library = impl.split("-")[1] if impl.startswith("fused-") and impl.split("-")[1] in df._backend.CPU_GEMMS else None
+    if library == "onednn" and not torch.backends.mkldnn.is_available():
+        pytest.skip("torch without oneDNN")
+    previous = df.set_cpu_gemm(library) if library else None
+    yield
+    if previous is not None:
+        df.set_cpu_gemm(previous)
+
+
+@pytest.mark.parametrize("impl", ["fused", "fused-mkl", "fused-onednn", "reference", "compiled"])
+def test_observe(benchmark, impl, cpu_gemm_of):
     benchmark.group = "rssm observe fwd+bwd T=50 B=16 (f32)"
-    m = rssm("fused" if impl == "fused" else "reference")
+    m = rssm("fused" if impl.startswith("fused") else "reference")
     embed, action, is_first, noise = observe_batch()
     params = [embed, *m.parameters()]
 
@@ -170,8 +188,10 @@ def test_imagine_gemms(benchmark):
     benchmark.extra_info["gflop"] = sum(2 * m * k * n for m, k, n in shapes) / 1e9
 
 
-@pytest.mark.parametrize("impl", ["fused", "fused-posterior", "fused-posterior-bf16w", "reference"])
-def test_policy_step(benchmark, impl):
+@pytest.mark.parametrize(
+    "impl", ["fused", "fused-mkl", "fused-onednn", "fused-posterior", "fused-posterior-bf16w", "reference"]
+)
+def test_policy_step(benchmark, impl, cpu_gemm_of):
     """obs_step as the issue states it (posterior and prior, float32), and as an agent acts: ``prior=False``, and
     with ``inference_dtype = torch.bfloat16`` (weights rounded to bfloat16, products in float32)."""
     benchmark.group = "rssm obs_step B=1 no_grad (f32)"

@@ -11,9 +11,10 @@ Ops (time-major ``[T, B, ...]``; each has a plain-PyTorch twin ``*_ref`` in :mod
 Modules: :class:`RSSM` (DreamerV2's recurrent state-space model, drop-in) and its state :class:`RSSMState`.
 
 :func:`keep_freed_memory` — glibc malloc tuning that removes the page-fault cost of large CPU activations.
+:func:`set_cpu_gemm` / :func:`cpu_gemm` — which library (MKL or oneDNN) runs the fused RSSM's small CPU GEMMs.
 """
 
-from dreamer_fast._backend import BACKENDS, extension_loaded, has_kernel
+from dreamer_fast._backend import BACKENDS, cpu_gemm, extension_loaded, has_kernel, set_cpu_gemm
 from dreamer_fast._memory import keep_freed_memory
 from dreamer_fast.ops.elu import elu
 from dreamer_fast.ops.kl_balance import kl_balance
@@ -35,6 +36,7 @@ __all__ = [
     "BACKENDS",
     "RSSM",
     "RSSMState",
+    "cpu_gemm",
     "elu",
     "elu_ref",
     "extension_loaded",
@@ -46,6 +48,7 @@ __all__ = [
     "lambda_return_ref",
     "ln_gru",
     "ln_gru_ref",
+    "set_cpu_gemm",
     "straight_through_categorical",
     "straight_through_categorical_ref",
 ]

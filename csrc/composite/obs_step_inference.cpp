@@ -30,6 +30,7 @@
 
 #include "../check.h"
 #include "../cpu/linear_bf16.h"
+#include "cpu_gemm.h"
 
 namespace dreamer_fast::obs_step_inference {
 namespace {
@@ -154,8 +155,15 @@ bool needs_reset(const Tensor& keep) {
 }
 
 // b + x W^T in x's dtype; W in x's dtype, or bfloat16 with a float32 x.
+// Same dtype on the CPU: oneDNN's matmul where cpu_gemm.h selects it (at B = 1 on the AMD EPYC machine ~2x addmm's
+// MKL GEMV: 1 x 1200 -> 1800 in 0.09 against 0.15 ms).
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
-  if (w.scalar_type() == x.scalar_type()) return at::addmm(b, x, w.t());
+  if (w.scalar_type() == x.scalar_type()) {
+    if (x.is_cpu() && x.scalar_type() == at::kFloat && cpu_gemm::selected() == cpu_gemm::Library::kOnednn) {
+      return cpu_gemm::onednn_linear(x.contiguous(), w.contiguous(), b.contiguous());
+    }
+    return at::addmm(b, x, w.t());
+  }
   if (x.is_cpu()) return cpu::linear_bf16_weight(x.contiguous(), w.contiguous(), b.contiguous());
   // Elsewhere (CUDA) the copy is widened at each call: the same function as on the CPU (rounded weights, x and the
   // sums in float32), without the CPU's saving; a GPU's B = 1 step is bound by its launches, not its bytes.

@@ -1,0 +1,36 @@
+// Which library runs the fused RSSM ops' small float32 GEMMs on the CPU (observe's per-step GEMMs at B = 16, the
+// acting step's GEMVs at B = 1): MKL or oneDNN, both inside torch.
+//
+// Why a choice: neither is the faster on every CPU. On the AMD EPYC (Zen 4) CI machine oneDNN's matmul is ~2x MKL's
+// at these shapes (measured, 2 threads: 16 x 1200 -> 1800 with the weight packed once 0.37 ms against MKL's packed
+// 0.74 ms; 1 x 1200 -> 1800 0.09 ms against addmm's 0.15 ms), while at 800 rows the two are equal. On the Intel (AMX)
+// machine of earlier sessions MKL's packed GEMM is what was measured and kept. "auto" is therefore oneDNN on CPUs
+// whose vendor is not Intel, MKL on Intel: a fixed rule, not a timing, so a run's numbers do not depend on a race.
+// `set_cpu_gemm("mkl" | "onednn" | "auto")` overrides it (for tests and A/B runs; process-wide).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+namespace dreamer_fast::cpu_gemm {
+
+enum class Library { kMkl, kOnednn };
+
+// The library "auto" or the override resolves to on this CPU; kOnednn only where torch has the oneDNN ops.
+Library selected();
+
+// oneDNN's `x @ W^T (+ b)` (torch's mkldnn::_linear_pointwise): x [M, K] contiguous float32 or bfloat16, W [N, K]
+// dense or packed by `onednn_pack`, b [N] or none.
+at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b);
+
+// W [N, K] reordered into oneDNN's layout for `rows`-row inputs (mkldnn::_reorder_linear_weight); an opaque tensor
+// that only onednn_linear reads.
+at::Tensor onednn_pack(const at::Tensor& w, int64_t rows);
+
+// Whether torch was built with MKL's packed GEMM ops (mkl::_mkl_reorder_linear_weight, mkl::_mkl_linear).
+bool mkl_available();
+at::Tensor mkl_pack(const at::Tensor& w, int64_t rows);
+at::Tensor mkl_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& w, int64_t rows);
+
+}  // namespace dreamer_fast::cpu_gemm

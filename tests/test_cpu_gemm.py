@@ -10,10 +10,9 @@ import sys
 import pytest
 import torch
 from conftest import tol
-from test_rssm import assert_states_close, model, run_observe, sequence
+from test_rssm import act_steps, assert_states_close, model, run_observe, sequence
 
 import dreamer_fast as df
-from dreamer_fast import RSSMState
 
 pytestmark = pytest.mark.skipif(not df.extension_loaded(), reason="needs the compiled extension")
 LIBRARIES = ["mkl", "onednn"] if torch.backends.mkldnn.is_available() else ["mkl"]
@@ -94,18 +93,8 @@ def test_observe_under_bf16_autocast_with_each_library(library):
 def test_acting_step_with_each_library_matches_reference(library, prior):
     df.set_cpu_gemm(library)
     m = model(torch.float32)
-    embed, action, is_first, noise = (x.detach().float() for x in sequence(5, 1))
-    outs = {}
-    for backend in ("reference", "fused"):
-        m.backend = backend
-        state, states = m.initial(1), []
-        with torch.no_grad():
-            for t in range(5):
-                state, prior_state = m.obs_step(state, action[t], embed[t], is_first[t], noise=noise[t], prior=prior)
-                assert (prior_state is None) != prior
-                states.append(state)
-        outs[backend] = RSSMState.stack(states)
-    assert_states_close(outs["fused"], outs["reference"], **tol(torch.float32))
+    want = act_steps(m, "reference", prior=prior)
+    assert_states_close(act_steps(m, "fused", prior=prior), want, **tol(torch.float32))
 
 
 def run_python(code: str, **env) -> subprocess.CompletedProcess:

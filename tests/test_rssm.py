@@ -131,21 +131,24 @@ def test_steps_equal_observe(backend):
         state = p
 
 
+def act_steps(m: RSSM, backend: str, steps: int = 5, prior: bool = True) -> RSSMState:
+    """``steps`` acting steps at B = 1 under no_grad on one backend; the posteriors stacked over time."""
+    embed, action, is_first, noise = (x.detach().float() for x in sequence(steps, 1))
+    m.backend = backend
+    state, states = m.initial(1), []
+    with torch.no_grad():
+        for t in range(steps):
+            state, prior_state = m.obs_step(state, action[t], embed[t], is_first[t], noise=noise[t], prior=prior)
+            assert (prior_state is None) != prior
+            states.append(state)
+    assert not any(x.requires_grad for x in state)
+    return RSSMState.stack(states)
+
+
 def test_policy_step_no_grad_b1():
     """The acting path: B = 1, no autograd; both backends agree and nothing requires grad."""
     m = model(torch.float32)
-    embed, action, is_first, noise = (x.detach().float() for x in sequence(5, 1))
-    outs = {}
-    for backend in ("reference", "fused"):
-        m.backend = backend
-        state, states = m.initial(1), []
-        with torch.no_grad():
-            for t in range(5):
-                state, _ = m.obs_step(state, action[t], embed[t], is_first[t], noise=noise[t])
-                states.append(state)
-        assert not any(x.requires_grad for x in state)
-        outs[backend] = RSSMState.stack(states)
-    assert_states_close(outs["fused"], outs["reference"], **tol(torch.float32))
+    assert_states_close(act_steps(m, "fused"), act_steps(m, "reference"), **tol(torch.float32))
 
 
 class Policy(torch.nn.Module):

@@ -71,8 +71,7 @@ def cpu_gemm_of(request):
     """For "fused-mkl" / "fused-onednn": that CPU GEMM library (df.set_cpu_gemm) for the test, then "auto" again. The
     plain "fused" case is the default rule (oneDNN unless the CPU is Intel's), so both libraries are timed on every
     CPU and the rule can be re-decided from one run."""
-    impl = request.node.callspec.params["impl"]
-    library = impl.split("-")[1] if impl.startswith("fused-") and impl.split("-")[1] in df._backend.CPU_GEMMS else None
+    library = {"fused-mkl": "mkl", "fused-onednn": "onednn"}.get(request.node.callspec.params["impl"])
     if library == "onednn" and not torch.backends.mkldnn.is_available():
         pytest.skip("torch without oneDNN")
     previous = df.set_cpu_gemm(library) if library else None

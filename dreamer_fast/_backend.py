@@ -102,7 +102,8 @@ def cpu_gemm() -> str:
     return torch.ops.dreamer_fast.cpu_gemm()
 
 
-if _LOAD_ERROR is None and os.environ.get(CPU_GEMM_ENV_VAR):
-    if os.environ[CPU_GEMM_ENV_VAR] not in CPU_GEMMS:
-        raise ValueError(f"${CPU_GEMM_ENV_VAR} must be one of {CPU_GEMMS}, got {os.environ[CPU_GEMM_ENV_VAR]!r}")
-    set_cpu_gemm(os.environ[CPU_GEMM_ENV_VAR])
+_env_cpu_gemm = os.environ.get(CPU_GEMM_ENV_VAR)
+if _LOAD_ERROR is None and _env_cpu_gemm:
+    if _env_cpu_gemm not in CPU_GEMMS:
+        raise ValueError(f"${CPU_GEMM_ENV_VAR} must be one of {CPU_GEMMS}, got {_env_cpu_gemm!r}")
+    set_cpu_gemm(_env_cpu_gemm)

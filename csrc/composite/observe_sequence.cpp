@@ -271,9 +271,9 @@ Forward forward(const std::string& ns, const Args& a, bool save) {
       h = h * k;
       z = z * k;
     }
-    // Each result is written straight into its [T, ...] buffer where the backward needs it (no copy).
-    // Our ELU op, not ATen's: on the AMD EPYC machine at::elu took ~90 us for these 16 x 600 values (profiled, 100
-    // calls a sequence: ~9 of ~245 ms); the copy into the saved buffer is a few us.
+    // The GEMM outputs are written straight into their [T, ...] buffers where the backward needs them. The ELUs are
+    // our op, not ATen's (on the AMD EPYC machine at::elu took ~90 us for these 16 x 600 values; profiled, 100 calls a
+    // sequence: ~9 of ~245 ms), so their results are copied into the saved buffers (a few us).
     const at::Tensor x = ops.elu.call(stoch_in(z).add_(act_proj[t]));
     if (save) out.x[t].copy_(x);
     at::Tensor gates = save ? out.gates[t] : at::empty({B, 3 * D}, opts);

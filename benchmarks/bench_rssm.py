@@ -25,6 +25,7 @@ from torch import nn
 
 import dreamer_fast as df
 from dreamer_fast import RSSM, RSSMState
+from dreamer_fast.nets import ELU as FusedELU
 
 ACTIONS, EMBED = 18, 1536
 COMPILE_BUDGET_S = 120.0
@@ -105,13 +106,14 @@ def test_observe(benchmark, impl, cpu_gemm_of):
 
 
 class Actor(nn.Module):
-    """DreamerV2's Atari actor: 4x400 ELU MLP -> one-hot categorical, straight-through sample."""
+    """DreamerV2's Atari actor: 4x400 ELU MLP -> one-hot categorical, straight-through sample. ``fused_elu``: its
+    ELUs are ``dreamer_fast.nets.ELU`` (the fused op, as in the agent's own actor) instead of ``nn.ELU``."""
 
-    def __init__(self, feat: int, actions: int):
+    def __init__(self, feat: int, actions: int, fused_elu: bool = False):
         super().__init__()
         layers, width = [], feat
         for _ in range(4):
-            layers += [nn.Linear(width, 400), nn.ELU()]
+            layers += [nn.Linear(width, 400), FusedELU("fused") if fused_elu else nn.ELU()]
             width = 400
         self.net = nn.Sequential(*layers, nn.Linear(width, actions))
 
@@ -121,14 +123,16 @@ class Actor(nn.Module):
         return F.one_hot(index, probs.shape[-1]).to(probs.dtype) + probs - probs.detach()
 
 
-@pytest.mark.parametrize("impl", ["fused", "reference", "fused-bf16"])
+@pytest.mark.parametrize("impl", ["fused", "fused-actor-elu", "reference", "fused-bf16"])
 def test_imagine(benchmark, impl):
     """`fused-bf16`: the fused backend under torch.autocast("cpu", bfloat16), the issue's mixed-precision case (its
-    target is a ratio to the float32 eager reference)."""
+    target is a ratio to the float32 eager reference). `fused-actor-elu`: the actor's ELUs are the library's fused
+    op, as in the agent's actor (the other cases use `nn.ELU`, a user's actor; ATen's float32 ELU is several times
+    slower than ours on some CPUs: docs/PERFORMANCE.md, eighth session)."""
     benchmark.group = "rssm imagine fwd+bwd H=15 B=800 + 4x400 actor (f32)"
     bf16 = impl.endswith("-bf16")
-    m = rssm(impl.removesuffix("-bf16"))
-    actor = Actor(m.feat_size, ACTIONS)
+    m = rssm(impl.removesuffix("-bf16").removesuffix("-actor-elu"))
+    actor = Actor(m.feat_size, ACTIONS, fused_elu=impl.endswith("-actor-elu"))
     g = torch.Generator().manual_seed(2)
     start = RSSMState(
         torch.randn(800, 600, generator=g).tanh(),

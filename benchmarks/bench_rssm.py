@@ -130,9 +130,10 @@ def test_imagine(benchmark, impl):
     op, as in the agent's actor (the other cases use `nn.ELU`, a user's actor; ATen's float32 ELU is several times
     slower than ours on some CPUs: docs/PERFORMANCE.md, eighth session)."""
     benchmark.group = "rssm imagine fwd+bwd H=15 B=800 + 4x400 actor (f32)"
-    bf16 = impl.endswith("-bf16")
-    m = rssm(impl.removesuffix("-bf16").removesuffix("-actor-elu"))
-    actor = Actor(m.feat_size, ACTIONS, fused_elu=impl.endswith("-actor-elu"))
+    backend, _, variant = impl.partition("-")
+    bf16 = variant == "bf16"
+    m = rssm(backend)
+    actor = Actor(m.feat_size, ACTIONS, fused_elu=variant == "actor-elu")
     g = torch.Generator().manual_seed(2)
     start = RSSMState(
         torch.randn(800, 600, generator=g).tanh(),

@@ -9,8 +9,11 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import statistics
+import time
 from collections.abc import Callable, Sequence
 
+import pytest
 import torch
 
 import dreamer_fast
@@ -77,3 +80,40 @@ def warm(run: Callable, times: int = 3) -> None:
     """Compile and warm caches outside the timed region."""
     for _ in range(times):
         run()
+
+
+_ratios: list[str] = []
+
+
+@pytest.fixture
+def interleaved_ratio():
+    """``measure(benchmark, name, a, b, rounds)``: time ``a`` and ``b`` back to back in each of ``rounds`` rounds, in
+    alternating order (a b, b a, ...) so that drift of the machine falls on both alike, and report time(a)/time(b)
+    as the median of the per-round ratios (a line at the end of the run and ``extra_info``). The pytest-benchmark
+    time of the case is that of one pair. Under --benchmark-disable it runs one round (a smoke test)."""
+
+    def measure(benchmark, name: str, a: Callable, b: Callable, rounds: int) -> None:
+        times: dict[str, list[float]] = {"a": [], "b": []}
+
+        def pair():
+            order = ("a", "b") if len(times["a"]) % 2 == 0 else ("b", "a")
+            for key in order:
+                t0 = time.perf_counter()
+                (a if key == "a" else b)()
+                times[key].append(time.perf_counter() - t0)
+
+        benchmark.pedantic(pair, rounds=rounds, iterations=1)
+        ratio = statistics.median(x / y for x, y in zip(times["a"], times["b"]))
+        med_a, med_b = statistics.median(times["a"]), statistics.median(times["b"])
+        benchmark.extra_info.update(ratio=ratio, median_a_s=med_a, median_b_s=med_b, rounds=len(times["a"]))
+        _ratios.append(f"{name}: {ratio:.3f} (median of {len(times['a'])} interleaved rounds; medians "
+                       f"{med_a * 1e3:.1f} ms / {med_b * 1e3:.1f} ms)")
+
+    return measure
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _ratios:
+        terminalreporter.section("interleaved ratios")
+        for line in _ratios:
+            terminalreporter.write_line(line)

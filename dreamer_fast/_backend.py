@@ -82,10 +82,10 @@ def set_cpu_gemm(mode: str) -> str:
     """Choose the library for the fused RSSM ops' small float32 GEMMs on the CPU; returns the previous mode.
 
     Concerns observe's per-step GEMMs (B rows, the weights packed once per sequence; bfloat16 ones too under oneDNN)
-    and the acting step's GEMVs (B = 1). ``"auto"`` (the default, or ``$DREAMER_FAST_CPU_GEMM``) is oneDNN on CPUs
-    whose vendor is not Intel and MKL on Intel ones: measured on an AMD EPYC (Zen 4), oneDNN's matmul is ~2x MKL's at
-    16 x 1200 -> 1800 (observe T=50 B=16 forward+backward 340 -> 212 ms); MKL's packed GEMM is what was measured on
-    the Intel (AMX) machine. ``"mkl"`` / ``"onednn"`` force one. Process-wide; the results differ only by summation
+    and the acting step's above 6 rows (up to 6, e.g. B = 1, its float32 layers are our own GEMV kernel).
+    ``"auto"`` (the default, or ``$DREAMER_FAST_CPU_GEMM``) is oneDNN on CPUs whose vendor is not Intel and MKL on
+    Intel ones: measured on an AMD EPYC (Zen 4), oneDNN's matmul is ~2x MKL's at 16 x 1200 -> 1800 (observe T=50
+    B=16 forward+backward 340 -> 212 ms); MKL's packed GEMM is what was measured on the Intel (AMX) machine. ``"mkl"`` / ``"onednn"`` force one. Process-wide; the results differ only by summation
     order (both float32).
     """
     if mode not in CPU_GEMMS:

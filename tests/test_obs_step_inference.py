@@ -190,7 +190,7 @@ def test_cpp_checks_name_the_argument():
 # ---- prior=False and bfloat16 weight copies (RSSM.inference_dtype) ------------------------------------------------
 
 # Sizes whose GEMV rows have whole 32-value blocks and a tail, and whose outputs are not a multiple of 4 (the bf16
-# kernel's unroll): img_in reads 47 values, gru 82, obs_out 107; outputs 45, 111, 42.
+# GEMV kernel's unroll): img_in reads 47 values, gru 82, obs_out 107; outputs 45, 111, 42.
 ODD = dict(action_dim=5, embed_dim=70, deter=37, hidden=45, stoch=6, classes=7)
 
 
@@ -242,6 +242,21 @@ def test_bf16_weights_equal_the_rssm_with_rounded_weights(B, unimix, monkeypatch
         assert_states_close(a, b, rtol=1e-5, atol=1e-5)
     # The copies were really used: float32 weights give visibly other states.
     assert (got[0].deter - exact[0].deter).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("B", [1, 6, 7])
+@pytest.mark.parametrize("unimix", [0.0, 0.01])
+def test_f32_odd_sizes_match_reference(B, unimix, monkeypatch):
+    """Float32 weights: up to 6 rows the op's layers are our GEMV kernel (cpu/gemv.h; its 32-value blocks, the rows'
+    tails and the outputs past the last 4-row unroll at these sizes), from 7 rows the GEMM library."""
+    m = odd_model(unimix=unimix)
+    embed, action, is_first, noise = odd_sequence(12, B)
+    expected = rollout(m, "reference", embed, action, is_first, noise)
+    calls = op_calls(monkeypatch)
+    got = rollout(m, "fused", embed, action, is_first, noise)
+    assert len(calls) == 12
+    for a, b in zip(got, expected):
+        assert_states_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_bf16_weight_copies_follow_the_parameters(monkeypatch):

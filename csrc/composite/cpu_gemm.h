@@ -1,5 +1,5 @@
 // Which library runs the fused RSSM ops' small float32 GEMMs on the CPU (observe's per-step GEMMs at B = 16, the
-// acting step's GEMVs at B = 1): MKL or oneDNN, both inside torch.
+// acting step's above 6 rows; below, it is our GEMV kernel, cpu/gemv.h): MKL or oneDNN, both inside torch.
 //
 // Why a choice: neither is the faster on every CPU. On the AMD EPYC (Zen 4) CI machine oneDNN's matmul is ~2x MKL's
 // at these shapes (measured, 2 threads: 16 x 1200 -> 1800 with the weight packed once 0.37 ms against MKL's packed

@@ -18,7 +18,7 @@
 //
 // Weights: in the state's dtype, or bfloat16 copies with a float32 state (RSSM.inference_dtype): at B = 1 the step's
 // time is the bytes of weights it reads. Biases and the LayerNorm stay in the state's dtype; the products accumulate
-// in float32 (on the CPU: cpu/linear_bf16.h; elsewhere a float32 GEMM of the widened copy).
+// in float32 (on the CPU: cpu/gemv.h; elsewhere a float32 GEMM of the widened copy).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
@@ -29,7 +29,7 @@
 #include <string>
 
 #include "../check.h"
-#include "../cpu/linear_bf16.h"
+#include "../cpu/gemv.h"
 #include "cpu_gemm.h"
 
 namespace dreamer_fast::obs_step_inference {
@@ -154,17 +154,24 @@ bool needs_reset(const Tensor& keep) {
   return !keep.is_cpu() || keep.eq(0).any().item<bool>();
 }
 
+// Up to this many rows a float32 layer on the CPU is our GEMV kernel (cpu/gemv.h), whatever set_cpu_gemm says: the
+// acting step's B is 1 (or a few environments). On the AMD EPYC Zen 5 machine the whole Atari step took 0.21 ms
+// against oneDNN's 0.46 at B = 1, 0.60 against 0.69 ms at B = 5, and the two were equal at B = 8
+// (docs/PERFORMANCE.md, ninth session). Above it, the GEMM library.
+constexpr int64_t kGemvMaxRows = 6;
+
 // b + x W^T in x's dtype; W in x's dtype, or bfloat16 with a float32 x.
-// Same dtype on the CPU: oneDNN's matmul where cpu_gemm.h selects it (at B = 1 on the AMD EPYC machine ~2x addmm's
-// MKL GEMV: 1 x 1200 -> 1800 in 0.09 against 0.15 ms).
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
+  const bool cpu_f32 = x.is_cpu() && x.scalar_type() == at::kFloat;
+  if (cpu_f32 && (w.scalar_type() == at::kBFloat16 || x.size(0) <= kGemvMaxRows)) {
+    return cpu::linear_gemv(x.contiguous(), w.contiguous(), b.contiguous());
+  }
   if (w.scalar_type() == x.scalar_type()) {
-    if (x.is_cpu() && x.scalar_type() == at::kFloat && cpu_gemm::selected() == cpu_gemm::Library::kOnednn) {
+    if (cpu_f32 && cpu_gemm::selected() == cpu_gemm::Library::kOnednn) {
       return cpu_gemm::onednn_linear(x.contiguous(), w.contiguous(), b.contiguous());
     }
     return at::addmm(b, x, w.t());
   }
-  if (x.is_cpu()) return cpu::linear_bf16_weight(x.contiguous(), w.contiguous(), b.contiguous());
   // Elsewhere (CUDA) the copy is widened at each call: the same function as on the CPU (rounded weights, x and the
   // sums in float32), without the CPU's saving; a GPU's B = 1 step is bound by its launches, not its bytes.
   return at::addmm(b, x, w.to(x.scalar_type()).t());

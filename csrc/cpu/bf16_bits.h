@@ -1,5 +1,5 @@
 // bfloat16 <-> float32 with integer operations only (they vectorise inside the CPU kernels' loops, where converting
-// through c10::BFloat16 does not): the CPU kernels that read or write bfloat16 (elu.cpp, linear_bf16.cpp).
+// through c10::BFloat16 does not): the CPU kernels that read or write bfloat16 (elu.cpp, gemv.cpp).
 #pragma once
 
 #include <cstdint>

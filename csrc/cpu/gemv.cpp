@@ -1,8 +1,9 @@
-// See linear_bf16.h. Four weight rows at a time: each is widened to float32 with integer shifts and masks 32 values
-// at a time (widen_pairs) and multiplied with x's row into its own 16-wide float32 accumulator (GCC vector types,
-// cloned for AVX-512 and AVX2 by clones.h), which is then summed as a tree. For B > 1 the weight rows are read again
-// per row of x (from cache: the rows of a task are a few hundred KB at most; B is 1 when acting).
-#include "linear_bf16.h"
+// See gemv.h. Four weight rows at a time, 32 weights of each per step, multiplied with x's row into the row's own
+// 16-wide float32 accumulator (GCC vector types, cloned for AVX-512 and AVX2 by clones.h), which is then summed as a
+// tree. bfloat16 weights are widened to float32 with integer shifts and masks (widen_pairs), which gives the even-
+// and odd-indexed weights of a block: x's row is permuted to match once per call (split_pairs). For B > 1 the weight
+// rows are read again per row of x (from cache: the rows of a task are a few hundred KB at most; B is 1 when acting).
+#include "gemv.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -40,6 +41,19 @@ using U32x16 = uint32_t __attribute__((vector_size(kWidth * sizeof(uint32_t))));
   return v;
 }
 
+// A block of 32 weights as two float32 vectors, matched with x's row as passed to dot_rows: bfloat16 weights as
+// widen_pairs splits them (x through split_pairs), float32 weights as they lie (x as it is).
+[[gnu::always_inline]] inline void load_block(const uint16_t* w, F32x16& first, F32x16& second) {
+  widen_pairs(w, first, second);
+}
+[[gnu::always_inline]] inline void load_block(const float* w, F32x16& first, F32x16& second) {
+  first = load(w);
+  second = load(w + 16);
+}
+
+[[gnu::always_inline]] inline float to_float(uint16_t w) { return bf16_to_float(w); }
+[[gnu::always_inline]] inline float to_float(float w) { return w; }
+
 // The lanes' sum as a tree (halving the vector): 4 dependent adds instead of 16.
 [[gnu::always_inline]] inline float hsum(F32x16 v) {
   using F32x8 = float __attribute__((vector_size(8 * sizeof(float))));
@@ -56,7 +70,8 @@ using U32x16 = uint32_t __attribute__((vector_size(kWidth * sizeof(uint32_t))));
 }
 
 constexpr int kRows = 4;         // weight rows in flight: independent FMA chains that share each load of x
-constexpr int kBlock = 2 * kWidth;  // weights per step of a row: one 64-byte load
+constexpr int kBlock = 2 * kWidth;  // weights per step of a row: 64 bytes of bfloat16, 128 of float32
+constexpr int kPrefetchBytes = 512;
 
 // x's row with every block of 32 values split into its 16 even- and 16 odd-indexed values (as widen_pairs gives the
 // weights); the tail past the last whole block stays as it is.
@@ -70,61 +85,67 @@ void split_pairs(const float* x, int64_t K, float* out) {
   for (int64_t k = whole; k < K; ++k) out[k] = x[k];
 }
 
-// Outputs [n0, n0 + R) of one row of x (xs: that row through split_pairs).
-template <int R>
-[[gnu::always_inline]] inline void dot_rows(const float* __restrict__ xs, const uint16_t* __restrict__ w, int64_t K,
+// Outputs [n0, n0 + R) of one row of x (xs: that row, through split_pairs for bfloat16 weights).
+template <int R, typename W>
+[[gnu::always_inline]] inline void dot_rows(const float* __restrict__ xs, const W* __restrict__ w, int64_t K,
                                            int64_t n0, const float* __restrict__ bias, float* __restrict__ yr) {
   F32x16 acc[R] = {};
   int64_t k = 0;
   for (; k + kBlock <= K; k += kBlock) {
     const F32x16 xe = load(xs + k), xo = load(xs + k + kWidth);
     for (int r = 0; r < R; ++r) {
-      const uint16_t* wk = w + (n0 + r) * K + k;
+      const W* wk = w + (n0 + r) * K + k;
       // Four streams at once defeat the hardware prefetcher somewhat: 512 bytes ahead measured 0.47 -> 0.41 ms for
-      // the acting step's six GEMVs on one core (a read-only pass over the same bytes: 0.38 ms). A prefetch past the
-      // end of the weights is harmless (it never faults).
-      __builtin_prefetch(wk + 256);
-      F32x16 we, wo;
-      widen_pairs(wk, we, wo);
-      acc[r] += we * xe + wo * xo;
+      // the acting step's six bfloat16 GEMVs on one core (a read-only pass over the same bytes: 0.38 ms). A prefetch
+      // past the end of the weights is harmless (it never faults).
+      __builtin_prefetch(reinterpret_cast<const char*>(wk) + kPrefetchBytes);
+      F32x16 w0, w1;
+      load_block(wk, w0, w1);
+      acc[r] += w0 * xe + w1 * xo;
     }
   }
   for (int r = 0; r < R; ++r) {
     float sum = hsum(acc[r]);
-    const uint16_t* wr = w + (n0 + r) * K;
-    for (int64_t j = k; j < K; ++j) sum += bf16_to_float(wr[j]) * xs[j];
+    const W* wr = w + (n0 + r) * K;
+    for (int64_t j = k; j < K; ++j) sum += to_float(wr[j]) * xs[j];
     yr[n0 + r] = bias[n0 + r] + sum;
   }
 }
 
-// Outputs [n0, n1) of every row of x (xs: x's rows through split_pairs, [B, K]).
-DF_CPU_CLONES void rows(const float* __restrict__ xs, int64_t B, const uint16_t* __restrict__ w, int64_t K,
+// Outputs [n0, n1) of every row of x (xs: x's rows, `ldx` apart, through split_pairs for bfloat16 weights).
+template <typename W>
+DF_CPU_CLONES void rows(const float* __restrict__ xs, int64_t ldx, int64_t B, const W* __restrict__ w, int64_t K,
                         const float* __restrict__ bias, float* __restrict__ y, int64_t N, int64_t n0, int64_t n1) {
-  for (int64_t b = 0; b < B; ++b) {
-    const float* xr = xs + b * K;
-    float* yr = y + b * N;
-    int64_t n = n0;
-    for (; n + kRows <= n1; n += kRows) dot_rows<kRows>(xr, w, K, n, bias, yr);
-    for (; n < n1; ++n) dot_rows<1>(xr, w, K, n, bias, yr);
-  }
+  // Every row of x against one block of weight rows before the next block: the block is read from memory once and
+  // from L1/L2 for the other rows of x.
+  int64_t n = n0;
+  for (; n + kRows <= n1; n += kRows)
+    for (int64_t b = 0; b < B; ++b) dot_rows<kRows>(xs + b * ldx, w, K, n, bias, y + b * N);
+  for (; n < n1; ++n)
+    for (int64_t b = 0; b < B; ++b) dot_rows<1>(xs + b * ldx, w, K, n, bias, y + b * N);
 }
 
 }  // namespace
 
-at::Tensor linear_bf16_weight(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
+at::Tensor linear_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
   const int64_t B = x.size(0), K = x.size(1), N = w.size(0);
   at::Tensor y = at::empty({B, N}, x.options());
   if (B == 0 || N == 0) return y;
   const float* xp = x.const_data_ptr<float>();
-  const auto* wp = reinterpret_cast<const uint16_t*>(w.const_data_ptr<at::BFloat16>());
   const float* bp = bias.const_data_ptr<float>();
   float* yp = y.mutable_data_ptr<float>();
+  // A task reads at least ~64 KB of weights: below that a thread's start costs more than the rows save.
+  const int64_t grain = std::max<int64_t>(kRows, (int64_t{1} << 15) / std::max<int64_t>(K, 1));
+  if (w.scalar_type() == at::kFloat) {
+    const float* wp = w.const_data_ptr<float>();
+    at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) { rows(xp, x.stride(0), B, wp, K, bp, yp, N, n0, n1); });
+    return y;
+  }
+  const auto* wp = reinterpret_cast<const uint16_t*>(w.const_data_ptr<at::BFloat16>());
   at::Tensor xs = at::empty({B, K}, x.options());
   float* xsp = xs.mutable_data_ptr<float>();
   for (int64_t b = 0; b < B; ++b) split_pairs(xp + b * x.stride(0), K, xsp + b * K);
-  // A task reads at least ~64 KB of weights: below that a thread's start costs more than the rows save.
-  const int64_t grain = std::max<int64_t>(kRows, (int64_t{1} << 15) / std::max<int64_t>(K, 1));
-  at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) { rows(xsp, B, wp, K, bp, yp, N, n0, n1); });
+  at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) { rows(xsp, K, B, wp, K, bp, yp, N, n0, n1); });
   return y;
 }
 

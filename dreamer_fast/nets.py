@@ -33,20 +33,30 @@ def init_keras_(module: nn.Module) -> nn.Module:
 def conv2d_as_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, stride)`` (no padding) as one GEMM over the input's patches.
 
-    The patches are a strided view of ``x`` in channels-last order, copied once into ``[N·Ho·Wo, k·k·C]``; worth it
-    when the output map is small (few patches), where oneDNN's float32 conv is slow. ``x [N, C, H, W]``,
-    ``weight [Co, C, k, k]`` -> ``[N, Co, Ho, Wo]`` (a channels-last view).
+    The patches are a strided view of ``x``, copied once into ``[N·Ho·Wo, k·k·C]``; worth it when the output map is
+    small (few patches), where oneDNN's float32 conv is slow. ``x [N, C, H, W]``, ``weight [Co, C, k, k]`` ->
+    ``[N, Co, Ho, Wo]`` (a channels-last view).
+
+    The GEMM needs the patches' values in the weight's order. Many patches (training, N = 800): the patches in
+    channels-last order (contiguous runs of C values) and the weight permuted to match. Fewer patch rows than output
+    channels (acting, N = 1): the patches in the weight's own (C, kh, kw) order, so the weight is a free view; at
+    B = 1 permuting DreamerV2's last encoder weight (4.7 MB) each call was 0.6 of the layer's 0.8 ms
+    (docs/PERFORMANCE.md, ninth session). At N = 800 that order's gather measured ~4% slower, hence both.
     """
     n, c, h, w = x.shape
     c_out, _, k, _ = weight.shape
     ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
-    xh = x.permute(0, 2, 3, 1).contiguous()
-    s_n, s_h, s_w, s_c = xh.stride()
-    patches = xh.as_strided((n, ho, wo, k, k, c), (s_n, stride * s_h, stride * s_w, s_h, s_w, s_c))
-    # The weight as [Co, (kh, kw, C)], read transposed by the GEMM. (Permuting it straight to [(kh, kw, C), Co]
-    # is a copy ~20x slower: it transposes the whole tensor, 10 ms for DreamerV2's last encoder layer, which was
-    # most of the time of an acting step at B = 1.)
-    wmat = weight.permute(0, 2, 3, 1).reshape(c_out, k * k * c)
+    if n * ho * wo < c_out:
+        s_n, s_c, s_h, s_w = x.stride()
+        patches = x.as_strided((n, ho, wo, c, k, k), (s_n, stride * s_h, stride * s_w, s_c, s_h, s_w))
+        wmat = weight.reshape(c_out, c * k * k)
+    else:
+        xh = x.permute(0, 2, 3, 1).contiguous()
+        s_n, s_h, s_w, s_c = xh.stride()
+        patches = xh.as_strided((n, ho, wo, k, k, c), (s_n, stride * s_h, stride * s_w, s_h, s_w, s_c))
+        # The weight as [Co, (kh, kw, C)], read transposed by the GEMM. (Permuting it straight to [(kh, kw, C), Co]
+        # is a copy ~20x slower: it transposes the whole tensor, 10 ms for DreamerV2's last encoder layer.)
+        wmat = weight.permute(0, 2, 3, 1).reshape(c_out, k * k * c)
     patches = patches.reshape(n * ho * wo, k * k * c)
     y = torch.addmm(bias, patches, wmat.t()) if bias is not None else patches @ wmat.t()
     return y.view(n, ho, wo, c_out).permute(0, 3, 1, 2)

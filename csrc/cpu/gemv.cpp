@@ -1,8 +1,8 @@
 // See gemv.h. Four weight rows at a time, 32 weights of each per step, multiplied with x's row into the row's own
 // 16-wide float32 accumulator (GCC vector types, cloned for AVX-512 and AVX2 by clones.h), which is then summed as a
 // tree. bfloat16 weights are widened to float32 with integer shifts and masks (widen_pairs), which gives the even-
-// and odd-indexed weights of a block: x's row is permuted to match once per call (split_pairs). For B > 1 the weight
-// rows are read again per row of x (from cache: the rows of a task are a few hundred KB at most; B is 1 when acting).
+// and odd-indexed weights of a block: x's row is permuted to match once per call (split_pairs). For B > 1 each block
+// of weight rows meets every row of x in turn (from L1 after the first), so the weights are read once per call.
 #include "gemv.h"
 
 #include <ATen/Parallel.h>
@@ -48,7 +48,7 @@ using U32x16 = uint32_t __attribute__((vector_size(kWidth * sizeof(uint32_t))));
 }
 [[gnu::always_inline]] inline void load_block(const float* w, F32x16& first, F32x16& second) {
   first = load(w);
-  second = load(w + 16);
+  second = load(w + kWidth);
 }
 
 [[gnu::always_inline]] inline float to_float(uint16_t w) { return bf16_to_float(w); }

@@ -93,13 +93,14 @@ def interleaved_ratio():
     time of the case is that of one pair. Under --benchmark-disable it runs one round (a smoke test)."""
 
     def measure(benchmark, name: str, a: Callable, b: Callable, rounds: int) -> None:
+        runs = {"a": a, "b": b}
         times: dict[str, list[float]] = {"a": [], "b": []}
 
         def pair():
             order = ("a", "b") if len(times["a"]) % 2 == 0 else ("b", "a")
             for key in order:
                 t0 = time.perf_counter()
-                (a if key == "a" else b)()
+                runs[key]()
                 times[key].append(time.perf_counter() - t0)
 
         benchmark.pedantic(pair, rounds=rounds, iterations=1)

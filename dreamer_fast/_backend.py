@@ -85,8 +85,8 @@ def set_cpu_gemm(mode: str) -> str:
     and the acting step's above 6 rows (up to 6, e.g. B = 1, its float32 layers are our own GEMV kernel).
     ``"auto"`` (the default, or ``$DREAMER_FAST_CPU_GEMM``) is oneDNN on CPUs whose vendor is not Intel and MKL on
     Intel ones: measured on an AMD EPYC (Zen 4), oneDNN's matmul is ~2x MKL's at 16 x 1200 -> 1800 (observe T=50
-    B=16 forward+backward 340 -> 212 ms); MKL's packed GEMM is what was measured on the Intel (AMX) machine. ``"mkl"`` / ``"onednn"`` force one. Process-wide; the results differ only by summation
-    order (both float32).
+    B=16 forward+backward 340 -> 212 ms); MKL's packed GEMM is what was measured on the Intel (AMX) machine.
+    ``"mkl"`` / ``"onednn"`` force one. Process-wide; the results differ only by summation order (both float32).
     """
     if mode not in CPU_GEMMS:
         raise ValueError(f"set_cpu_gemm: `mode` must be one of {CPU_GEMMS}, got {mode!r}")

@@ -33,6 +33,10 @@ void define_schemas(torch::Library& m) {
   // ELU with alpha = 1, any shape; the backward reads the output only (dx = grad (out + 1) where out <= 0).
   m.def("elu(Tensor x) -> Tensor");
   m.def("elu_backward(Tensor grad, Tensor out) -> Tensor");
+  // y = x weight^T (+ bias): x [M, K], weight [N, K] (row- or column-major views), bias [N]; a composite op
+  // (csrc/composite/linear.cpp) whose CPU float32 product runs in the library of cpu_gemm.h. Its backward is this op
+  // on transposed views.
+  m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   // The whole-sequence RSSM observe (recurrence in csrc/observe_sequence.h): act_proj/emb_proj [T, B, H] are the
   // time-independent parts of img_in/obs_out (biases included), keep [T, B] is 1 - is_first, stoch0 [B, S, K];
   // `seeds` [T] (int64, CPU) are the sampler's per-step Philox seeds, used where `noise` [T, B, S] is None;

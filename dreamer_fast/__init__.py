@@ -7,6 +7,8 @@ Ops (time-major ``[T, B, ...]``; each has a plain-PyTorch twin ``*_ref`` in :mod
 - :func:`straight_through_categorical` — one-hot sample with straight-through gradient, and probs, ``[..., K]``.
 - :func:`ln_gru` — DreamerV2's LayerNorm-GRU update ``[B, 3D], [B, D] -> [B, D]``.
 - :func:`elu` — ELU (alpha 1), any shape, with a backward from its output (the networks' activation).
+- :func:`linear` — ``x [..., K] @ weight[N, K]^T + bias``, the networks' Linear layers (oneDNN for float32 on CPUs
+  that are not Intel, where torch's GEMMs run MKL's AVX2 paths).
 
 Modules: :class:`RSSM` (DreamerV2's recurrent state-space model, drop-in) and its state :class:`RSSMState`.
 
@@ -19,12 +21,14 @@ from dreamer_fast._memory import keep_freed_memory
 from dreamer_fast.ops.elu import elu
 from dreamer_fast.ops.kl_balance import kl_balance
 from dreamer_fast.ops.lambda_return import lambda_return
+from dreamer_fast.ops.linear import linear
 from dreamer_fast.ops.ln_gru import ln_gru
 from dreamer_fast.ops.straight_through_categorical import straight_through_categorical
 from dreamer_fast.reference import (
     elu_ref,
     kl_balance_ref,
     lambda_return_ref,
+    linear_ref,
     ln_gru_ref,
     straight_through_categorical_ref,
 )
@@ -46,6 +50,8 @@ __all__ = [
     "kl_balance_ref",
     "lambda_return",
     "lambda_return_ref",
+    "linear",
+    "linear_ref",
     "ln_gru",
     "ln_gru_ref",
     "set_cpu_gemm",

@@ -17,6 +17,7 @@ from torch import nn
 
 from dreamer_fast import _backend
 from dreamer_fast.ops.elu import elu
+from dreamer_fast.ops.linear import linear
 from dreamer_fast.ops.straight_through_categorical import straight_through_categorical
 
 
@@ -30,7 +31,9 @@ def init_keras_(module: nn.Module) -> nn.Module:
     return module
 
 
-def conv2d_as_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int) -> torch.Tensor:
+def conv2d_as_gemm(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, backend: str | None = None
+) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, stride)`` (no padding) as one GEMM over the input's patches.
 
     The patches are a strided view of ``x``, copied once into ``[N·Ho·Wo, k·k·C]``; worth it when the output map is
@@ -58,8 +61,21 @@ def conv2d_as_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         # is a copy ~20x slower: it transposes the whole tensor, 10 ms for DreamerV2's last encoder layer.)
         wmat = weight.permute(0, 2, 3, 1).reshape(c_out, k * k * c)
     patches = patches.reshape(n * ho * wo, k * k * c)
-    y = torch.addmm(bias, patches, wmat.t()) if bias is not None else patches @ wmat.t()
+    y = linear(patches, wmat, bias, backend=backend)
     return y.view(n, ho, wo, c_out).permute(0, 3, 1, 2)
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` whose product is the fused :func:`dreamer_fast.ops.linear.linear` (oneDNN for float32 on CPUs
+    that are not Intel, our GEMV at a few rows), ``F.linear`` on the reference backend or under autocast. Same
+    parameters and state dict as ``nn.Linear``. ``[..., in_features] -> [..., out_features]``."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, backend: str | None = None) -> None:
+        super().__init__(in_features, out_features, bias)
+        self.backend = backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias, backend=self.backend)
 
 
 class ELU(nn.Module):
@@ -88,9 +104,9 @@ class MLP(nn.Module):
         mods: list[nn.Module] = []
         dim = in_dim
         for _ in range(layers):
-            mods += [nn.Linear(dim, units), ELU(backend)]
+            mods += [Linear(dim, units, backend=backend), ELU(backend)]
             dim = units
-        mods.append(nn.Linear(dim, out_dim))
+        mods.append(Linear(dim, out_dim, backend=backend))
         self.net = nn.Sequential(*mods)
         self.in_dim, self.out_dim = in_dim, out_dim
         init_keras_(self)
@@ -114,6 +130,7 @@ class ConvEncoder(nn.Module):
             channels, size = mult * depth, (size - 4) // 2 + 1
         self.net = nn.Sequential(*mods)
         self.out_dim = channels * size * size
+        self.backend = backend
         init_keras_(self)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -121,7 +138,7 @@ class ConvEncoder(nn.Module):
         x = self.net[:-2](image.reshape(-1, *image.shape[-3:]))
         # The last conv (6x6 -> 2x2 at 64x64 inputs) runs as one GEMM over its 4 patches per image: ~2x faster
         # forward+backward than oneDNN's conv in float32 on CPU at these shapes; same parameters, same maths.
-        x = self.net[-1](conv2d_as_gemm(x, self.net[-2].weight, self.net[-2].bias, stride=2))
+        x = self.net[-1](conv2d_as_gemm(x, self.net[-2].weight, self.net[-2].bias, stride=2, backend=self.backend))
         return x.reshape(*lead, self.out_dim)
 
     def forward_plain(self, image: torch.Tensor) -> torch.Tensor:
@@ -140,8 +157,8 @@ class ConvDecoder(nn.Module):
 
     def __init__(self, feat_size: int, out_channels: int, depth: int = 48, backend: str | None = None) -> None:
         super().__init__()
-        self.depth, self.out_channels = depth, out_channels
-        self.linear = nn.Linear(feat_size, 32 * depth)
+        self.depth, self.out_channels, self.backend = depth, out_channels, backend
+        self.linear = Linear(feat_size, 32 * depth, backend=backend)
         chans = [32 * depth, 4 * depth, 2 * depth, depth, out_channels]
         mods: list[nn.Module] = []
         for i, kernel in enumerate((5, 5, 6, 6)):
@@ -159,7 +176,8 @@ class ConvDecoder(nn.Module):
         # (0.92 s vs 0.11 s fwd+bwd over 800 frames, docs/PERFORMANCE.md); same parameters, same maths.
         first = self.net[0]
         c_in, c_out, k, _ = first.weight.shape
-        x = torch.addmm(first.bias.repeat_interleave(k * k), x, first.weight.reshape(c_in, c_out * k * k))
+        x = linear(x, first.weight.reshape(c_in, c_out * k * k).t(), first.bias.repeat_interleave(k * k),
+                   backend=self.backend)
         x = self.net[1:](x.view(-1, c_out, k, k))  # 5 -> 13 -> 30 -> 64
         return x.reshape(*lead, *x.shape[1:])
 
@@ -179,7 +197,7 @@ class MLPEncoder(nn.Module):
         mods: list[nn.Module] = []
         dim = in_dim
         for _ in range(max(layers, 1)):
-            mods += [nn.Linear(dim, units), ELU(backend)]
+            mods += [Linear(dim, units, backend=backend), ELU(backend)]
             dim = units
         self.net = nn.Sequential(*mods)
         self.out_dim = units

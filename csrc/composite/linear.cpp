@@ -1,0 +1,80 @@
+// dreamer_fast::linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor: y = x weight^T (+ bias), the GEMM of every
+// Linear layer of the agent (MLPs, heads, the decoder's first layers, imagination's RSSM layers).
+//
+// Why an op: on the CPU, torch's float32 addmm/mm run MKL, and MKL on a CPU whose vendor is not Intel takes its AVX2
+// paths. On the AMD EPYC Zen 5 machine (full-width AVX-512) that is ~210 GFLOP/s at every training shape of the
+// Atari agent, where oneDNN's matmul reaches ~480 (tenth session, docs/PERFORMANCE.md). So on the CPU the float32
+// product runs where cpu_gemm.h says (oneDNN on CPUs that are not Intel, MKL on Intel); with at most kGemvMaxRows
+// rows (acting) it is our GEMV kernel (cpu/gemv.h). Everything else (float64, half types, CUDA, empty sizes) is ATen's
+// addmm, the same function.
+//
+// x [M, K] and weight [N, K] may be row- or column-major views: the backward passes transposed views (dx = linear(dy,
+// weight^T), dweight = linear(dy^T, x^T)), which oneDNN reads as they lie (measured faster than copying them first).
+// Other strides are copied to a contiguous layout first. bias [N] contiguous. Returns y [M, N] contiguous.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "../check.h"
+#include "../cpu/gemv.h"
+#include "cpu_gemm.h"
+
+namespace dreamer_fast::linear_op {
+namespace {
+
+constexpr const char* kOp = "linear";
+
+// Up to this many rows of float32 on the CPU: our GEMV (the acting step's actor at B = 1, like obs_step_inference's
+// layers). Above, the GEMM library.
+constexpr int64_t kGemvMaxRows = 6;
+
+using Tensor = at::Tensor;
+using OptTensor = std::optional<at::Tensor>;
+
+void check_args(const Tensor& x, const Tensor& weight, const OptTensor& bias) {
+  TORCH_CHECK(x.defined() && x.dim() == 2, kOp, ": `x` must be [M, K], got ", x.defined() ? x.sizes() : at::IntArrayRef{});
+  TORCH_CHECK(weight.defined() && weight.dim() == 2, kOp, ": `weight` must be [N, K], got ",
+              weight.defined() ? weight.sizes() : at::IntArrayRef{});
+  check_float(kOp, "x", x, /*allow_half=*/true);
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), kOp, ": `weight` must have the dtype of `x` (",
+              x.scalar_type(), "), got ", weight.scalar_type());
+  TORCH_CHECK(weight.device() == x.device(), kOp, ": `weight` must be on the device of `x` (", x.device(), "), got ",
+              weight.device());
+  TORCH_CHECK(weight.size(1) == x.size(1), kOp, ": `weight` must be [N, K] with K = x.size(1) = ", x.size(1),
+              ", got ", weight.sizes());
+  if (bias) {
+    check_same(kOp, "bias", *bias, x, "x");
+    check_shape(kOp, "bias", *bias, {weight.size(0)});
+  }
+}
+
+// A row- or column-major matrix with canonical strides (a size-1 dim may carry any stride in torch, and oneDNN derives
+// the layout from the strides); anything else, copied row-major.
+Tensor plain(const Tensor& m) {
+  if (m.is_contiguous()) return m.as_strided(m.sizes(), {m.size(1), 1});
+  if (m.t().is_contiguous()) return m.as_strided(m.sizes(), {1, m.size(0)});
+  return m.contiguous();
+}
+
+Tensor kernel(const Tensor& x, const Tensor& weight, const OptTensor& bias) {
+  check_args(x, weight, bias);
+  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
+  if (x.is_cpu() && x.scalar_type() == at::kFloat && M > 0 && N > 0 && K > 0) {
+    if (M <= kGemvMaxRows && weight.is_contiguous() && x.stride(1) == 1) {
+      return cpu::linear_gemv(x, weight, bias ? *bias : at::zeros({N}, x.options()));
+    }
+    if (cpu_gemm::selected() == cpu_gemm::Library::kOnednn) {
+      return cpu_gemm::onednn_linear(plain(x), plain(weight), bias);
+    }
+  }
+  return bias ? at::addmm(*bias, x, weight.t()) : at::mm(x, weight.t());
+}
+
+}  // namespace
+}  // namespace dreamer_fast::linear_op
+
+TORCH_LIBRARY_IMPL(dreamer_fast, CPU, m) { m.impl("linear", &dreamer_fast::linear_op::kernel); }
+// No CUDA kernel of its own (on CUDA it is ATen's addmm, cuBLAS), so the emulated library runs the same composite.
+TORCH_LIBRARY_IMPL(dreamer_fast_emu, CPU, m) { m.impl("linear", &dreamer_fast::linear_op::kernel); }
+#ifdef DREAMER_FAST_WITH_CUDA
+TORCH_LIBRARY_IMPL(dreamer_fast, CUDA, m) { m.impl("linear", &dreamer_fast::linear_op::kernel); }
+#endif

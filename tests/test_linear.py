@@ -1,0 +1,214 @@
+"""The fused linear op against its reference F.linear: values and gradients on every route through the kernel (our
+GEMV at <= 6 rows, oneDNN or MKL above, ATen for float64), strided views, gradcheck, opcheck, torch.compile, autocast,
+empty sizes, bad inputs, and the networks' Linear layer."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tol
+
+import dreamer_fast as df
+from dreamer_fast import nets
+from dreamer_fast.ops.linear import linear
+from dreamer_fast.reference.linear import linear_ref
+
+pytestmark = pytest.mark.skipif(not df.has_kernel("linear", "cpu"), reason="the compiled extension is not loaded")
+
+GEMMS = ["mkl", "onednn"] if df.extension_loaded() else []
+
+
+@contextlib.contextmanager
+def cpu_gemm(mode: str):
+    previous = df.set_cpu_gemm(mode)
+    try:
+        yield
+    finally:
+        df.set_cpu_gemm(previous)
+
+
+def make(shape, device, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype).requires_grad_()
+
+
+def close(got, want):
+    """Fused vs reference: the two sum in different orders, so the tolerance scales with the values (a dW summed
+    over 800 rows is ~30 here); a dropped row or a wrong tail is off by O(1)."""
+    t = tol(want.dtype)
+    scale = max(1.0, want.abs().max().item()) if want.numel() else 1.0
+    torch.testing.assert_close(got, want, rtol=t["rtol"], atol=t["atol"] * scale)
+
+
+def check_against_reference(x, w, b):
+    """Forward and the gradients of all three inputs, fused vs reference, on the same upstream gradient."""
+    leaves = [t for t in (x, w, b) if t is not None]
+    y, y_ref = linear(x, w, b, backend="fused"), linear_ref(x, w, b)
+    assert y.shape == y_ref.shape and y.dtype == y_ref.dtype
+    close(y, y_ref)
+    g = torch.randn_like(y)
+    for got, want in zip(torch.autograd.grad(y, leaves, g), torch.autograd.grad(y_ref, leaves, g)):
+        close(got, want)
+
+
+# Rows 1 and 6: our GEMV; 7 and 800: the GEMM library. Odd sizes give the GEMV's block tails.
+@pytest.mark.parametrize("gemm", GEMMS)
+@pytest.mark.parametrize("M,K,N", [(1, 33, 17), (6, 70, 41), (7, 33, 17), (800, 130, 67)])
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+def test_values_and_grads_match_reference(gemm, M, K, N, with_bias, device, dtype):
+    with cpu_gemm(gemm):
+        check_against_reference(make((M, K), device, dtype, 0), make((N, K), device, dtype, 1),
+                                make((N,), device, dtype, 2) if with_bias else None)
+
+
+def test_leading_dims(device, dtype):
+    check_against_reference(make((5, 4, 3, 24), device, dtype, 0), make((9, 24), device, dtype, 1),
+                            make((9,), device, dtype, 2))
+    check_against_reference(make((24,), device, dtype, 3), make((9, 24), device, dtype, 1), None)  # x [K] -> [N]
+
+
+@pytest.mark.parametrize("gemm", GEMMS)
+@pytest.mark.parametrize("M", [3, 50])
+def test_strided_views(gemm, M, dtype):
+    """Transposed x and weight (what the backward passes), a reshaped-and-transposed conv weight (the decoder's first
+    layer), a column-strided x (copied first) and size-1 dims with odd strides."""
+    with cpu_gemm(gemm):
+        x_t = make((37, M), "cpu", dtype, 0)
+        w_t = make((37, 11), "cpu", dtype, 1)
+        check_against_reference(x_t.t(), w_t.t(), None)
+        conv_w = make((37, 3, 2, 2), "cpu", dtype, 2)
+        check_against_reference(x_t.t(), conv_w.reshape(37, 12).t(), make((12,), "cpu", dtype, 3))
+        wide = make((M, 74), "cpu", dtype, 4)
+        check_against_reference(wide[:, ::2], make((5, 37), "cpu", dtype, 5), None)
+        row = make((1, 37), "cpu", dtype, 6)
+        odd = row.as_strided((1, 37), (999, 1))  # a size-1 dim's stride is arbitrary in torch
+        check_against_reference(odd, w_t.t(), None)
+
+
+@pytest.mark.parametrize("M", [2, 64])
+def test_onednn_route_is_taken_for_float32(M):
+    """With oneDNN selected, float32 above the GEMV's rows runs mkldnn::_linear_pointwise (forward and both backward
+    products); at <= 6 rows the forward is our GEMV; float64 stays on ATen's mm."""
+    x, w = make((M, 40), "cpu", torch.float32, 0), make((30, 40), "cpu", torch.float32, 1)
+
+    def onednn_calls(x, w):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            y = linear(x, w, backend="fused")
+            torch.autograd.grad(y, (x, w), torch.ones_like(y))
+        return sum(e.count for e in prof.key_averages() if e.key == "mkldnn::_linear_pointwise")
+
+    with cpu_gemm("onednn"):
+        assert onednn_calls(x, w) == (2 if M <= 6 else 3)
+        assert onednn_calls(x.double().detach().requires_grad_(), w.double().detach().requires_grad_()) == 0
+    with cpu_gemm("mkl"):
+        assert onednn_calls(x, w) == 0
+
+
+def test_gradcheck(device):
+    args = (make((5, 7), device, torch.float64, 0), make((4, 7), device, torch.float64, 1),
+            make((4,), device, torch.float64, 2))
+    fn = lambda *a: linear(*a, backend="fused")  # noqa: E731
+    assert torch.autograd.gradcheck(fn, args)
+    assert torch.autograd.gradgradcheck(fn, args)
+
+
+@pytest.mark.parametrize("gemm", GEMMS)
+def test_opcheck(gemm, device):
+    with cpu_gemm(gemm):
+        x, w, b = make((8, 5), device, torch.float32, 0), make((3, 5), device, torch.float32, 1), make((3,), device,
+                                                                                                       torch.float32, 2)
+        torch.library.opcheck(torch.ops.dreamer_fast.linear.default, (x, w, b))
+        views = (make((5, 8), device, torch.float32, 3).t(), make((5, 3), device, torch.float32, 4).t(), None)
+        torch.library.opcheck(torch.ops.dreamer_fast.linear.default, views)  # the backward's transposed operands
+
+
+def test_compile_fullgraph():
+    x, w, b = make((16, 33), "cpu", torch.float32, 0), make((8, 33), "cpu", torch.float32, 1), make((8,), "cpu",
+                                                                                                    torch.float32, 2)
+
+    def loss(*a):
+        return linear(*a, backend="fused").square().mean()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    for got, want in zip(torch.autograd.grad(compiled(x, w, b), (x, w, b)), torch.autograd.grad(loss(x, w, b),
+                                                                                                (x, w, b))):
+        torch.testing.assert_close(got, want)
+
+
+def test_autocast_is_f_linear():
+    """Under autocast the op is F.linear, so autocast picks the dtype (bfloat16 here) as for any Linear layer."""
+    x, w, b = torch.randn(9, 16), torch.randn(5, 16), torch.randn(5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, want = linear(x, w, b, backend="fused"), F.linear(x, w, b)
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y, want)
+
+
+def test_empty_sizes(device):
+    for M, K, N in [(0, 5, 3), (4, 0, 3), (4, 5, 0)]:
+        x, w, b = (make((M, K), device, torch.float32, 0), make((N, K), device, torch.float32, 1),
+                   make((N,), device, torch.float32, 2))
+        y = linear(x, w, b, backend="fused")
+        torch.testing.assert_close(y, F.linear(x, w, b))
+        dx, dw, db = torch.autograd.grad(y.sum(), (x, w, b))
+        assert dx.shape == x.shape and dw.shape == w.shape and db.shape == b.shape
+
+
+def bad(**kw):
+    args = dict(x=torch.randn(4, 6), weight=torch.randn(3, 6), bias=torch.randn(3))
+    args.update(kw)
+    return args
+
+
+BAD = [
+    ("int x", bad(x=torch.ones(4, 6, dtype=torch.long)), TypeError, "`x` must be float32, float64"),
+    ("weight dtype", bad(weight=torch.randn(3, 6, dtype=torch.float64)), TypeError, "`weight` has dtype torch.float64"),
+    ("bias dtype", bad(bias=torch.randn(3, dtype=torch.float64)), TypeError, "`bias` has dtype torch.float64"),
+    ("weight 1-d", bad(weight=torch.randn(6)), ValueError, r"`weight` must be \[N, K\] with K = x.shape\[-1\] = 6"),
+    ("weight K", bad(weight=torch.randn(3, 5)), ValueError, r"`weight` must be \[N, K\] with K = x.shape\[-1\] = 6"),
+    ("bias shape", bad(bias=torch.randn(4)), ValueError, r"`bias` must have shape \[N\] = \[3\]"),
+    ("x 0-d", bad(x=torch.tensor(1.0)), ValueError, "`x` must be"),
+    ("weight device", bad(weight=torch.randn(3, 6, device="meta")), ValueError, "`weight` is on meta"),
+    ("not a tensor", bad(bias=[0.0, 1.0, 2.0]), TypeError, "`bias` must be a torch.Tensor"),
+]
+
+
+@pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
+def test_bad_inputs(case):
+    _, args, exc, match = case
+    with pytest.raises(exc, match=match):
+        linear(args["x"], args["weight"], args["bias"], backend="fused")
+
+
+def test_cpp_checks_name_the_argument():
+    """The C++ kernel checks too (for callers who skip the Python wrapper)."""
+    op = torch.ops.dreamer_fast.linear.default
+    x = torch.randn(4, 6)
+    with pytest.raises(RuntimeError, match=r"`x` must be \[M, K\]"):
+        op(torch.randn(2, 4, 6), torch.randn(3, 6), None)
+    with pytest.raises(RuntimeError, match="`weight` must have the dtype of `x`"):
+        op(x, torch.randn(3, 6, dtype=torch.float64), None)
+    with pytest.raises(RuntimeError, match=r"`weight` must be \[N, K\] with K = x.size\(1\) = 6"):
+        op(x, torch.randn(3, 5), None)
+    with pytest.raises(RuntimeError, match="`bias` must have shape"):
+        op(x, torch.randn(3, 6), torch.randn(2))
+    with pytest.raises(RuntimeError, match="`bias` must be contiguous"):
+        op(x, torch.randn(3, 6), torch.randn(3, 2)[:, 0])
+    with pytest.raises(RuntimeError, match="`x` must be float32"):
+        op(x.int(), torch.randn(3, 6).int(), None)
+
+
+def test_linear_layer(monkeypatch):
+    """nets.Linear: nn.Linear's parameters and state dict; the fused op, or F.linear on the reference backend."""
+    layer = nets.Linear(12, 5, backend="fused")
+    plain = torch.nn.Linear(12, 5)
+    assert layer.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(21, 12, requires_grad=True)
+    assert "dreamer_fast_linear" in str(layer(x).grad_fn)
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), **tol(torch.float32))
+    assert nets.Linear(12, 5, backend="reference")(x).grad_fn.name() == "AddmmBackward0"
+    monkeypatch.setenv("DREAMER_FAST_BACKEND", "reference")
+    assert nets.Linear(12, 5)(x).grad_fn.name() == "AddmmBackward0"

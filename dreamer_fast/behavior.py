@@ -144,16 +144,19 @@ class ActorCritic(nn.Module):
         """
         c = self.config
         dynamics = self.rho != 1.0
+        grad = torch.is_grad_enabled()
         raws: list[torch.Tensor] = []
 
         def policy(feat: torch.Tensor) -> torch.Tensor:
-            raw = self.actor(feat)
+            # The actor keeps its graph even where the rollout has none (REINFORCE): its outputs are the ones the
+            # loss needs, so they are not computed a second time after the rollout (one MLP pass over H·N states).
+            with torch.set_grad_enabled(grad):
+                raw = self.actor(feat)
             raws.append(raw)
-            return self.actor.dist(raw).rsample()
+            return self.actor.dist(raw if dynamics else raw.detach()).rsample()
 
-        # REINFORCE needs no gradient through the imagined states: roll out without a graph and recompute the
-        # actor's outputs afterwards (one MLP pass) rather than keep the RSSM's whole backward graph.
-        with torch.set_grad_enabled(dynamics and torch.is_grad_enabled()):
+        # REINFORCE needs no gradient through the imagined states: roll out without the RSSM's backward graph.
+        with torch.set_grad_enabled(dynamics and grad):
             states, actions = world_model.rssm.imagine(policy, start.detach(), c.horizon, return_actions=True)
             feat = world_model.rssm.get_feat(states)  # [H+1, N, F]
             reward = world_model.reward(feat).squeeze(-1).float()
@@ -163,8 +166,7 @@ class ActorCritic(nn.Module):
             returns = lambda_return(reward[:-1], slow_value[:-1], disc[:-1], slow_value[-1], c.lam,
                                     backend=c.backend)  # [H, N]
         weights = return_weights(disc)[:-1]
-        raw = torch.stack(raws) if dynamics else self.actor(feat[:-1].detach())
-        dist = self.actor.dist(raw)
+        dist = self.actor.dist(torch.stack(raws))
         log_prob = dist.log_prob(actions.detach())
         entropy = dist.entropy()
         scale = self.return_scale(returns)

@@ -54,9 +54,10 @@ def check_against_reference(x, w, b):
         close(got, want)
 
 
-# Rows 1 and 6: our GEMV; 7 and 800: the GEMM library. Odd sizes give the GEMV's block tails.
+# Rows 1 and 6: our GEMV; 7: the GEMM library below oneDNN's sizes; 800 x 290 -> 270: oneDNN where selected. Odd
+# sizes give the GEMV's block tails.
 @pytest.mark.parametrize("gemm", GEMMS)
-@pytest.mark.parametrize("M,K,N", [(1, 33, 17), (6, 70, 41), (7, 33, 17), (800, 130, 67)])
+@pytest.mark.parametrize("M,K,N", [(1, 33, 17), (6, 70, 41), (7, 33, 17), (800, 290, 270)])
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
 def test_values_and_grads_match_reference(gemm, M, K, N, with_bias, device, dtype):
     with cpu_gemm(gemm):
@@ -71,28 +72,29 @@ def test_leading_dims(device, dtype):
 
 
 @pytest.mark.parametrize("gemm", GEMMS)
-@pytest.mark.parametrize("M", [3, 50])
+@pytest.mark.parametrize("M", [3, 80])
 def test_strided_views(gemm, M, dtype):
     """Transposed x and weight (what the backward passes), a reshaped-and-transposed conv weight (the decoder's first
     layer), a column-strided x (copied first) and size-1 dims with odd strides."""
     with cpu_gemm(gemm):
-        x_t = make((37, M), "cpu", dtype, 0)
-        w_t = make((37, 11), "cpu", dtype, 1)
+        x_t = make((300, M), "cpu", dtype, 0)
+        w_t = make((300, 270), "cpu", dtype, 1)
         check_against_reference(x_t.t(), w_t.t(), None)
-        conv_w = make((37, 3, 2, 2), "cpu", dtype, 2)
-        check_against_reference(x_t.t(), conv_w.reshape(37, 12).t(), make((12,), "cpu", dtype, 3))
-        wide = make((M, 74), "cpu", dtype, 4)
-        check_against_reference(wide[:, ::2], make((5, 37), "cpu", dtype, 5), None)
-        row = make((1, 37), "cpu", dtype, 6)
-        odd = row.as_strided((1, 37), (999, 1))  # a size-1 dim's stride is arbitrary in torch
+        conv_w = make((300, 70, 2, 2), "cpu", dtype, 2)
+        check_against_reference(x_t.t(), conv_w.reshape(300, 280).t(), make((280,), "cpu", dtype, 3))
+        wide = make((M, 600), "cpu", dtype, 4)
+        check_against_reference(wide[:, ::2], make((260, 300), "cpu", dtype, 5), None)
+        check_against_reference(wide[:, :300], make((260, 300), "cpu", dtype, 5), None)  # rows padded: copied first
+        row = make((1, 300), "cpu", dtype, 6)
+        odd = row.as_strided((1, 300), (999, 1))  # a size-1 dim's stride is arbitrary in torch
         check_against_reference(odd, w_t.t(), None)
 
 
-@pytest.mark.parametrize("M", [2, 64])
-def test_onednn_route_is_taken_for_float32(M):
-    """With oneDNN selected, float32 above the GEMV's rows runs mkldnn::_linear_pointwise (forward and both backward
-    products); at <= 6 rows the forward is our GEMV; float64 stays on ATen's mm."""
-    x, w = make((M, 40), "cpu", torch.float32, 0), make((30, 40), "cpu", torch.float32, 1)
+@pytest.mark.parametrize("M,N,calls", [(300, 300, 3), (2, 300, 0), (300, 18, 0)])
+def test_onednn_route_is_taken_for_large_float32_products(M, N, calls):
+    """With oneDNN selected, float32 products of at least 64 x 256 x 256 run mkldnn::_linear_pointwise (forward and
+    both backward products); smaller ones (2 rows: our GEMV forward; an 18-wide last layer) and float64 stay on ATen."""
+    x, w = make((M, 300), "cpu", torch.float32, 0), make((N, 300), "cpu", torch.float32, 1)
 
     def onednn_calls(x, w):
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -101,10 +103,23 @@ def test_onednn_route_is_taken_for_float32(M):
         return sum(e.count for e in prof.key_averages() if e.key == "mkldnn::_linear_pointwise")
 
     with cpu_gemm("onednn"):
-        assert onednn_calls(x, w) == (2 if M <= 6 else 3)
+        assert onednn_calls(x, w) == calls
         assert onednn_calls(x.double().detach().requires_grad_(), w.double().detach().requires_grad_()) == 0
     with cpu_gemm("mkl"):
         assert onednn_calls(x, w) == 0
+
+
+@pytest.mark.parametrize("gemm", GEMMS)
+def test_weight_gradient_in_the_weights_layout(gemm):
+    """A column-major weight (the decoder's transposed view of a conv weight) gets a column-major gradient, so the
+    views back to the parameter copy nothing; a row-major one a row-major gradient."""
+    with cpu_gemm(gemm):
+        x = make((300, 280), "cpu", torch.float32, 0)
+        for w in (make((280, 260), "cpu", torch.float32, 1).t(), make((260, 280), "cpu", torch.float32, 2)):
+            y = linear(x, w, backend="fused")
+            (dw,) = torch.autograd.grad(y, w, torch.ones_like(y))
+            assert dw.stride() == w.stride()
+            close(dw, torch.autograd.grad(linear_ref(x, w), w, torch.ones_like(y))[0])
 
 
 def test_gradcheck(device):

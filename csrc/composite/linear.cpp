@@ -3,14 +3,16 @@
 //
 // Why an op: on the CPU, torch's float32 addmm/mm run MKL, and MKL on a CPU whose vendor is not Intel takes its AVX2
 // paths. On the AMD EPYC Zen 5 machine (full-width AVX-512) that is ~210 GFLOP/s at every training shape of the
-// Atari agent, where oneDNN's matmul reaches ~480 (tenth session, docs/PERFORMANCE.md). So on the CPU the float32
-// product runs where cpu_gemm.h says (oneDNN on CPUs that are not Intel, MKL on Intel); with at most kGemvMaxRows
-// rows (acting) it is our GEMV kernel (cpu/gemv.h). Everything else (float64, half types, CUDA, empty sizes) is ATen's
-// addmm, the same function.
+// Atari agent, where oneDNN's matmul reaches ~480 (tenth session, docs/PERFORMANCE.md). So on the CPU a float32
+// product large enough (kOnednnMin*) runs where cpu_gemm.h says (oneDNN on CPUs that are not Intel, MKL on Intel),
+// and one of at most kGemvMaxRows rows (acting) is our GEMV kernel (cpu/gemv.h). Everything else (float64, the half
+// types, CUDA, small or empty products) is ATen's addmm, the same function.
 //
 // x [M, K] and weight [N, K] may be row- or column-major views: the backward passes transposed views (dx = linear(dy,
 // weight^T), dweight = linear(dy^T, x^T)), which oneDNN reads as they lie (measured faster than copying them first).
-// Other strides are copied to a contiguous layout first. bias [N] contiguous. Returns y [M, N] contiguous.
+// Other strides are copied to a contiguous layout first: oneDNN's inner product took 1500x longer with a row-major
+// weight whose rows were padded (stride 1042 for 1024 columns, a column slice) than with its contiguous copy.
+// bias [N] contiguous. Returns y [M, N] contiguous.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -27,11 +29,19 @@ constexpr const char* kOp = "linear";
 // layers). Above, the GEMM library.
 constexpr int64_t kGemvMaxRows = 6;
 
+// oneDNN only for products at least this large (rows, output columns, inner size). A sweep of op / at::mm times on
+// the Zen 5 machine (tenth session, all four row/column-major combinations): from these sizes on oneDNN was faster
+// everywhere (median 0.59x MKL's time); below them it lost in places by 1.1-4x (its fixed cost per call at small
+// products, e.g. 16 x 128 -> 256), and by 2-18x with an output of 1-64 columns from a column-major x (the weight
+// gradient of a critic's or an actor's last layer). The agent's training GEMMs are all above; its last layers are not.
+constexpr int64_t kOnednnMinRows = 64, kOnednnMinCols = 256, kOnednnMinInner = 256;
+
 using Tensor = at::Tensor;
 using OptTensor = std::optional<at::Tensor>;
 
 void check_args(const Tensor& x, const Tensor& weight, const OptTensor& bias) {
-  TORCH_CHECK(x.defined() && x.dim() == 2, kOp, ": `x` must be [M, K], got ", x.defined() ? x.sizes() : at::IntArrayRef{});
+  TORCH_CHECK(x.defined() && x.dim() == 2, kOp, ": `x` must be [M, K], got ",
+              x.defined() ? x.sizes() : at::IntArrayRef{});
   TORCH_CHECK(weight.defined() && weight.dim() == 2, kOp, ": `weight` must be [N, K], got ",
               weight.defined() ? weight.sizes() : at::IntArrayRef{});
   check_float(kOp, "x", x, /*allow_half=*/true);
@@ -62,7 +72,8 @@ Tensor kernel(const Tensor& x, const Tensor& weight, const OptTensor& bias) {
     if (M <= kGemvMaxRows && weight.is_contiguous() && x.stride(1) == 1) {
       return cpu::linear_gemv(x, weight, bias ? *bias : at::zeros({N}, x.options()));
     }
-    if (cpu_gemm::selected() == cpu_gemm::Library::kOnednn) {
+    if (cpu_gemm::selected() == cpu_gemm::Library::kOnednn && M >= kOnednnMinRows && N >= kOnednnMinCols &&
+        K >= kOnednnMinInner) {
       return cpu_gemm::onednn_linear(plain(x), plain(weight), bias);
     }
   }

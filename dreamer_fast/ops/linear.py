@@ -70,12 +70,17 @@ def _register() -> None:
     def setup_context(ctx, inputs, output):
         x, weight, bias = inputs
         ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight if ctx.needs_input_grad[0] else None)
+        ctx.column_major = not weight.is_contiguous() and weight.t().is_contiguous()
 
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         op = torch.ops.dreamer_fast.linear.default
         dx = op(grad, weight.t(), None) if ctx.needs_input_grad[0] else None
-        dw = op(grad.t(), x.t(), None) if ctx.needs_input_grad[1] else None
+        dw = None
+        if ctx.needs_input_grad[1]:
+            # In the weight's own layout: a column-major weight (a transposed view of a parameter, as the decoder's
+            # first layer) gets a column-major gradient, so the views back to the parameter need no copy.
+            dw = op(x.t(), grad.t(), None).t() if ctx.column_major else op(grad.t(), x.t(), None)
         db = grad.sum(0) if ctx.needs_input_grad[2] else None
         return dx, dw, db
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from dreamer_fast.agent import Agent
 from dreamer_fast.config import load_config
@@ -66,3 +67,26 @@ def test_policy_step(benchmark, backend):
         _, state = agent.policy(obs, state)
     action, _ = benchmark(agent.policy, obs, state)
     assert action.shape == (1, ACTIONS)
+
+
+def atari_update(backend: str, warm: bool):
+    """An `atari` train_step on the benchmark batch, run once first if `warm`: `backend` is "fused", "reference" or
+    "fused-bf16"."""
+    config = load_config("atari", {"backend": backend.removesuffix("-bf16"), "bf16": backend.endswith("-bf16")})
+    torch.manual_seed(0)
+    agent = Agent({"image": ((1, 64, 64), np.uint8)}, ActionSpace(True, ACTIONS), config)
+    data = batch(config.batch_length, config.batch_size)
+    if warm:
+        agent.train_step(data)
+    return lambda: agent.train_step(data)
+
+
+@pytest.mark.parametrize("ratio", ["reference/fused", "reference/fused-bf16"])
+def test_train_update_ratio(benchmark, ratio, interleaved_ratio):
+    """Issue 6's target as an interleaved A/B (printed at the end of the run): the `atari` update on the reference
+    backend (float32) over the fused one, float32 or bf16 (the preset's default), timed back to back in every round.
+    The benchmark's own time is that of one pair."""
+    benchmark.group = "agent train_step interleaved ratios (atari preset; time = one A+B pair)"
+    reference, fused = ratio.split("/")
+    warm = not benchmark.disabled
+    interleaved_ratio(benchmark, ratio, atari_update(reference, warm), atari_update(fused, warm), rounds=4)

@@ -126,6 +126,21 @@ def test_compile_fullgraph():
     torch.testing.assert_close(torch.autograd.grad(compiled(x), x)[0], torch.autograd.grad(loss(x), x)[0])
 
 
+def test_dense_layouts_are_kept(device, dtype):
+    """A channels-last (or any permuted dense) input is computed in place of its layout: same values and gradients as
+    F.elu, the output and the input gradient with the input's strides."""
+    for x in (sample((3, 5, 4, 6), device, dtype).to(memory_format=torch.channels_last),
+              sample((4, 7, 5), device, dtype).permute(2, 0, 1)):
+        x = x.detach().requires_grad_()
+        y = df.elu(x, backend="fused")
+        assert y.stride() == x.stride()
+        torch.testing.assert_close(y, F.elu(x), **tol(dtype))
+        g = torch.randn_like(y)
+        (dx,) = torch.autograd.grad(y, x, g)
+        assert dx.stride() == x.stride()
+        torch.testing.assert_close(dx, torch.autograd.grad(F.elu(x), x, g)[0], **tol(dtype))
+
+
 def test_non_contiguous_and_empty(device):
     x = sample((6, 8), device, torch.float64).t()
     assert not x.is_contiguous()

@@ -23,18 +23,35 @@ def elu(x: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
 
     Args:
         x: any shape (empty included); float32, float64, bfloat16 or float16, on the CPU or CUDA (the half types
-            compute in float32 and round once). Non-contiguous inputs are copied to a contiguous layout first.
+            compute in float32 and round once). A dense input in another dim order (e.g. a channels-last conv
+            output) keeps its layout; other non-contiguous inputs are copied to a contiguous layout first.
         backend: "auto" | "fused" | "reference" (default: $DREAMER_FAST_BACKEND or "auto").
 
     Returns:
-        a new tensor like ``x`` (contiguous), differentiable; its gradient is computed from the output.
+        a new tensor like ``x`` (its strides too if dense, else contiguous), differentiable; its gradient is computed
+        from the output.
     """
     x = _checks.tensor(_OP, "x", x)
     if x.dtype not in _DTYPES:
         raise TypeError(f"{_OP}: `x` must be float32, float64, float16 or bfloat16, got {x.dtype}")
     if _backend.use_fused(_OP, x.device, backend):
-        return torch.ops.dreamer_fast.elu.default(x.contiguous())
+        order = _dense_order(x)
+        if order is None:
+            return torch.ops.dreamer_fast.elu.default(x.contiguous())
+        # Computed on the contiguous permutation and permuted back: a channels-last network stays channels-last
+        # (a copy to NCHW and back would cost two passes over the activation).
+        out = torch.ops.dreamer_fast.elu.default(x.permute(order))
+        return out.permute(sorted(range(x.dim()), key=order.__getitem__))
     return elu_ref(x)
+
+
+def _dense_order(x: torch.Tensor) -> list[int] | None:
+    """A dim order other than the identity in which ``x`` is contiguous (``[0, 2, 3, 1]`` for channels-last), or
+    None when ``x`` is contiguous already or has none (overlapping or gapped strides)."""
+    if x.is_contiguous():
+        return None
+    order = sorted(range(x.dim()), key=lambda d: -x.stride(d))
+    return order if x.permute(order).is_contiguous() else None
 
 
 def _register() -> None:

@@ -32,6 +32,7 @@ from dreamer_fast._sequence_linear import SequenceLinear
 from dreamer_fast.ops import obs_step_inference as _obs_step_inference
 from dreamer_fast.ops.elu import elu
 from dreamer_fast.ops.kl_balance import kl_balance
+from dreamer_fast.ops.linear import linear
 from dreamer_fast.ops.ln_gru import is_mixed as _ln_gru_is_mixed
 from dreamer_fast.ops.observe_sequence import observe_sequence
 from dreamer_fast.ops.straight_through_categorical import straight_through_categorical
@@ -460,7 +461,7 @@ class RSSM(nn.Module):
         w_stoch_in, w_act_in = _split_columns(self.img_in.weight, flat)
         w_deter_out, w_emb_out = _split_columns(self.obs_out.weight, D)
         act_proj = F.linear(action * keep[..., None], w_act_in, self.img_in.bias)
-        emb_proj = F.linear(embed, w_emb_out, self.obs_out.bias)
+        emb_proj = linear(embed, w_emb_out, self.obs_out.bias)  # [T·B, E] -> H: the fused linear op's GEMM library
         # The recurrence, forward and backward, is one C++ op; under autocast its GEMMs run in autocast's dtype.
         device_type = embed.device.type
         gemm_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None

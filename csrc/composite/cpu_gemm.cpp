@@ -1,10 +1,13 @@
 // The CPU GEMM library choice of cpu_gemm.h, and the op `dreamer_fast::set_cpu_gemm(str mode) -> str`.
 #include "cpu_gemm.h"
 
+#include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
+
+#include "../cpu/gemv.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -99,6 +102,42 @@ at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& w, const std::op
 at::Tensor onednn_pack(const at::Tensor& w, int64_t rows) {
   static const c10::OperatorHandle op = *find("mkldnn::_reorder_linear_weight");
   return call_boxed(op, {w, c10::IValue(rows)});
+}
+
+namespace {
+
+// Up to this many rows of float32 on the CPU: our GEMV (the acting step's actor at B = 1, like obs_step_inference's
+// layers). Above, the GEMM library.
+constexpr int64_t kGemvMaxRows = 6;
+
+// oneDNN only for products at least this large (rows, output columns, inner size). A sweep of op / at::mm times on
+// the Zen 5 machine (tenth session, all four row/column-major combinations): from these sizes on oneDNN was faster
+// everywhere (median 0.59x MKL's time); below them it lost in places by 1.1-4x (its fixed cost per call at small
+// products, e.g. 16 x 128 -> 256), and by 2-18x with an output of 1-64 columns from a column-major x (the weight
+// gradient of a critic's or an actor's last layer). The agent's training GEMMs are all above; its last layers are not.
+constexpr int64_t kOnednnMinRows = 64, kOnednnMinCols = 256, kOnednnMinInner = 256;
+
+// A row- or column-major matrix with canonical strides (a size-1 dim may carry any stride in torch, and oneDNN derives
+// the layout from the strides); anything else, copied row-major.
+at::Tensor plain(const at::Tensor& m) {
+  if (m.is_contiguous()) return m.as_strided(m.sizes(), {m.size(1), 1});
+  if (m.t().is_contiguous()) return m.as_strided(m.sizes(), {1, m.size(0)});
+  return m.contiguous();
+}
+
+}  // namespace
+
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b) {
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  if (x.is_cpu() && x.scalar_type() == at::kFloat && M > 0 && N > 0 && K > 0) {
+    if (M <= kGemvMaxRows && w.is_contiguous() && x.stride(1) == 1) {
+      return cpu::linear_gemv(x, w, b ? *b : at::zeros({N}, x.options()));
+    }
+    if (selected() == Library::kOnednn && M >= kOnednnMinRows && N >= kOnednnMinCols && K >= kOnednnMinInner) {
+      return onednn_linear(plain(x), plain(w), b);
+    }
+  }
+  return b ? at::addmm(*b, x, w.t()) : at::mm(x, w.t());
 }
 
 bool mkl_available() {

@@ -28,6 +28,12 @@ at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& w, const std::op
 // that only onednn_linear reads.
 at::Tensor onednn_pack(const at::Tensor& w, int64_t rows);
 
+// y = x w^T (+ b) for float32 training-size products in the library selected(), at most 6 rows in our GEMV
+// (cpu/gemv.h), everything else ATen's addmm/mm: the routing of dreamer_fast::linear (composite/linear.cpp, which says
+// why and checks the arguments; this does not). x [M, K] and w [N, K] row- or column-major (other strides are
+// copied), b [N] contiguous or none.
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b);
+
 // Whether torch was built with MKL's packed GEMM ops (mkl::_mkl_reorder_linear_weight, mkl::_mkl_linear).
 bool mkl_available();
 at::Tensor mkl_pack(const at::Tensor& w, int64_t rows);

@@ -4,9 +4,9 @@
 // Why an op: on the CPU, torch's float32 addmm/mm run MKL, and MKL on a CPU whose vendor is not Intel takes its AVX2
 // paths. On the AMD EPYC Zen 5 machine (full-width AVX-512) that is ~210 GFLOP/s at every training shape of the
 // Atari agent, where oneDNN's matmul reaches ~480 (tenth session, docs/PERFORMANCE.md). So on the CPU a float32
-// product large enough (kOnednnMin*) runs where cpu_gemm.h says (oneDNN on CPUs that are not Intel, MKL on Intel),
-// and one of at most kGemvMaxRows rows (acting) is our GEMV kernel (cpu/gemv.h). Everything else (float64, the half
-// types, CUDA, small or empty products) is ATen's addmm, the same function.
+// product large enough runs where cpu_gemm.h says (oneDNN on CPUs that are not Intel, MKL on Intel), and one of at
+// most 6 rows (acting) is our GEMV kernel (cpu/gemv.h); cpu_gemm::linear does the routing. Everything else (float64,
+// the half types, CUDA, small or empty products) is ATen's addmm, the same function.
 //
 // x [M, K] and weight [N, K] may be row- or column-major views: the backward passes transposed views (dx = linear(dy,
 // weight^T), dweight = linear(dy^T, x^T)), which oneDNN reads as they lie (measured faster than copying them first).
@@ -17,24 +17,12 @@
 #include <torch/library.h>
 
 #include "../check.h"
-#include "../cpu/gemv.h"
 #include "cpu_gemm.h"
 
 namespace dreamer_fast::linear_op {
 namespace {
 
 constexpr const char* kOp = "linear";
-
-// Up to this many rows of float32 on the CPU: our GEMV (the acting step's actor at B = 1, like obs_step_inference's
-// layers). Above, the GEMM library.
-constexpr int64_t kGemvMaxRows = 6;
-
-// oneDNN only for products at least this large (rows, output columns, inner size). A sweep of op / at::mm times on
-// the Zen 5 machine (tenth session, all four row/column-major combinations): from these sizes on oneDNN was faster
-// everywhere (median 0.59x MKL's time); below them it lost in places by 1.1-4x (its fixed cost per call at small
-// products, e.g. 16 x 128 -> 256), and by 2-18x with an output of 1-64 columns from a column-major x (the weight
-// gradient of a critic's or an actor's last layer). The agent's training GEMMs are all above; its last layers are not.
-constexpr int64_t kOnednnMinRows = 64, kOnednnMinCols = 256, kOnednnMinInner = 256;
 
 using Tensor = at::Tensor;
 using OptTensor = std::optional<at::Tensor>;
@@ -57,27 +45,9 @@ void check_args(const Tensor& x, const Tensor& weight, const OptTensor& bias) {
   }
 }
 
-// A row- or column-major matrix with canonical strides (a size-1 dim may carry any stride in torch, and oneDNN derives
-// the layout from the strides); anything else, copied row-major.
-Tensor plain(const Tensor& m) {
-  if (m.is_contiguous()) return m.as_strided(m.sizes(), {m.size(1), 1});
-  if (m.t().is_contiguous()) return m.as_strided(m.sizes(), {1, m.size(0)});
-  return m.contiguous();
-}
-
 Tensor kernel(const Tensor& x, const Tensor& weight, const OptTensor& bias) {
   check_args(x, weight, bias);
-  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
-  if (x.is_cpu() && x.scalar_type() == at::kFloat && M > 0 && N > 0 && K > 0) {
-    if (M <= kGemvMaxRows && weight.is_contiguous() && x.stride(1) == 1) {
-      return cpu::linear_gemv(x, weight, bias ? *bias : at::zeros({N}, x.options()));
-    }
-    if (cpu_gemm::selected() == cpu_gemm::Library::kOnednn && M >= kOnednnMinRows && N >= kOnednnMinCols &&
-        K >= kOnednnMinInner) {
-      return cpu_gemm::onednn_linear(plain(x), plain(weight), bias);
-    }
-  }
-  return bias ? at::addmm(*bias, x, weight.t()) : at::mm(x, weight.t());
+  return cpu_gemm::linear(x, weight, bias);
 }
 
 }  // namespace

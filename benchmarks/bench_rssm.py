@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 import torch
@@ -25,8 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import dreamer_fast as df
-from dreamer_fast import RSSM, RSSMState
-from dreamer_fast.nets import ELU as FusedELU
+from dreamer_fast import RSSM, RSSMState, nets
 
 ACTIONS, EMBED = 18, 1536
 COMPILE_BUDGET_S = 120.0
@@ -107,16 +107,18 @@ def test_observe(benchmark, impl, cpu_gemm_of):
 
 
 class Actor(nn.Module):
-    """DreamerV2's Atari actor: 4x400 ELU MLP -> one-hot categorical, straight-through sample. ``fused_elu``: its
-    ELUs are ``dreamer_fast.nets.ELU`` (the fused op, as in the agent's own actor) instead of ``nn.ELU``."""
+    """DreamerV2's Atari actor: 4x400 ELU MLP -> one-hot categorical, straight-through sample. ``agent_layers``: its
+    layers are the agent's own (``dreamer_fast.nets.Linear`` and ``nets.ELU`` on the fused backend: the fused linear
+    and ELU ops) instead of a user's ``nn.Linear`` and ``nn.ELU``; same initialisation either way."""
 
-    def __init__(self, feat: int, actions: int, fused_elu: bool = False):
+    def __init__(self, feat: int, actions: int, agent_layers: bool = False):
         super().__init__()
+        linear = partial(nets.Linear, backend="fused") if agent_layers else nn.Linear
         layers, width = [], feat
         for _ in range(4):
-            layers += [nn.Linear(width, 400), FusedELU("fused") if fused_elu else nn.ELU()]
+            layers += [linear(width, 400), nets.ELU("fused") if agent_layers else nn.ELU()]
             width = 400
-        self.net = nn.Sequential(*layers, nn.Linear(width, actions))
+        self.net = nn.Sequential(*layers, linear(width, actions))
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
         probs = self.net(feat).softmax(-1)
@@ -126,12 +128,12 @@ class Actor(nn.Module):
 
 def imagine_round(impl: str) -> Callable[[], tuple[torch.Tensor, ...]]:
     """One imagine round H=15 B=800 with the 4x400 actor, forward and backward, as a closure returning the parameter
-    gradients. ``impl``: "<backend>[-variant]"; variant "bf16" runs under torch.autocast("cpu", bfloat16), "actor-elu"
-    gives the actor the library's fused ELU (see test_imagine)."""
+    gradients. ``impl``: "<backend>[-variant]"; variant "bf16" runs under torch.autocast("cpu", bfloat16), "agent-actor"
+    gives the actor the agent's own layers (see test_imagine)."""
     backend, _, variant = impl.partition("-")
     bf16 = variant == "bf16"
     m = rssm(backend)
-    actor = Actor(m.feat_size, ACTIONS, fused_elu=variant == "actor-elu")
+    actor = Actor(m.feat_size, ACTIONS, agent_layers=variant == "agent-actor")
     g = torch.Generator().manual_seed(2)
     start = RSSMState(
         torch.randn(800, 600, generator=g).tanh(),
@@ -157,12 +159,13 @@ def imagine_round(impl: str) -> Callable[[], tuple[torch.Tensor, ...]]:
     return run
 
 
-@pytest.mark.parametrize("impl", ["fused", "fused-actor-elu", "reference", "fused-bf16"])
+@pytest.mark.parametrize("impl", ["fused", "fused-agent-actor", "reference", "fused-bf16"])
 def test_imagine(benchmark, impl):
     """`fused-bf16`: the fused backend under torch.autocast("cpu", bfloat16), the issue's mixed-precision case (its
-    target is a ratio to the float32 eager reference). `fused-actor-elu`: the actor's ELUs are the library's fused
-    op, as in the agent's actor (the other cases use `nn.ELU`, a user's actor; ATen's float32 ELU is several times
-    slower than ours on some CPUs: docs/PERFORMANCE.md, eighth session)."""
+    target is a ratio to the float32 eager reference). `fused-agent-actor`: the actor's layers are the agent's own,
+    the library's fused linear and ELU ops (the other cases use `nn.Linear` and `nn.ELU`, a user's actor: on CPUs
+    that are not Intel torch's float32 GEMMs run MKL's AVX2 paths, and ATen's float32 ELU is several times slower
+    than ours on some CPUs: docs/PERFORMANCE.md, eighth and tenth sessions)."""
     benchmark.group = "rssm imagine fwd+bwd H=15 B=800 + 4x400 actor (f32)"
     grads = benchmark.pedantic(imagine_round(impl), rounds=3, iterations=1)  # ~360 GFLOP per round
     assert all(bool(torch.isfinite(g).all()) for g in grads)
@@ -183,16 +186,17 @@ def imagine_gemm_shapes(N=800, horizon=15, feat=600 + 32 * 32, hidden=600, deter
 
 
 def imagine_gemm_round() -> Callable[[], None]:
-    """The GEMMs of one imagine round alone (float32, same shapes, contiguous operands, preallocated outputs)."""
+    """The GEMMs of one imagine round alone (float32, same shapes, contiguous operands) in the library the fused
+    backend uses for each (dreamer_fast::linear's routing: oneDNN from 64 x 256 x 256 on CPUs that are not Intel,
+    else ATen's mm), so that the fused round is compared with GEMMs as fast as its own."""
     g = torch.Generator().manual_seed(5)
     shapes = imagine_gemm_shapes()
-    operands = {s: (torch.randn(s[0], s[1], generator=g), torch.randn(s[1], s[2], generator=g), torch.empty(s[0], s[2]))
-                for s in set(shapes)}
+    operands = {s: (torch.randn(s[0], s[1], generator=g), torch.randn(s[2], s[1], generator=g)) for s in set(shapes)}
+    linear = torch.ops.dreamer_fast.linear.default
 
     def run():
         for s in shapes:
-            a, b, c = operands[s]
-            torch.mm(a, b, out=c)
+            linear(*operands[s], None)
 
     run()
     return run
@@ -209,7 +213,7 @@ def test_imagine_gemms(benchmark):
 # drift (the GEMM floor by ±20% between runs on a noisy day: PERFORMANCE.md, eighth session). Here each round times
 # both sides back to back, in alternating order, and the ratio is the median of the per-round ratios.
 IMAGINE_RATIOS = {  # name: the two sides' round builders, numerator first
-    "fused-f32/gemms": (lambda: imagine_round("fused-actor-elu"), imagine_gemm_round),  # target <= 1.15
+    "fused-f32/gemms": (lambda: imagine_round("fused-agent-actor"), imagine_gemm_round),  # target <= 1.15
     "reference-f32/fused-bf16": (lambda: imagine_round("reference"), lambda: imagine_round("fused-bf16")),  # >= 3
 }
 
@@ -217,7 +221,7 @@ IMAGINE_RATIOS = {  # name: the two sides' round builders, numerator first
 @pytest.mark.parametrize("ratio", list(IMAGINE_RATIOS))
 def test_imagine_ratio(benchmark, ratio, interleaved_ratio):
     """Interleaved A/B of an imagine target ratio (printed at the end of the run and kept in extra_info). The
-    benchmark's own time is that of one A+B pair. The fused f32 side is `fused-actor-elu`, the agent's actor."""
+    benchmark's own time is that of one A+B pair. The fused f32 side is `fused-agent-actor`, the agent's actor."""
     benchmark.group = "rssm imagine interleaved ratios (time = one A+B pair)"
     first, second = IMAGINE_RATIOS[ratio]
     interleaved_ratio(benchmark, ratio, first(), second(), rounds=7)

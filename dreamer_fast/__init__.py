@@ -13,7 +13,7 @@ Ops (time-major ``[T, B, ...]``; each has a plain-PyTorch twin ``*_ref`` in :mod
 Modules: :class:`RSSM` (DreamerV2's recurrent state-space model, drop-in) and its state :class:`RSSMState`.
 
 :func:`keep_freed_memory` — glibc malloc tuning that removes the page-fault cost of large CPU activations.
-:func:`set_cpu_gemm` / :func:`cpu_gemm` — which library (MKL or oneDNN) runs the fused RSSM's small CPU GEMMs.
+:func:`set_cpu_gemm` / :func:`cpu_gemm` — which library (MKL or oneDNN) runs the fused backend's float32 CPU GEMMs.
 """
 
 from dreamer_fast._backend import BACKENDS, cpu_gemm, extension_loaded, has_kernel, set_cpu_gemm

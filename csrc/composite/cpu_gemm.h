@@ -1,11 +1,14 @@
-// Which library runs the fused RSSM ops' small float32 GEMMs on the CPU (observe's per-step GEMMs at B = 16, the
-// acting step's above 6 rows; below, it is our GEMV kernel, cpu/gemv.h): MKL or oneDNN, both inside torch.
+// Which library runs the fused backend's float32 GEMMs on the CPU: observe's per-step GEMMs at B = 16, the acting
+// step's above 6 rows (below, it is our GEMV kernel, cpu/gemv.h), and dreamer_fast::linear's products from
+// 64 x 256 x 256 (linear() below): MKL or oneDNN, both inside torch.
 //
 // Why a choice: neither is the faster on every CPU. On the AMD EPYC (Zen 4) CI machine oneDNN's matmul is ~2x MKL's
-// at these shapes (measured, 2 threads: 16 x 1200 -> 1800 with the weight packed once 0.37 ms against MKL's packed
-// 0.74 ms; 1 x 1200 -> 1800 0.09 ms against addmm's 0.15 ms), while at 800 rows the two are equal. On the Intel (AMX)
-// machine of earlier sessions MKL's packed GEMM is what was measured and kept. "auto" is therefore oneDNN on CPUs
-// whose vendor is not Intel, MKL on Intel: a fixed rule, not a timing, so a run's numbers do not depend on a race.
+// at observe's shapes (measured, 2 threads: 16 x 1200 -> 1800 with the weight packed once 0.37 ms against MKL's packed
+// 0.74 ms; 1 x 1200 -> 1800 0.09 ms against addmm's 0.15 ms), while at 800 rows the two were equal there. On the Zen 5
+// machine (full-width AVX-512) oneDNN is ~2.2x MKL at 800 to 12800 rows as well (~480 against ~210 GFLOP/s: MKL takes
+// its AVX2 paths on CPUs that are not Intel; docs/PERFORMANCE.md, tenth session). On the Intel (AMX) machine of
+// earlier sessions MKL's packed GEMM is what was measured and kept. "auto" is therefore oneDNN on CPUs whose vendor is
+// not Intel, MKL on Intel: a fixed rule, not a timing, so a run's numbers do not depend on a race.
 // `set_cpu_gemm("mkl" | "onednn" | "auto")` overrides it (for tests and A/B runs; process-wide).
 #pragma once
 

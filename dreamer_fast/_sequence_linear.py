@@ -25,7 +25,7 @@ import torch
 from dreamer_fast.ops.linear import linear
 
 # Rows per step from which the per-step GEMMs are efficient on their own (e.g. imagination's B = 800): the weight
-# gradient is then accumulated step by step with addmm_, which moves less memory than concatenating all the steps.
+# gradient is then summed step by step, which moves less memory than concatenating all the steps.
 _ROWS_PER_STEP_FOR_GEMM = 256
 # Under autocast, weights from this size on (the RSSM's GRU, 1800 x 1200 at the Atari sizes) get their gradient from
 # one GEMM over all the steps, its left operand written transposed by each step's backward (_Record). Measured at the

@@ -149,6 +149,9 @@ def cases(device: torch.device, dtype: torch.dtype):
     # A contiguous upstream gradient (as from the next conv): the sum's expanded one would be copied by the fused op.
     out.append(("elu 800x48x31x31", [rnd(800, 48, 31, 31)], lambda x: df.elu(x, backend="fused"), ref.elu_ref,
                 torch.randn(800, 48, 31, 31, device=device, generator=g).to(dtype)))
+    # A head's first layer over imagination's states (on CUDA the op is ATen's addmm: this checks it stays so).
+    out.append(("linear 12800x1624->400", [rnd(12800, 1624), rnd(400, 1624), rnd(400)],
+                lambda *x: df.linear(*x, backend="fused"), ref.linear_ref))
     return [case if len(case) == 5 else (*case, None) for case in out]
 
 

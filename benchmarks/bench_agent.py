@@ -36,18 +36,28 @@ def batch(T: int, B: int, seed: int = 0) -> dict[str, np.ndarray]:
     return data
 
 
+def train_update(preset: str, backend: str, warm: bool):
+    """A `preset` train_step on the benchmark batch, as a closure, run once first if `warm` (allocator, MKL weight
+    packing, oneDNN primitives): `backend` is "fused", "reference" or "fused-bf16" (the fused backend with
+    `bf16: true`)."""
+    config = load_config(preset, {"backend": backend.removesuffix("-bf16"), "bf16": backend.endswith("-bf16")})
+    torch.manual_seed(0)
+    agent = Agent({"image": ((1, 64, 64), np.uint8)}, ActionSpace(True, ACTIONS), config)
+    data = batch(config.batch_length, config.batch_size)
+    if warm:
+        agent.train_step(data)
+    return lambda: agent.train_step(data)
+
+
 @pytest.mark.parametrize("preset", ["atari", "small"])
 @pytest.mark.parametrize("backend", ["fused", "reference", "fused-bf16"])
 def test_train_update(benchmark, preset, backend):
     """`fused-bf16`: the fused backend with `bf16: true` (bfloat16 autocast of the GEMMs and convs; AMX here)."""
-    config = load_config(preset, {"backend": backend.removesuffix("-bf16"), "bf16": backend.endswith("-bf16")})
+    config = load_config(preset)
     benchmark.group = f"agent train_step ({preset} preset, B={config.batch_size} T={config.batch_length} " \
                       f"H={config.horizon})"
-    agent = Agent({"image": ((1, 64, 64), np.uint8)}, ActionSpace(True, ACTIONS), config)
-    data = batch(config.batch_length, config.batch_size)
-    if not benchmark.disabled:
-        agent.train_step(data)  # warm-up: allocator, MKL weight packing, oneDNN primitives
-    metrics = benchmark.pedantic(agent.train_step, args=(data,), rounds=2 if preset == "atari" else 5, iterations=1)
+    update = train_update(preset, backend, warm=not benchmark.disabled)
+    metrics = benchmark.pedantic(update, rounds=2 if preset == "atari" else 5, iterations=1)
     assert all(np.isfinite(v) for v in metrics.values())
     benchmark.extra_info["updates_per_s"] = 1.0 / benchmark.stats.stats.mean if benchmark.stats else None
 
@@ -69,18 +79,6 @@ def test_policy_step(benchmark, backend):
     assert action.shape == (1, ACTIONS)
 
 
-def atari_update(backend: str, warm: bool):
-    """An `atari` train_step on the benchmark batch, run once first if `warm`: `backend` is "fused", "reference" or
-    "fused-bf16"."""
-    config = load_config("atari", {"backend": backend.removesuffix("-bf16"), "bf16": backend.endswith("-bf16")})
-    torch.manual_seed(0)
-    agent = Agent({"image": ((1, 64, 64), np.uint8)}, ActionSpace(True, ACTIONS), config)
-    data = batch(config.batch_length, config.batch_size)
-    if warm:
-        agent.train_step(data)
-    return lambda: agent.train_step(data)
-
-
 @pytest.mark.parametrize("ratio", ["reference/fused", "reference/fused-bf16"])
 def test_train_update_ratio(benchmark, ratio, interleaved_ratio):
     """Issue 6's target as an interleaved A/B (printed at the end of the run): the `atari` update on the reference
@@ -89,4 +87,5 @@ def test_train_update_ratio(benchmark, ratio, interleaved_ratio):
     benchmark.group = "agent train_step interleaved ratios (atari preset; time = one A+B pair)"
     reference, fused = ratio.split("/")
     warm = not benchmark.disabled
-    interleaved_ratio(benchmark, ratio, atari_update(reference, warm), atari_update(fused, warm), rounds=4)
+    first, second = train_update("atari", reference, warm), train_update("atari", fused, warm)
+    interleaved_ratio(benchmark, ratio, first, second, rounds=4)

@@ -4,12 +4,10 @@ empty sizes, bad inputs, and the networks' Linear layer."""
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tol
+from conftest import assert_close_to_scale, cpu_gemm_library, tol
 
 import dreamer_fast as df
 from dreamer_fast import nets
@@ -21,15 +19,6 @@ pytestmark = pytest.mark.skipif(not df.has_kernel("linear", "cpu"), reason="the 
 GEMMS = ["mkl", "onednn"] if df.extension_loaded() else []
 
 
-@contextlib.contextmanager
-def cpu_gemm(mode: str):
-    previous = df.set_cpu_gemm(mode)
-    try:
-        yield
-    finally:
-        df.set_cpu_gemm(previous)
-
-
 def make(shape, device, dtype, seed):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype).requires_grad_()
@@ -37,10 +26,8 @@ def make(shape, device, dtype, seed):
 
 def close(got, want):
     """Fused vs reference: the two sum in different orders, so the tolerance scales with the values (a dW summed
-    over 800 rows is ~30 here); a dropped row or a wrong tail is off by O(1)."""
-    t = tol(want.dtype)
-    scale = max(1.0, want.abs().max().item()) if want.numel() else 1.0
-    torch.testing.assert_close(got, want, rtol=t["rtol"], atol=t["atol"] * scale)
+    over 800 rows is ~30 here)."""
+    assert_close_to_scale(got, want, **tol(want.dtype))
 
 
 def check_against_reference(x, w, b):
@@ -60,7 +47,7 @@ def check_against_reference(x, w, b):
 @pytest.mark.parametrize("M,K,N", [(1, 33, 17), (6, 70, 41), (7, 33, 17), (800, 290, 270)])
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
 def test_values_and_grads_match_reference(gemm, M, K, N, with_bias, device, dtype):
-    with cpu_gemm(gemm):
+    with cpu_gemm_library(gemm):
         check_against_reference(make((M, K), device, dtype, 0), make((N, K), device, dtype, 1),
                                 make((N,), device, dtype, 2) if with_bias else None)
 
@@ -76,7 +63,7 @@ def test_leading_dims(device, dtype):
 def test_strided_views(gemm, M, dtype):
     """Transposed x and weight (what the backward passes), a reshaped-and-transposed conv weight (the decoder's first
     layer), a column-strided x (copied first) and size-1 dims with odd strides."""
-    with cpu_gemm(gemm):
+    with cpu_gemm_library(gemm):
         x_t = make((300, M), "cpu", dtype, 0)
         w_t = make((300, 270), "cpu", dtype, 1)
         check_against_reference(x_t.t(), w_t.t(), None)
@@ -102,10 +89,10 @@ def test_onednn_route_is_taken_for_large_float32_products(M, N, calls):
             torch.autograd.grad(y, (x, w), torch.ones_like(y))
         return sum(e.count for e in prof.key_averages() if e.key == "mkldnn::_linear_pointwise")
 
-    with cpu_gemm("onednn"):
+    with cpu_gemm_library("onednn"):
         assert onednn_calls(x, w) == calls
         assert onednn_calls(x.double().detach().requires_grad_(), w.double().detach().requires_grad_()) == 0
-    with cpu_gemm("mkl"):
+    with cpu_gemm_library("mkl"):
         assert onednn_calls(x, w) == 0
 
 
@@ -113,7 +100,7 @@ def test_onednn_route_is_taken_for_large_float32_products(M, N, calls):
 def test_weight_gradient_in_the_weights_layout(gemm):
     """A column-major weight (the decoder's transposed view of a conv weight) gets a column-major gradient, so the
     views back to the parameter copy nothing; a row-major one a row-major gradient."""
-    with cpu_gemm(gemm):
+    with cpu_gemm_library(gemm):
         x = make((300, 280), "cpu", torch.float32, 0)
         for w in (make((280, 260), "cpu", torch.float32, 1).t(), make((260, 280), "cpu", torch.float32, 2)):
             y = linear(x, w, backend="fused")
@@ -132,7 +119,7 @@ def test_gradcheck(device):
 
 @pytest.mark.parametrize("gemm", GEMMS)
 def test_opcheck(gemm, device):
-    with cpu_gemm(gemm):
+    with cpu_gemm_library(gemm):
         x, w, b = make((8, 5), device, torch.float32, 0), make((3, 5), device, torch.float32, 1), make((3,), device,
                                                                                                        torch.float32, 2)
         torch.library.opcheck(torch.ops.dreamer_fast.linear.default, (x, w, b))

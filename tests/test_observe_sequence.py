@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tol
+from conftest import assert_close_to_scale, cpu_gemm_library, tol
 
 from dreamer_fast.ops.observe_sequence import observe_sequence
 from dreamer_fast.reference import observe_sequence_ref
@@ -83,21 +83,15 @@ def test_values_and_grads_match_reference(device, dtype, unimix):
 def test_weight_gradients_at_training_sizes_on_both_gemm_libraries(gemm):
     """T·B = 320 rows and 256-wide layers: the weight gradients' GEMMs reach oneDNN's sizes (cpu_gemm::linear) when
     it is selected; float32 values and gradients against the reference either way."""
-    import dreamer_fast as df
-
     inputs, noise = make(T=16, B=20, D=256, H=256, S=8, K=8, dtype=torch.float32)
-    previous = df.set_cpu_gemm(gemm)
-    try:
-        fused_in, ref_in = requiring_grad(inputs), requiring_grad(inputs)
+    fused_in, ref_in = requiring_grad(inputs), requiring_grad(inputs)
+    with cpu_gemm_library(gemm):
         out = observe_sequence(*fused_in.values(), noise=noise, backend="fused")
         got = torch.autograd.grad(loss_of(out), [fused_in[n] for n in DIFFERENTIABLE])
-    finally:
-        df.set_cpu_gemm(previous)
     ref = observe_sequence_ref(*ref_in.values(), noise=noise)
     want = torch.autograd.grad(loss_of(ref), [ref_in[n] for n in DIFFERENTIABLE])
     for name, a, b in zip(DIFFERENTIABLE, got, want):
-        scale = max(1.0, b.abs().max().item())
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * scale, msg=lambda m, n=name: f"d{n}: {m}")
+        assert_close_to_scale(a, b, rtol=1e-4, atol=1e-4, msg=lambda m, n=name: f"d{n}: {m}")
 
 
 @pytest.mark.parametrize("ns", namespaces())

@@ -106,10 +106,6 @@ at::Tensor onednn_pack(const at::Tensor& w, int64_t rows) {
 
 namespace {
 
-// Up to this many rows of float32 on the CPU: our GEMV (the acting step's actor at B = 1, like obs_step_inference's
-// layers). Above, the GEMM library.
-constexpr int64_t kGemvMaxRows = 6;
-
 // oneDNN only for products at least this large (rows, output columns, inner size). A sweep of op / at::mm times on
 // the Zen 5 machine (tenth session, all four row/column-major combinations): from these sizes on oneDNN was faster
 // everywhere (median 0.59x MKL's time); below them it lost in places by 1.1-4x (its fixed cost per call at small

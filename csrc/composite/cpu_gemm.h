@@ -20,6 +20,12 @@ namespace dreamer_fast::cpu_gemm {
 
 enum class Library { kMkl, kOnednn };
 
+// Up to this many rows a float32 layer on the CPU is our GEMV kernel (cpu/gemv.h), whatever set_cpu_gemm says: the
+// acting step's B is 1 (or a few environments). On the AMD EPYC Zen 5 machine the whole Atari step took 0.21 ms
+// against oneDNN's 0.46 at B = 1, 0.60 against 0.69 ms at B = 5, and the two were equal at B = 8
+// (docs/PERFORMANCE.md, ninth session). Above it, the GEMM library.
+constexpr int64_t kGemvMaxRows = 6;
+
 // The library "auto" or the override resolves to on this CPU; kOnednn only where torch has the oneDNN ops.
 Library selected();
 

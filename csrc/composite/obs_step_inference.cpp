@@ -154,16 +154,10 @@ bool needs_reset(const Tensor& keep) {
   return !keep.is_cpu() || keep.eq(0).any().item<bool>();
 }
 
-// Up to this many rows a float32 layer on the CPU is our GEMV kernel (cpu/gemv.h), whatever set_cpu_gemm says: the
-// acting step's B is 1 (or a few environments). On the AMD EPYC Zen 5 machine the whole Atari step took 0.21 ms
-// against oneDNN's 0.46 at B = 1, 0.60 against 0.69 ms at B = 5, and the two were equal at B = 8
-// (docs/PERFORMANCE.md, ninth session). Above it, the GEMM library.
-constexpr int64_t kGemvMaxRows = 6;
-
 // b + x W^T in x's dtype; W in x's dtype, or bfloat16 with a float32 x.
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   const bool cpu_f32 = x.is_cpu() && x.scalar_type() == at::kFloat;
-  if (cpu_f32 && (w.scalar_type() == at::kBFloat16 || x.size(0) <= kGemvMaxRows)) {
+  if (cpu_f32 && (w.scalar_type() == at::kBFloat16 || x.size(0) <= cpu_gemm::kGemvMaxRows)) {
     return cpu::linear_gemv(x.contiguous(), w.contiguous(), b.contiguous());
   }
   if (w.scalar_type() == x.scalar_type()) {

@@ -7,16 +7,19 @@ Ops (time-major ``[T, B, ...]``; each has a plain-PyTorch twin ``*_ref`` in :mod
 - :func:`straight_through_categorical` — one-hot sample with straight-through gradient, and probs, ``[..., K]``.
 - :func:`ln_gru` — DreamerV2's LayerNorm-GRU update ``[B, 3D], [B, D] -> [B, D]``.
 - :func:`elu` — ELU (alpha 1), any shape, with a backward from its output (the networks' activation).
-- :func:`linear` — ``x [..., K] @ weight[N, K]^T + bias``, the networks' Linear layers (oneDNN for float32 on CPUs
-  that are not Intel, where torch's GEMMs run MKL's AVX2 paths).
+- :func:`linear` — ``x [..., K] @ weight[N, K]^T + bias``, the networks' Linear layers (float32 CPU GEMMs in the
+  library :func:`set_cpu_gemm` selects).
 
 Modules: :class:`RSSM` (DreamerV2's recurrent state-space model, drop-in) and its state :class:`RSSMState`.
 
 :func:`keep_freed_memory` — glibc malloc tuning that removes the page-fault cost of large CPU activations.
-:func:`set_cpu_gemm` / :func:`cpu_gemm` — which library (MKL or oneDNN) runs the fused backend's float32 CPU GEMMs.
+:func:`cpu_features` / :func:`set_cpu_profile` — the CPU's features and the profile the CPU paths follow
+(``$DREAMER_FAST_CPU_PROFILE=avx2`` forces the AVX2 class's paths on any CPU).
+:func:`set_cpu_gemm` / :func:`cpu_gemm` — which library (MKL, oneDNN or ATen) runs the fused backend's float32 CPU GEMMs.
 """
 
-from dreamer_fast._backend import BACKENDS, cpu_gemm, extension_loaded, has_kernel, set_cpu_gemm
+from dreamer_fast._backend import BACKENDS, extension_loaded, has_kernel
+from dreamer_fast.cpu import cpu_features, cpu_gemm, set_cpu_gemm, set_cpu_profile
 from dreamer_fast._memory import keep_freed_memory
 from dreamer_fast.ops.elu import elu
 from dreamer_fast.ops.kl_balance import kl_balance
@@ -40,6 +43,7 @@ __all__ = [
     "BACKENDS",
     "RSSM",
     "RSSMState",
+    "cpu_features",
     "cpu_gemm",
     "elu",
     "elu_ref",
@@ -55,6 +59,7 @@ __all__ = [
     "ln_gru",
     "ln_gru_ref",
     "set_cpu_gemm",
+    "set_cpu_profile",
     "straight_through_categorical",
     "straight_through_categorical_ref",
 ]

@@ -7,51 +7,55 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include "../cpu/features.h"
 #include "../cpu/gemv.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <cpuid.h>
-#endif
-
 #include <atomic>
-#include <cstring>
 #include <string>
 
 namespace dreamer_fast::cpu_gemm {
 namespace {
 
-enum class Mode : int { kAuto, kMkl, kOnednn };
+enum class Mode : int { kAuto, kMkl, kOnednn, kAten };
 std::atomic<Mode> g_mode{Mode::kAuto};
 
-std::optional<c10::OperatorHandle> find(const char* name) {
-  return c10::Dispatcher::singleton().findSchema({name, ""});
+// The op `name` when this torch has it with the argument and return types given ("Tensor,int?->Tensor"): these are
+// private ATen ops whose presence and schema belong to one torch release, so a missing or changed one turns its
+// library off (ATen's public addmm/mm run instead) rather than failing in a call.
+std::optional<c10::OperatorHandle> find(const char* name, const char* types) {
+  auto op = c10::Dispatcher::singleton().findSchema({name, ""});
+  if (!op) return std::nullopt;
+  std::string sig;
+  for (const auto& a : op->schema().arguments()) sig += (sig.empty() ? "" : ",") + a.type()->str();
+  sig += "->";
+  for (const auto& r : op->schema().returns()) sig += r.type()->str();
+  return sig == types ? op : std::nullopt;
 }
 
-bool is_intel() {
-#if defined(__x86_64__) || defined(__i386__)
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  if (!__get_cpuid(0, &a, &b, &c, &d)) return false;
-  char vendor[13];
-  std::memcpy(vendor, &b, 4);
-  std::memcpy(vendor + 4, &d, 4);
-  std::memcpy(vendor + 8, &c, 4);
-  vendor[12] = '\0';
-  return std::strcmp(vendor, "GenuineIntel") == 0;
-#else
-  return false;
-#endif
+const std::optional<c10::OperatorHandle>& onednn_linear_op() {
+  static const auto op = find("mkldnn::_linear_pointwise", "Tensor,Tensor,Tensor?,str,Scalar?[],str?->Tensor");
+  return op;
+}
+const std::optional<c10::OperatorHandle>& onednn_pack_op() {
+  static const auto op = find("mkldnn::_reorder_linear_weight", "Tensor,int?->Tensor");
+  return op;
+}
+const std::optional<c10::OperatorHandle>& mkl_pack_op() {
+  static const auto op = find("mkl::_mkl_reorder_linear_weight", "Tensor,int->Tensor");
+  return op;
+}
+const std::optional<c10::OperatorHandle>& mkl_linear_op() {
+  static const auto op = find("mkl::_mkl_linear", "Tensor,Tensor,Tensor,Tensor?,int->Tensor");
+  return op;
 }
 
-bool onednn_available() {
-  static const bool ok =
-      find("mkldnn::_linear_pointwise").has_value() && find("mkldnn::_reorder_linear_weight").has_value();
-  return ok;
-}
+bool onednn_available() { return onednn_linear_op() && onednn_pack_op(); }
 
 const char* name(Mode m) {
   switch (m) {
     case Mode::kMkl: return "mkl";
     case Mode::kOnednn: return "onednn";
+    case Mode::kAten: return "aten";
     default: return "auto";
   }
 }
@@ -62,27 +66,42 @@ std::string set_cpu_gemm(const std::string& mode) {
     m = Mode::kAuto;
   } else if (mode == "mkl") {
     m = Mode::kMkl;
+  } else if (mode == "aten") {
+    m = Mode::kAten;
   } else if (mode == "onednn") {
-    TORCH_CHECK(onednn_available(), "set_cpu_gemm: this build of torch has no oneDNN linear ops (mkldnn::_linear_"
-                "pointwise); use \"auto\" or \"mkl\"");
+    TORCH_CHECK(onednn_available(), "set_cpu_gemm: this build of torch has no oneDNN linear ops of the expected "
+                "schema (mkldnn::_linear_pointwise, mkldnn::_reorder_linear_weight); use \"auto\", \"mkl\" or "
+                "\"aten\"");
     m = Mode::kOnednn;
   } else {
-    TORCH_CHECK(false, "set_cpu_gemm: `mode` must be \"auto\", \"mkl\" or \"onednn\", got \"", mode, "\"");
+    TORCH_CHECK(false, "set_cpu_gemm: `mode` must be \"auto\", \"mkl\", \"onednn\" or \"aten\", got \"", mode,
+                "\"");
   }
   return name(g_mode.exchange(m));
 }
 
 // The library in use, by name ("mkl" also where MKL's packed ops are missing: then a plain at::mm runs).
-std::string cpu_gemm() { return selected() == Library::kOnednn ? "onednn" : "mkl"; }
+std::string cpu_gemm() {
+  switch (selected()) {
+    case Library::kOnednn: return "onednn";
+    case Library::kMkl: return "mkl";
+    default: return "aten";
+  }
+}
 
 }  // namespace
 
 Library selected() {
-  static const bool intel = is_intel();
   switch (g_mode.load(std::memory_order_relaxed)) {
     case Mode::kMkl: return Library::kMkl;
     case Mode::kOnednn: return Library::kOnednn;
-    default: return !intel && onednn_available() ? Library::kOnednn : Library::kMkl;
+    case Mode::kAten: return Library::kAten;
+    default:
+      // MKL where it runs its widest kernels (Intel); elsewhere oneDNN, which uses every ISA the CPU has (AMD EPYC
+      // Zen 4, 2 threads: 0.54-0.99x MKL's time at the agent's GEMMs under the AVX2 profile, 0.68-0.84x with AVX-512).
+      if (cpu::mkl_full_isa() && mkl_available()) return Library::kMkl;
+      if (onednn_available()) return Library::kOnednn;
+      return mkl_available() ? Library::kMkl : Library::kAten;
   }
 }
 
@@ -94,13 +113,13 @@ static at::Tensor call_boxed(const c10::OperatorHandle& op, torch::jit::Stack st
 }
 
 at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b) {
-  static const c10::OperatorHandle op = *find("mkldnn::_linear_pointwise");
+  static const c10::OperatorHandle op = *onednn_linear_op();
   return call_boxed(op, {x, w, b ? c10::IValue(*b) : c10::IValue(), c10::IValue("none"),
                          c10::IValue(c10::List<std::optional<c10::Scalar>>()), c10::IValue()});
 }
 
 at::Tensor onednn_pack(const at::Tensor& w, int64_t rows) {
-  static const c10::OperatorHandle op = *find("mkldnn::_reorder_linear_weight");
+  static const c10::OperatorHandle op = *onednn_pack_op();
   return call_boxed(op, {w, c10::IValue(rows)});
 }
 
@@ -137,20 +156,19 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const std::optional<
 }
 
 bool mkl_available() {
-  static const bool ok = find("mkl::_mkl_reorder_linear_weight").has_value() && find("mkl::_mkl_linear").has_value();
-  return ok;
+  return mkl_pack_op() && mkl_linear_op();
 }
 
 at::Tensor mkl_pack(const at::Tensor& w, int64_t rows) {
   using Fn = at::Tensor(const at::Tensor&, int64_t);
-  static const auto op = find("mkl::_mkl_reorder_linear_weight")->typed<Fn>();
+  static const auto op = mkl_pack_op()->typed<Fn>();
   return op.call(w, rows);
 }
 
 at::Tensor mkl_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& w, int64_t rows) {
   using Fn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                         int64_t);
-  static const auto op = find("mkl::_mkl_linear")->typed<Fn>();
+  static const auto op = mkl_linear_op()->typed<Fn>();
   return op.call(x, packed, w, std::nullopt, rows);
 }
 

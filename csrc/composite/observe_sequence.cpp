@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "../cpu/features.h"
 #include "../check.h"
 #include "../observe_sequence.h"
 #include "cpu_gemm.h"
@@ -220,10 +221,14 @@ class StepGemm {
   static Kind packing(const at::Tensor& w, int64_t rows, int64_t steps) {
     if (!w.is_cpu() || rows <= 0 || steps < 4 || w.numel() == 0) return Kind::kPlain;
     const at::ScalarType dt = w.scalar_type();
-    if (cpu_gemm::selected() == cpu_gemm::Library::kOnednn) {
-      return dt == at::kFloat || dt == at::kBFloat16 ? Kind::kOnednn : Kind::kPlain;
+    const cpu_gemm::Library lib = cpu_gemm::selected();
+    if (lib == cpu_gemm::Library::kOnednn) {
+      // oneDNN's bf16 reorder raises on CPUs without its bf16 ISA (AVX-512 BW/VL/DQ or AVX-NE-CONVERT): ask first.
+      const bool ok = dt == at::kFloat || (dt == at::kBFloat16 && cpu::features().onednn_bf16);
+      return ok ? Kind::kOnednn : Kind::kPlain;
     }
-    return dt == at::kFloat && cpu_gemm::mkl_available() ? Kind::kMkl : Kind::kPlain;
+    const bool mkl = lib == cpu_gemm::Library::kMkl && dt == at::kFloat && cpu_gemm::mkl_available();
+    return mkl ? Kind::kMkl : Kind::kPlain;
   }
   at::Tensor weight_t() const { return weight_t_.defined() ? weight_t_ : weight_.t(); }
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from dreamer_fast.behavior import ActorCritic
 from dreamer_fast.config import Config
+from dreamer_fast.cpu import resolve_bf16
 from dreamer_fast.rssm import RSSMState
 from dreamer_fast.world_model import ActionSpaceLike, ObsSpace, WorldModel, check_act_space
 
@@ -37,6 +38,7 @@ class Agent(nn.Module):
         self.config = config
         self.act_space = check_act_space(act_space)
         self.device = torch.device(config.device)
+        self.bf16, self.bf16_reason = resolve_bf16(config.bf16, self.device)  # bf16 autocast in training, and why
         self.wm = WorldModel(obs_space, act_space, config)
         self.ac = ActorCritic(self.wm.feat_size, act_space, config)
         self.to(self.device)
@@ -53,10 +55,10 @@ class Agent(nn.Module):
         return self.ac.updates
 
     def _autocast(self, acting: bool = False) -> contextlib.AbstractContextManager:
-        """bf16 autocast when ``config.bf16``. Acting on the CPU stays in float32: its GEMVs at a few rows are bound by
-        reading the weights, and autocast would cast every weight to bf16 at every step (an Atari acting step took
-        12 ms in bf16 against 6 ms in float32, measured on this project's 2-core machine)."""
-        if not self.config.bf16 or (acting and self.device.type == "cpu"):
+        """bf16 autocast when ``config.bf16`` resolves to it (:attr:`bf16`). Acting on the CPU stays in float32: its
+        GEMVs at a few rows are bound by reading the weights, and autocast would cast every weight to bf16 at every
+        step (measured with 2 threads: an Atari acting step took 12 ms in bf16 against 6 ms in float32)."""
+        if not self.bf16 or (acting and self.device.type == "cpu"):
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 

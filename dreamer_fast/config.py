@@ -26,8 +26,9 @@ class Config:
     seed: int = 0
     device: str = "cpu"  # "cpu" | "cuda" | "cuda:N"
     backend: str = "auto"  # dreamer_fast op backend: "auto" | "fused" | "reference"
-    bf16: bool = False  # bfloat16 autocast of the networks' GEMMs (LayerNorm, distributions, losses in float32);
-    # the atari preset turns it on (the official code's 16-bit mixed precision)
+    bf16: str = "false"  # bfloat16 autocast of the networks' GEMMs (LayerNorm, distributions, losses in float32):
+    # "auto" (the atari preset: the official code's 16-bit mixed precision, on CPUs with native bf16 GEMMs),
+    # "true" or "false"; dreamer_fast.cpu.resolve_bf16 decides "auto"
     threads: int = 0  # torch.set_num_threads; 0 = leave torch's default
     # ---- environment
     num_envs: int = 1  # environments stepped in lock-step for collection
@@ -115,7 +116,7 @@ class Config:
                 raise ValueError(f"config `{key}` must be finite and >= 0, got {value!r}")
         choices = {"clip_rewards": ("tanh", "none"), "actor_grad": ("reinforce", "dynamics"),
                    "actor_dist": ("auto", "onehot", "trunc_normal"), "backend": ("auto", "fused", "reference"),
-                   "return_norm": ("none", "percentile")}
+                   "return_norm": ("none", "percentile"), "bf16": ("auto", "true", "false")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"config `{key}` must be one of {allowed}, got {getattr(self, key)!r}")
@@ -139,6 +140,9 @@ def presets() -> list[str]:
 def _coerce(key: str, value: Any, default: Any) -> Any:
     """Converts an override (often a string from the command line) to the type of the field's default."""
     kind = type(default)
+    if key == "bf16" and isinstance(value, (bool, str)):  # a yes/no, or "auto"
+        value = {True: "true", False: "false"}.get(value, value) if isinstance(value, bool) else value.strip().lower()
+        value = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}.get(value, value)
     if isinstance(value, str) and kind is not str:
         text = value.strip()
         if kind is bool:

@@ -33,6 +33,7 @@ from dreamer_fast._memory import keep_freed_memory
 from dreamer_fast.agent import Agent
 from dreamer_fast.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from dreamer_fast.config import Config, config_from_dict
+from dreamer_fast.cpu import resolve_bf16
 from dreamer_fast.envs import make_env
 from dreamer_fast.logger import Logger, plot
 from dreamer_fast.replay import Replay
@@ -95,7 +96,9 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
         raise ValueError(f"{logdir} already holds a run ({ckpt_path}); pass --resume to continue it or pick another "
                          "--logdir")
     device = _setup(config)
-    (logdir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    _, bf16_reason = resolve_bf16(config.bf16, device)
+    print(f"dreamer-fast: {bf16_reason}")
+    (logdir / "config.yaml").write_text(f"# {bf16_reason}\n" + yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     envs = [make_env(config, seed=config.seed + 1000 * i) for i in range(config.num_envs)]
     obs_space, act_space = envs[0].obs_space, envs[0].act_space

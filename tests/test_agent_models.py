@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import dreamer_fast as df
+from conftest import assert_close_to_scale
 from dreamer_fast.agent import Agent
 from dreamer_fast.behavior import ActorCritic, actor_objective, critic_objective, return_weights
 from dreamer_fast.config import load_config
@@ -140,7 +141,10 @@ def test_conv_encoder_matches_plain_convs(backend, channels, dtype):
     g = torch.randn_like(out)
     for a, r in zip(torch.autograd.grad(out, list(enc.parameters()), g),
                     torch.autograd.grad(ref, list(enc.parameters()), g)):
-        torch.testing.assert_close(a, r, **close)
+        if dtype == torch.float64:
+            torch.testing.assert_close(a, r)
+        else:  # weight gradients sum thousands of products, in an order that depends on the conv kernel ISA picks
+            assert_close_to_scale(a, r, **close)
 
 def test_conv_decoder_matches_transposed_convs():
     """The first layer runs as a GEMM; it must equal the module's ConvTranspose2d applied to the 1x1 map, values

@@ -15,14 +15,16 @@ from test_rssm import act_steps, assert_states_close, model, run_observe, sequen
 import dreamer_fast as df
 
 pytestmark = pytest.mark.skipif(not df.extension_loaded(), reason="needs the compiled extension")
-LIBRARIES = ["mkl", "onednn"] if torch.backends.mkldnn.is_available() else ["mkl"]
+LIBRARIES = ["mkl", "onednn", "aten"] if torch.backends.mkldnn.is_available() else ["mkl", "aten"]
 
 
 @pytest.fixture(autouse=True)
 def restore_mode():
     previous = df.set_cpu_gemm("auto")
+    previous_profile = df.set_cpu_profile("auto")
     yield
     df.set_cpu_gemm(previous)
+    df.set_cpu_profile(previous_profile)
 
 
 def cpu_vendor() -> str:
@@ -34,21 +36,26 @@ def cpu_vendor() -> str:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="reads the CPU vendor from /proc/cpuinfo")
-def test_auto_is_mkl_on_intel_and_onednn_elsewhere():
+@pytest.mark.parametrize("profile", ["auto", "avx2"])
+def test_auto_is_mkl_where_it_runs_its_widest_kernels_and_onednn_elsewhere(profile):
+    df.set_cpu_profile(profile)
     intel = cpu_vendor() == "GenuineIntel"
+    assert df.cpu_features()["mkl_full_isa"] == intel
     assert df.cpu_gemm() == ("mkl" if intel or not torch.backends.mkldnn.is_available() else "onednn")
 
 
 def test_set_cpu_gemm_returns_the_previous_mode_and_rejects_bad_ones():
     assert df.set_cpu_gemm("mkl") == "auto"
     assert df.cpu_gemm() == "mkl"
-    assert df.set_cpu_gemm(LIBRARIES[-1]) == "mkl"
-    assert df.cpu_gemm() == LIBRARIES[-1]
+    assert df.set_cpu_gemm(LIBRARIES[-2]) == "mkl"
+    assert df.cpu_gemm() == LIBRARIES[-2]
+    assert df.set_cpu_gemm("aten") == LIBRARIES[-2]
+    assert df.cpu_gemm() == "aten"
     with pytest.raises(ValueError, match="`mode` must be one of"):
         df.set_cpu_gemm("openblas")
     with pytest.raises(RuntimeError, match="`mode` must be"):  # the op's own check, for C++ / torch.ops callers
         torch.ops.dreamer_fast.set_cpu_gemm("openblas")
-    assert df.cpu_gemm() == LIBRARIES[-1]
+    assert df.cpu_gemm() == "aten"
 
 
 @pytest.mark.parametrize("library", LIBRARIES)
@@ -73,9 +80,12 @@ def test_observe_with_each_library_matches_reference(library, sizes, monkeypatch
 
 
 @pytest.mark.parametrize("library", LIBRARIES)
-def test_observe_under_bf16_autocast_with_each_library(library):
-    """bf16 GEMMs (oneDNN packs them too): the first step close to float32, everything finite, gradients present."""
+@pytest.mark.parametrize("profile", ["auto", "avx2"])
+def test_observe_under_bf16_autocast_with_each_library(library, profile):
+    """bf16 GEMMs (oneDNN packs them too where it runs bf16; under the AVX2 profile it must not: its bf16 reorder raises
+    on CPUs without AVX-512): the first step close to float32, everything finite, gradients present."""
     df.set_cpu_gemm(library)
+    df.set_cpu_profile(profile)
     m = model(torch.float32, backend="fused")
     embed, action, is_first, noise = (x.detach().float() for x in sequence(12, 3))
     want = m.observe(embed, action, is_first, noise=noise)

@@ -484,8 +484,8 @@ def test_keep_freed_memory_removes_page_faults_of_repeated_large_allocations():
 
 
 def test_atari_preset_is_the_defaults_plus_mixed_precision():
-    """atari.yaml = Config()'s defaults (DreamerV2's Atari configuration) with bf16 autocast on; the CPU-sized presets
-    train in float32."""
+    """atari.yaml = Config()'s defaults (DreamerV2's Atari configuration) with bf16 autocast where the CPU has native
+    bf16 GEMMs (`bf16: auto`); the CPU-sized presets train in float32."""
     preset, defaults = load_config("atari").to_dict(), Config().to_dict()
-    assert {k for k in defaults if preset[k] != defaults[k]} == {"bf16"} and preset["bf16"] is True
-    assert all(not load_config(name).bf16 for name in presets() if name != "atari")
+    assert {k for k in defaults if preset[k] != defaults[k]} == {"bf16"} and preset["bf16"] == "auto"
+    assert all(load_config(name).bf16 == "false" for name in presets() if name != "atari")

@@ -16,7 +16,7 @@ from dreamer_fast.reference.linear import linear_ref
 
 pytestmark = pytest.mark.skipif(not df.has_kernel("linear", "cpu"), reason="the compiled extension is not loaded")
 
-GEMMS = ["mkl", "onednn"] if df.extension_loaded() else []
+GEMMS = ["mkl", "onednn", "aten"] if df.extension_loaded() else []
 
 
 def make(shape, device, dtype, seed):

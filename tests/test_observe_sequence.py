@@ -79,8 +79,8 @@ def test_values_and_grads_match_reference(device, dtype, unimix):
         torch.testing.assert_close(a, b, **loose, msg=lambda m, n=name: f"d{n}: {m}")
 
 
-@pytest.mark.parametrize("gemm", ["mkl", "onednn"])
-def test_weight_gradients_at_training_sizes_on_both_gemm_libraries(gemm):
+@pytest.mark.parametrize("gemm", ["mkl", "onednn", "aten"])
+def test_weight_gradients_at_training_sizes_on_each_gemm_library(gemm):
     """T·B = 320 rows and 256-wide layers: the weight gradients' GEMMs reach oneDNN's sizes (cpu_gemm::linear) when
     it is selected; float32 values and gradients against the reference either way."""
     inputs, noise = make(T=16, B=20, D=256, H=256, S=8, K=8, dtype=torch.float32)

@@ -84,11 +84,11 @@ def set_cpu_gemm(mode: str) -> str:
     Concerns observe's per-step GEMMs (B rows, the weights packed once per sequence; bfloat16 ones too under oneDNN),
     the acting step's above 6 rows (up to 6, e.g. B = 1, its float32 layers are our own GEMV kernel), and the
     :func:`dreamer_fast.linear` op's products from 64 x 256 x 256 (the networks' Linear layers, imagination's RSSM
-    layers, observe's weight gradients; smaller ones stay on ATen). On the AMD EPYC Zen 5 machine oneDNN's matmul ran
+    layers, observe's weight gradients; smaller ones stay on ATen). Measured on an AMD EPYC Zen 5, oneDNN's matmul ran
     ~2.2x MKL's at the agent's training shapes too (MKL takes its AVX2 paths on CPUs that are not Intel).
     ``"auto"`` (the default, or ``$DREAMER_FAST_CPU_GEMM``) is oneDNN on CPUs whose vendor is not Intel and MKL on
     Intel ones: measured on an AMD EPYC (Zen 4), oneDNN's matmul is ~2x MKL's at 16 x 1200 -> 1800 (observe T=50
-    B=16 forward+backward 340 -> 212 ms); MKL's packed GEMM is what was measured on the Intel (AMX) machine.
+    B=16 forward+backward 340 -> 212 ms); MKL's packed GEMM is what was measured on an Intel Xeon with AMX.
     ``"mkl"`` / ``"onednn"`` force one. Process-wide; the results differ only by summation order (both float32).
     """
     if mode not in CPU_GEMMS:

@@ -4,10 +4,10 @@
 //
 // Why a choice: neither is the faster on every CPU. On the AMD EPYC (Zen 4) CI machine oneDNN's matmul is ~2x MKL's
 // at observe's shapes (measured, 2 threads: 16 x 1200 -> 1800 with the weight packed once 0.37 ms against MKL's packed
-// 0.74 ms; 1 x 1200 -> 1800 0.09 ms against addmm's 0.15 ms), while at 800 rows the two were equal there. On the Zen 5
-// machine (full-width AVX-512) oneDNN is ~2.2x MKL at 800 to 12800 rows as well (~480 against ~210 GFLOP/s: MKL takes
-// its AVX2 paths on CPUs that are not Intel; docs/PERFORMANCE.md, tenth session). On the Intel (AMX) machine of
-// earlier sessions MKL's packed GEMM is what was measured and kept. "auto" is therefore oneDNN on CPUs whose vendor is
+// 0.74 ms; 1 x 1200 -> 1800 0.09 ms against addmm's 0.15 ms), while at 800 rows the two were equal there. On an AMD EPYC
+// Zen 5 (full-width AVX-512) oneDNN is ~2.2x MKL at 800 to 12800 rows as well (~480 against ~210 GFLOP/s: MKL takes
+// its AVX2 paths on CPUs that are not Intel; docs/PERFORMANCE.md). On an Intel Xeon with AMX
+// MKL's packed GEMM is what was measured and kept. "auto" is therefore oneDNN on CPUs whose vendor is
 // not Intel, MKL on Intel: a fixed rule, not a timing, so a run's numbers do not depend on a race.
 // `set_cpu_gemm("mkl" | "onednn" | "auto")` overrides it (for tests and A/B runs; process-wide).
 #pragma once
@@ -21,9 +21,9 @@ namespace dreamer_fast::cpu_gemm {
 enum class Library { kMkl, kOnednn };
 
 // Up to this many rows a float32 layer on the CPU is our GEMV kernel (cpu/gemv.h), whatever set_cpu_gemm says: the
-// acting step's B is 1 (or a few environments). On the AMD EPYC Zen 5 machine the whole Atari step took 0.21 ms
+// acting step's B is 1 (or a few environments). Measured on an AMD EPYC Zen 5, the whole Atari step took 0.21 ms
 // against oneDNN's 0.46 at B = 1, 0.60 against 0.69 ms at B = 5, and the two were equal at B = 8
-// (docs/PERFORMANCE.md, ninth session). Above it, the GEMM library.
+// (docs/PERFORMANCE.md). Above it, the GEMM library.
 constexpr int64_t kGemvMaxRows = 6;
 
 // The library "auto" or the override resolves to on this CPU; kOnednn only where torch has the oneDNN ops.

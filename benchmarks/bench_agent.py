@@ -81,9 +81,9 @@ def test_policy_step(benchmark, backend):
 
 @pytest.mark.parametrize("ratio", ["reference/fused", "reference/fused-bf16"])
 def test_train_update_ratio(benchmark, ratio, interleaved_ratio):
-    """Issue 6's target as an interleaved A/B (printed at the end of the run): the `atari` update on the reference
-    backend (float32) over the fused one, float32 or bf16 (the preset's default), timed back to back in every round.
-    The benchmark's own time is that of one pair."""
+    """The update target (fused >= 2x the reference backend) as an interleaved A/B (printed at the end of the run):
+    the `atari` update on the reference backend (float32) over the fused one, float32 or bf16 (the preset's
+    default), timed back to back in every round. The benchmark's own time is that of one pair."""
     benchmark.group = "agent train_step interleaved ratios (atari preset; time = one A+B pair)"
     reference, fused = ratio.split("/")
     warm = not benchmark.disabled

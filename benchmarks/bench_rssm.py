@@ -143,9 +143,9 @@ def imagine_round(impl: str) -> Callable[[], tuple[torch.Tensor, ...]]:
     used = [p for name, p in m.named_parameters() if not name.startswith(("obs_out", "post_logits"))]
     params = [*used, *actor.parameters()]
     # Backward from given gradients of the imagined states' features (what the actor and critic losses would send),
-    # so that the round is imagine's forward and backward alone, as its GEMM floor below. (Until 2026-12-04 a
-    # stand-in loss, get_feat(states).square().mean(), was part of the round: a cat of all states into an 83 MB
-    # feature tensor and its elementwise passes, 20-160 ms of memory traffic that is not imagine's; PERFORMANCE.md.)
+    # so that the round is imagine's forward and backward alone, as its GEMM floor below. (A stand-in loss such as
+    # get_feat(states).square().mean() would add a cat of all states into an 83 MB feature tensor and its elementwise
+    # passes: memory traffic that is not imagine's.)
     d_deter = torch.randn(16, 800, 600, generator=g) * 1e-3
     d_stoch = torch.randn(16, 800, 32, 32, generator=g) * 1e-3
 
@@ -161,11 +161,11 @@ def imagine_round(impl: str) -> Callable[[], tuple[torch.Tensor, ...]]:
 
 @pytest.mark.parametrize("impl", ["fused", "fused-agent-actor", "reference", "fused-bf16"])
 def test_imagine(benchmark, impl):
-    """`fused-bf16`: the fused backend under torch.autocast("cpu", bfloat16), the issue's mixed-precision case (its
-    target is a ratio to the float32 eager reference). `fused-agent-actor`: the actor's layers are the agent's own,
+    """`fused-bf16`: the fused backend under torch.autocast("cpu", bfloat16), the mixed-precision case (its target
+    is a ratio to the float32 eager reference). `fused-agent-actor`: the actor's layers are the agent's own,
     the library's fused linear and ELU ops (the other cases use `nn.Linear` and `nn.ELU`, a user's actor: on CPUs
     that are not Intel torch's float32 GEMMs run MKL's AVX2 paths, and ATen's float32 ELU is several times slower
-    than ours on some CPUs: docs/PERFORMANCE.md, eighth and tenth sessions)."""
+    than ours on some CPUs: docs/PERFORMANCE.md, "CPU paths")."""
     benchmark.group = "rssm imagine fwd+bwd H=15 B=800 + 4x400 actor (f32)"
     grads = benchmark.pedantic(imagine_round(impl), rounds=3, iterations=1)  # ~360 GFLOP per round
     assert all(bool(torch.isfinite(g).all()) for g in grads)
@@ -209,8 +209,8 @@ def test_imagine_gemms(benchmark):
     benchmark.extra_info["gflop"] = sum(2 * m * k * n for m, k, n in imagine_gemm_shapes()) / 1e9
 
 
-# The issue's two imagine targets are ratios; timed in separate cases, minutes apart, they move with the machine's
-# drift (the GEMM floor by ±20% between runs on a noisy day: PERFORMANCE.md, eighth session). Here each round times
+# The two imagine targets are ratios; timed in separate cases, minutes apart, they move with the machine's drift
+# (the GEMM floor by ±20% between runs on a shared AMD EPYC Zen 4 VM). Here each round times
 # both sides back to back, in alternating order, and the ratio is the median of the per-round ratios.
 IMAGINE_RATIOS = {  # name: the two sides' round builders, numerator first
     "fused-f32/gemms": (lambda: imagine_round("fused-agent-actor"), imagine_gemm_round),  # target <= 1.15
@@ -229,7 +229,7 @@ def test_imagine_ratio(benchmark, ratio, interleaved_ratio):
 
 @pytest.mark.parametrize("impl", ["fused", "fused-posterior", "fused-posterior-bf16w", "reference"])
 def test_policy_step(benchmark, impl):
-    """obs_step as the issue states it (posterior and prior, float32), and as an agent acts: ``prior=False``, and
+    """obs_step as the target states it (posterior and prior, float32), and as an agent acts: ``prior=False``, and
     with ``inference_dtype = torch.bfloat16`` (weights rounded to bfloat16, products in float32). No "-mkl" /
     "-onednn" cases: at B = 1 the fused step's layers are our GEMV kernel whatever set_cpu_gemm says."""
     benchmark.group = "rssm obs_step B=1 no_grad (f32)"

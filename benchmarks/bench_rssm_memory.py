@@ -6,7 +6,7 @@ What is counted (activations: the model's parameters and the inputs embed/action
 storages, so a tensor saved by two nodes counts once):
 
 - ``saved``: what the autograd graph of the loss holds for backward at the end of the forward, through
-  ``save_for_backward`` / the built-in nodes' saved variables -- the issue's "bytes saved for backward";
+  ``save_for_backward`` / the built-in nodes' saved variables -- the "bytes saved for backward";
 - ``ctx``: tensors a custom autograd function keeps as attributes of its ctx instead (e.g. SequenceLinear's recorded
   step inputs): the graph holds them all the same, but ``saved_tensors_hooks`` do not see them;
 - ``per step``: (saved + ctx) / T, sequence-level tensors (the prior head over all T·B rows, the KL) included;

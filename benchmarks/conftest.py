@@ -56,7 +56,7 @@ _compiled: dict[Callable, Callable] = {}
 
 
 def compiled(fn: Callable) -> Callable:
-    """torch.compile(fn) (inductor, static shapes), built once per function for the whole session."""
+    """torch.compile(fn) (inductor, static shapes), built once per function for the whole pytest run."""
     if fn not in _compiled:
         _compiled[fn] = torch.compile(fn, dynamic=False)
     return _compiled[fn]

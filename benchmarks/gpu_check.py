@@ -3,15 +3,15 @@
     python benchmarks/gpu_check.py               # build in place for this GPU's arch, tests, GPU table
     python benchmarks/gpu_check.py --no-build    # use the extension already built
     python benchmarks/gpu_check.py --cxx /usr/bin/g++   # build with this compiler (see check_cpp_errors)
-    python benchmarks/gpu_check.py --cxx /usr/bin/g++ --workers 16 --cuda-tests-first   # the lent H200's run
+    python benchmarks/gpu_check.py --cxx /usr/bin/g++ --workers 16 --cuda-tests-first   # as run on an H200
     python benchmarks/gpu_check.py --no-tests --only elu   # time only the rows whose label contains "elu"
 
 Prints one table: per op and dtype (float32, bfloat16), forward+backward time of fused, eager reference and
 torch.compile(reference), and the speed-ups; then the no-grad RSSM acting step at B=1 and one full agent update at
 the Atari preset (fused vs reference backend, float32 and bf16 autocast). The tests run after the timings (with
 --cuda-tests-first, the CUDA cases before them), so that a time limit cuts the part CI also covers. Fails loudly (exit 2) when no GPU is visible: this script exists to
-check the GPU, so skipping would hide that nothing was checked. Paste its output, with the date and the GPU name,
-into docs/PERFORMANCE.md.
+check the GPU, so skipping would hide that nothing was checked. Its latest table, with the GPU, the torch version
+and the commit, belongs in docs/GPU.md.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ except RuntimeError as e:
 
 def check_cpp_errors() -> None:
     """A C++ check failing inside the extension must surface as a Python RuntimeError. With a compiler whose runtime
-    differs from torch's (the lent H200 image's default CXX, /opt/gcc/bin/g++, is one) every C++ exception thrown by
+    differs from torch's (a g++ wrapper with its own -B linker/crt/libgcc paths is one) every C++ exception thrown by
     an extension kills the process with SIGSEGV, and the suite dies at its first bad-input test."""
     result = subprocess.run([sys.executable, "-c", CPP_ERROR_PROBE], cwd=ROOT)
     if result.returncode != 0:
@@ -234,7 +234,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-build", action="store_true", help="use the extension already built")
     parser.add_argument("--no-tests", action="store_true", help="skip the test suite")
-    parser.add_argument("--cxx", help="C++ compiler for the build (sets CXX), e.g. /usr/bin/g++ on the lent H200")
+    parser.add_argument("--cxx", help="C++ compiler for the build (sets CXX), e.g. /usr/bin/g++ (see check_cpp_errors)")
     parser.add_argument("--tests-timeout", type=float, default=1200.0, help="seconds the test suite may take")
     parser.add_argument("--only", help="time only the rows whose label contains this text (e.g. 'elu')")
     parser.add_argument("--workers", type=int, default=1, help="pytest-xdist workers for the tests (1: no xdist)")

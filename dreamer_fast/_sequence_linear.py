@@ -168,7 +168,7 @@ class _Sink(torch.autograd.Function):
 
 def _addmm_t(acc: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``acc + x @ weight^T``, ``acc`` a bias ``[out]`` or ``[rows, out]``. Outside autocast and compilation the product
-    is the fused linear op (oneDNN for float32 on CPUs that are not Intel: ~2.2x MKL's GEMMs on the Zen 5 machine);
+    is the fused linear op (oneDNN for float32 on CPUs that are not Intel: ~2.2x MKL's GEMMs on an AMD EPYC Zen 5);
     under autocast, ``addmm`` with autocast's casts."""
     if torch.is_autocast_enabled(x.device.type) or torch.compiler.is_compiling():
         return torch.addmm(acc, x, weight.t())

@@ -1,6 +1,6 @@
 """The agent's configuration: one flat dataclass, presets in ``dreamer_fast/configs/<name>.yaml``, overrides.
 
-Defaults are DreamerV2's Atari configuration (``../shared/reference/dreamerv2-official-config.md``); a preset file
+Defaults are DreamerV2's Atari configuration (the official code's ``configs.yaml``, ``atari`` section); a preset file
 lists only what it changes. ``load_config("small", {"steps": 5000})`` gives the ``small`` preset with one override;
 unknown keys and values of the wrong type or out of range raise ``ValueError`` naming the key.
 """

@@ -43,8 +43,8 @@ def conv2d_as_gemm(
     The GEMM needs the patches' values in the weight's order. Many patches (training, N = 800): the patches in
     channels-last order (contiguous runs of C values) and the weight permuted to match. Fewer patch rows than output
     channels (acting, N = 1): the patches in the weight's own (C, kh, kw) order, so the weight is a free view; at
-    B = 1 permuting DreamerV2's last encoder weight (4.7 MB) each call was 0.6 of the layer's 0.8 ms
-    (docs/PERFORMANCE.md, ninth session). At N = 800 that order's gather measured ~4% slower, hence both.
+    B = 1 permuting DreamerV2's last encoder weight (4.7 MB) each call was 0.6 of the layer's 0.8 ms (measured on an
+    AMD EPYC Zen 5, 2 threads). At N = 800 that order's gather measured ~4% slower, hence both.
     """
     n, c, h, w = x.shape
     c_out, _, k, _ = weight.shape
@@ -82,7 +82,8 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
     """``x [N, C, H, W]`` in channels-last strides, also for C = 1 (whose NCHW strides torch counts as channels-last
     too; oneDNN's conv then keeps NCHW). The fused encoder runs channels-last on the CPU: with the fused ELU keeping
     the layout, oneDNN's convs need no layout copies; forward and backward over 800 frames took 450-470 ms against
-    537 ms in NCHW (tenth session). The reference backend stays NCHW, as plain PyTorch code would be."""
+    537 ms in NCHW (measured on an AMD EPYC Zen 5, 2 threads). The reference backend stays NCHW, as plain PyTorch
+    code would be."""
     n, c, h, w = x.shape
     return x.contiguous(memory_format=torch.channels_last).as_strided(x.shape, (h * w * c, 1, w * c, c))
 

@@ -474,7 +474,7 @@ class RSSM(nn.Module):
         post = RSSMState(deters, samples, logits)
         # The prior head feeds nothing back into the recurrence: one pass over all T·B rows after the loop. The fused
         # ELU (here and in _FusedImagination) saves its output, as F.elu(inplace=True) does, and in bfloat16 it is
-        # ~11x faster than ATen's on some CPUs (docs/PERFORMANCE.md, sixth session).
+        # ~11x faster than ATen's on an AMD EPYC Zen 4 (docs/PERFORMANCE.md, "CPU paths").
         prior_logits = self._logits(self.prior_logits(elu(self.img_out(deters), backend="fused")))
         return post, RSSMState(deters, _probs(prior_logits, self.unimix), prior_logits)
 

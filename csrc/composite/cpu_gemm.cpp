@@ -126,7 +126,7 @@ at::Tensor onednn_pack(const at::Tensor& w, int64_t rows) {
 namespace {
 
 // oneDNN only for products at least this large (rows, output columns, inner size). A sweep of op / at::mm times on
-// the Zen 5 machine (tenth session, all four row/column-major combinations): from these sizes on oneDNN was faster
+// an AMD EPYC Zen 5, 2 threads (all four row/column-major combinations): from these sizes on oneDNN was faster
 // everywhere (median 0.59x MKL's time); below them it lost in places by 1.1-4x (its fixed cost per call at small
 // products, e.g. 16 x 128 -> 256), and by 2-18x with an output of 1-64 columns from a column-major x (the weight
 // gradient of a critic's or an actor's last layer). The agent's training GEMMs are all above; its last layers are not.

@@ -2,8 +2,8 @@
 // Linear layer of the agent (MLPs, heads, the decoder's first layers, imagination's RSSM layers).
 //
 // Why an op: on the CPU, torch's float32 addmm/mm run MKL, and MKL on a CPU whose vendor is not Intel takes its AVX2
-// paths. On the AMD EPYC Zen 5 machine (full-width AVX-512) that is ~210 GFLOP/s at every training shape of the
-// Atari agent, where oneDNN's matmul reaches ~480 (tenth session, docs/PERFORMANCE.md). So on the CPU a float32
+// paths: measured on an AMD EPYC Zen 5 (full-width AVX-512, 2 threads), ~210 GFLOP/s at every training shape of the
+// Atari agent against ~480 for oneDNN's matmul (docs/PERFORMANCE.md). So on the CPU a float32
 // product large enough runs where cpu_gemm.h says (oneDNN on CPUs that are not Intel, MKL on Intel), and one of at
 // most 6 rows (acting) is our GEMV kernel (cpu/gemv.h); cpu_gemm::linear does the routing. Everything else (float64,
 // the half types, CUDA, small or empty products) is ATen's addmm, the same function.

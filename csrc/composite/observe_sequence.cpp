@@ -155,8 +155,8 @@ struct NoAutocast {
 };
 
 // `w.contiguous()` for a transposed float32 view (stride(0) == 1, as `weight.t()` or the transpose of a column slice):
-// ATen copies such a view element by element across the long stride (measured ~4 ms for the 1200 x 1800 GRU weight
-// on one thread of this project's CPU); tiles of 32 x 32 keep both sides in cache (~1.5 ms). Anything else:
+// ATen copies such a view element by element across the long stride; tiles of 32 x 32 keep both sides in cache (the
+// 1200 x 1800 GRU weight: ~1.5 ms against ~4 ms, measured on an Intel Xeon, one thread). Anything else:
 // `contiguous()`.
 at::Tensor contiguous_weight(const at::Tensor& w) {
   if (!w.is_cpu() || w.dim() != 2 || w.is_contiguous() || w.scalar_type() != at::kFloat || w.stride(0) != 1)
@@ -183,9 +183,8 @@ at::Tensor contiguous_weight(const at::Tensor& w) {
 //
 // Why: at B = 16 a step's GEMM is too small for the BLAS to amortise its packing of the weight into its own
 // layout, which it redoes at every call (the RNN case). On the CPU the weight is packed once per sequence instead,
-// by the library cpu_gemm.h selects: MKL's packed GEMM (float32 only; measured on the Intel machine 0.27 ms instead
-// of 0.46 ms for 16 x 1200 -> 1800, packing once ~0.4 ms) or oneDNN's (float32 and bfloat16; on the AMD EPYC machine
-// 0.37 ms against MKL's packed 0.74 ms in float32, 0.19 against at::mm's 0.24 ms in bfloat16). Elsewhere (CUDA,
+// by the library cpu_gemm.h selects: MKL's packed GEMM (float32 only) or oneDNN's (float32 and bfloat16; for
+// 16 x 1200 -> 1800 in float32 0.37 ms against MKL's packed 0.74 ms, measured on an AMD EPYC Zen 4). Elsewhere (CUDA,
 // float64, half GEMMs under MKL, short sequences) it is a plain at::mm in the GEMM dtype.
 class StepGemm {
  public:
@@ -277,8 +276,8 @@ Forward forward(const std::string& ns, const Args& a, bool save) {
       z = z * k;
     }
     // The GEMM outputs are written straight into their [T, ...] buffers where the backward needs them. The ELUs are
-    // our op, not ATen's (on the AMD EPYC machine at::elu took ~90 us for these 16 x 600 values; profiled, 100 calls a
-    // sequence: ~9 of ~245 ms), so their results are copied into the saved buffers (a few us).
+    // our op, not ATen's (at::elu took ~90 us for these 16 x 600 values, measured on an AMD EPYC Zen 4), so their
+    // results are copied into the saved buffers (a few us).
     const at::Tensor x = ops.elu.call(stoch_in(z).add_(act_proj[t]));
     if (save) out.x[t].copy_(x);
     at::Tensor gates = save ? out.gates[t] : at::empty({B, 3 * D}, opts);
@@ -393,7 +392,7 @@ Grads backward(const std::string& ns, const at::Tensor& grad_deters, const at::T
       at::cat({stoch0.reshape({1, B, F}), samples.reshape({T, B, F})}).narrow(0, 0, T).reshape({N, F}).mul_(keep_col);
   const at::Tensor dl2 = d_logits.view({N, F}), dyp2 = d_y_pre.view({N, H}), dg2 = d_gates.view({N, 3 * D}),
                    dxp2 = d_x_pre.view({N, H});
-  // a^T b through cpu_gemm::linear (oneDNN for float32 on CPUs that are not Intel: ~2x MKL on the Zen 5 machine).
+  // a^T b through cpu_gemm::linear (oneDNN for float32 on CPUs that are not Intel: ~2x MKL on an AMD EPYC Zen 5).
   const auto at_b = [](const at::Tensor& a, const at::Tensor& b) { return cpu_gemm::linear(a.t(), b.t(), {}); };
   at::Tensor d_w_post = at_b(dl2, y.reshape({N, H}));
   at::Tensor d_b_post = dl2.sum(0);

@@ -1,8 +1,8 @@
 // The small-batch float32 linear layers of the acting step (obs_step_inference) on the CPU, with the weight in
 // float32 or in bfloat16 (RSSM.inference_dtype). At B = 1 a GEMV reads its weight once and does two FLOPs per value
 // read, so its time is the weight's bytes over the bandwidth of the cache or memory that holds it. The GEMM
-// libraries' B = 1 paths stay well short of that here: on the AMD EPYC Zen 5 machine oneDNN's six GEMVs of the Atari
-// step take 0.38 ms, a read-only pass over the same 22.6 MB 0.125 ms (docs/PERFORMANCE.md, ninth session). ATen has
+// libraries' B = 1 paths stay well short of that: oneDNN's six GEMVs of the Atari step take 0.38 ms, a read-only pass
+// over the same 22.6 MB 0.125 ms (measured on an AMD EPYC Zen 5, 2 threads; docs/PERFORMANCE.md). ATen has
 // no mixed float32 x bfloat16 product either. Accumulation is in float32, in a fixed order per output (not bit-equal
 // to any GEMM library).
 #pragma once

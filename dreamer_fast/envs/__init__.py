@@ -5,8 +5,8 @@
 ``reward``, ``is_first``, ``is_last`` and ``is_terminal``; actions are float32 ``[dim]`` vectors (one-hot for
 discrete action spaces, ``[-1, 1]`` for continuous ones).
 
-Throughput with uniformly random actions, one env in one process (resets included), on the 2-core development
-machine shared with other jobs (load ~1.6), measured with ``python -m dreamer_fast.envs --steps 20000`` (twice;
+Throughput with uniformly random actions, one env in one process (resets included), on a 2-core Intel Xeon
+shared with other jobs (load ~1.6), measured with ``python -m dreamer_fast.envs --steps 20000`` (twice;
 gymnasium 1.4.0, ale-py 0.12.1, Python 3.11):
 
     atari/Pong       (action repeat 4, 64×64 grayscale, sticky 0.25):  2,700–2,900 agent steps/s (≈11k frames/s)

@@ -1,8 +1,8 @@
 """A Linear layer's product (torch.ops.dreamer_fast.linear) with its checks, fake kernel and autograd.
 
 Why an op for a GEMM: on the CPU, torch's float32 ``addmm``/``mm`` run MKL, which on CPUs whose vendor is not Intel
-takes its AVX2 paths. On the AMD EPYC Zen 5 machine of the tenth session that was ~210 GFLOP/s at every GEMM shape of
-an Atari training update, against ~480 for oneDNN's matmul (docs/PERFORMANCE.md), and the Linear layers' GEMMs were
+takes its AVX2 paths. Measured on an AMD EPYC Zen 5 (2 threads), that was ~210 GFLOP/s at every GEMM shape of an
+Atari training update, against ~480 for oneDNN's matmul (docs/PERFORMANCE.md), and the Linear layers' GEMMs were
 over half of the update's time. The op runs a float32 product from 64 x 256 x 256 in the library
 :func:`dreamer_fast.cpu_gemm` names (oneDNN on CPUs that are not Intel, MKL on Intel), one of at most 6 rows (acting)
 in the library's own GEMV, and anything else in ATen's ``addmm`` (oneDNN lost to it below those sizes). The

@@ -25,23 +25,22 @@ dreamer_fast.keep_freed_memory()
 
 @functools.cache
 def cpu_description() -> str:
-    """The CPU model and the features that decide the bf16 ratios (AMX makes bf16 GEMMs ~6x float32; without it,
-    with avx512_bf16, ~2x): ratios measured on different CPUs are not comparable (docs/PERFORMANCE.md)."""
-    model, flags = platform.processor() or platform.machine(), set()
+    """The CPU model, the profile its paths follow and the features that decide the bf16 ratios (AMX makes bf16 GEMMs
+    ~6x float32; without it, with avx512_bf16, ~2x): ratios measured on different CPUs or profiles are not
+    comparable (docs/PERFORMANCE.md)."""
+    model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break
+            model = next((line.partition(":")[2].strip() for line in f if line.startswith("model name")), model)
     except OSError:
         pass
-    features = ", ".join(f"{name}: {'yes' if flag in flags else 'no'}"
-                         for name, flag in (("AMX-bf16", "amx_bf16"), ("AVX512-bf16", "avx512_bf16")))
-    return f"{model}; {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; {features}"
+    if not dreamer_fast.extension_loaded():
+        return f"{model}; {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; extension not loaded"
+    f = dreamer_fast.cpu_features()
+    features = ", ".join(f"{name}: {'yes' if f[key] else 'no'}"
+                         for name, key in (("AMX-bf16", "amx_bf16"), ("AVX512-bf16", "avx512_bf16")))
+    return (f"{model}; {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; profile {f['profile']} "
+            f"(ATen {f['aten_capability']}, GEMMs {dreamer_fast.cpu_gemm()}); {features}")
 
 
 def pytest_report_header(config) -> str:

@@ -12,6 +12,7 @@
 #include <cpuid.h>
 #endif
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdlib>
@@ -85,10 +86,13 @@ Features capped(Features f, Profile p) {
   return f;
 }
 
-Profile parse(const std::string& s, const char* source) {
-  if (s == "auto" || s.empty()) return Profile::kAmx;
+// The cap: a profile, or kNoCap for "auto".
+constexpr int kNoCap = static_cast<int>(Profile::kAmx) + 1;
+
+int parse(const std::string& s, const char* source) {
+  if (s == "auto" || s.empty()) return kNoCap;
   for (Profile p : {Profile::kBaseline, Profile::kAvx2, Profile::kAvx512, Profile::kAmx}) {
-    if (s == profile_name(p)) return p;
+    if (s == profile_name(p)) return static_cast<int>(p);
   }
   TORCH_CHECK(false, source, " must be \"auto\", \"baseline\", \"avx2\", \"avx512\" or \"amx\", got \"", s, "\"");
 }
@@ -106,15 +110,15 @@ const std::array<Features, 4>& table() {
 std::atomic<int>& cap() {
   static std::atomic<int> c{[] {
     const char* env = std::getenv("DREAMER_FAST_CPU_PROFILE");
-    return static_cast<int>(parse(env ? env : "", "$DREAMER_FAST_CPU_PROFILE"));
+    return parse(env ? env : "", "$DREAMER_FAST_CPU_PROFILE");
   }()};
   return c;
 }
 
-std::string cap_name(int c) { return c == static_cast<int>(Profile::kAmx) ? "auto" : profile_name(Profile(c)); }
+std::string cap_name(int c) { return c == kNoCap ? "auto" : profile_name(Profile(c)); }
 
 std::string set_cpu_profile(const std::string& profile) {
-  return cap_name(cap().exchange(static_cast<int>(parse(profile, "set_cpu_profile: `profile`"))));
+  return cap_name(cap().exchange(parse(profile, "set_cpu_profile: `profile`")));
 }
 
 // "key=value" pairs, one per line, for dreamer_fast.cpu_features().
@@ -141,7 +145,7 @@ const char* profile_name(Profile p) {
   }
 }
 
-const Features& features() { return table()[cap().load(std::memory_order_relaxed)]; }
+const Features& features() { return table()[std::min(cap().load(std::memory_order_relaxed), kNoCap - 1)]; }
 
 bool native_bf16_gemm() {
   const Features& f = features();

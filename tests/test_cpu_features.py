@@ -133,3 +133,32 @@ def test_train_prints_and_records_the_bf16_choice(tmp_path, capsys):
     assert first.startswith("# bf16=auto: float32 (") and "profile avx2" in first
     assert "dreamer-fast: bf16=auto: float32" in capsys.readouterr().out
     assert load_config("debug", {}).bf16 == "false"
+
+
+def _kernel_cases() -> dict:
+    """Each CPU kernel that has AVX-512 / AVX2 / baseline bodies (csrc/cpu/clones.h), as (fused, reference) thunks."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 1000, generator=g)
+    xb = x.bfloat16()
+    logits, post, prior = (torch.randn(6, 4, 32, generator=g) for _ in range(3))
+    noise = torch.rand(6, 4, generator=g)
+    gates, deter = torch.randn(5, 96, generator=g), torch.randn(5, 32, generator=g)
+    lw, lb = torch.rand(96, generator=g) + 0.5, torch.randn(96, generator=g)
+    w, b, xs = torch.randn(40, 72, generator=g), torch.randn(40, generator=g), torch.randn(3, 72, generator=g)
+    return {
+        "elu f32": (lambda: df.elu(x), lambda: df.elu_ref(x)),
+        "elu bf16": (lambda: df.elu(xb).float(), lambda: df.elu_ref(xb.float()).bfloat16().float()),
+        "straight_through_categorical": (lambda: df.straight_through_categorical(logits, 0.01, noise=noise),
+                                         lambda: df.straight_through_categorical_ref(logits, 0.01, noise=noise)),
+        "kl_balance": (lambda: df.kl_balance(post, prior, 0.8, 1.0), lambda: df.kl_balance_ref(post, prior, 0.8, 1.0)),
+        "ln_gru": (lambda: df.ln_gru(gates, deter, lw, lb), lambda: df.ln_gru_ref(gates, deter, lw, lb)),
+        "linear gemv": (lambda: df.linear(xs, w, b), lambda: df.linear_ref(xs, w, b)),
+    }
+
+
+@pytest.mark.parametrize("cap", ORDER)
+def test_every_vector_body_matches_the_reference(cap):
+    """The kernels' bodies for each profile (AVX-512, AVX2 + FMA, baseline): each must equal the reference."""
+    df.set_cpu_profile(cap)
+    for name, (fused, ref) in _kernel_cases().items():
+        torch.testing.assert_close(fused(), ref(), rtol=1e-5, atol=1e-5, msg=lambda m, n=name: f"{n} ({cap}): {m}")

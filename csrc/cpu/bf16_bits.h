@@ -5,8 +5,8 @@
 #include <cstdint>
 #include <cstring>
 
-// Always inlined: the kernels that use them are compiled for several -march levels (target_clones), and GCC does not
-// inline a plain inline function into a clone of another level (it became a call through the PLT per element).
+// Always inlined: the kernels that use them are compiled for several -march levels (clones.h), and GCC does not
+// inline a plain inline function into a body of another level (it became a call through the PLT per element).
 #if defined(__GNUC__)
 #define DF_BF16_INLINE inline __attribute__((always_inline))
 #else

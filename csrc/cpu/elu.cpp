@@ -33,11 +33,11 @@ namespace {
 
 constexpr int64_t kGrain = 1 << 15;  // elements per task
 
-DF_CPU_CLONES void forward_f32(const float* __restrict__ x, float* __restrict__ y, int64_t n) {
+DF_CPU_KERNEL void forward_f32(const float* __restrict__ x, float* __restrict__ y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = elu::forward(x[i]);
 }
 
-DF_CPU_CLONES void backward_f32(const float* __restrict__ g, const float* __restrict__ y, float* __restrict__ dx,
+DF_CPU_KERNEL void backward_f32(const float* __restrict__ g, const float* __restrict__ y, float* __restrict__ dx,
                                 int64_t n) {
   for (int64_t i = 0; i < n; ++i) dx[i] = elu::backward(g[i], y[i]);
 }
@@ -46,7 +46,7 @@ DF_CPU_CLONES void backward_f32(const float* __restrict__ g, const float* __rest
 // loop mixing 16- and 32-bit lanes.
 constexpr int64_t kChunk = 1024;
 
-DF_CPU_CLONES void forward_bf16(const uint16_t* __restrict__ x, uint16_t* __restrict__ y, int64_t n) {
+DF_CPU_KERNEL void forward_bf16(const uint16_t* __restrict__ x, uint16_t* __restrict__ y, int64_t n) {
   alignas(64) float buf[kChunk];
   for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
     const int64_t m = std::min(kChunk, n - i0);
@@ -56,7 +56,7 @@ DF_CPU_CLONES void forward_bf16(const uint16_t* __restrict__ x, uint16_t* __rest
   }
 }
 
-DF_CPU_CLONES void backward_bf16(const uint16_t* __restrict__ g, const uint16_t* __restrict__ y,
+DF_CPU_KERNEL void backward_bf16(const uint16_t* __restrict__ g, const uint16_t* __restrict__ y,
                                  uint16_t* __restrict__ dx, int64_t n) {
   alignas(64) float gb[kChunk], yb[kChunk];
   for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
@@ -75,11 +75,11 @@ void forward_range(const T* x, T* y, int64_t n) {
 }
 template <>
 void forward_range<float>(const float* x, float* y, int64_t n) {
-  forward_f32(x, y, n);
+  DF_CPU_DISPATCH(forward_f32(x, y, n));
 }
 template <>
 void forward_range<c10::BFloat16>(const c10::BFloat16* x, c10::BFloat16* y, int64_t n) {
-  forward_bf16(reinterpret_cast<const uint16_t*>(x), reinterpret_cast<uint16_t*>(y), n);
+  DF_CPU_DISPATCH(forward_bf16(reinterpret_cast<const uint16_t*>(x), reinterpret_cast<uint16_t*>(y), n));
 }
 
 template <typename T>
@@ -90,12 +90,12 @@ void backward_range(const T* g, const T* y, T* dx, int64_t n) {
 }
 template <>
 void backward_range<float>(const float* g, const float* y, float* dx, int64_t n) {
-  backward_f32(g, y, dx, n);
+  DF_CPU_DISPATCH(backward_f32(g, y, dx, n));
 }
 template <>
 void backward_range<c10::BFloat16>(const c10::BFloat16* g, const c10::BFloat16* y, c10::BFloat16* dx, int64_t n) {
-  backward_bf16(reinterpret_cast<const uint16_t*>(g), reinterpret_cast<const uint16_t*>(y),
-                reinterpret_cast<uint16_t*>(dx), n);
+  DF_CPU_DISPATCH(backward_bf16(reinterpret_cast<const uint16_t*>(g), reinterpret_cast<const uint16_t*>(y),
+                                reinterpret_cast<uint16_t*>(dx), n));
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
 // See gemv.h. Four weight rows at a time, 32 weights of each per step, multiplied with x's row into the row's own
-// 16-wide float32 accumulator (GCC vector types, cloned for AVX-512 and AVX2 by clones.h), which is then summed as a
+// 16-wide float32 accumulator (GCC vector types, compiled for AVX-512 and AVX2 by clones.h), which is then summed as a
 // tree. bfloat16 weights are widened to float32 with integer shifts and masks (widen_pairs), which gives the even-
 // and odd-indexed weights of a block: x's row is permuted to match once per call (split_pairs). For B > 1 each block
 // of weight rows meets every row of x in turn (from L1 after the first), so the weights are read once per call.
@@ -114,7 +114,7 @@ template <int R, typename W>
 
 // Outputs [n0, n1) of every row of x (xs: x's rows, `ldx` apart, through split_pairs for bfloat16 weights).
 template <typename W>
-DF_CPU_CLONES void rows(const float* __restrict__ xs, int64_t ldx, int64_t B, const W* __restrict__ w, int64_t K,
+DF_CPU_KERNEL void rows(const float* __restrict__ xs, int64_t ldx, int64_t B, const W* __restrict__ w, int64_t K,
                         const float* __restrict__ bias, float* __restrict__ y, int64_t N, int64_t n0, int64_t n1) {
   // Every row of x against one block of weight rows before the next block: the block is read from memory once and
   // from L1/L2 for the other rows of x.
@@ -138,14 +138,17 @@ at::Tensor linear_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   const int64_t grain = std::max<int64_t>(kRows, (int64_t{1} << 15) / std::max<int64_t>(K, 1));
   if (w.scalar_type() == at::kFloat) {
     const float* wp = w.const_data_ptr<float>();
-    at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) { rows(xp, x.stride(0), B, wp, K, bp, yp, N, n0, n1); });
+    at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
+      DF_CPU_DISPATCH(rows(xp, x.stride(0), B, wp, K, bp, yp, N, n0, n1));
+    });
     return y;
   }
   const auto* wp = reinterpret_cast<const uint16_t*>(w.const_data_ptr<at::BFloat16>());
   at::Tensor xs = at::empty({B, K}, x.options());
   float* xsp = xs.mutable_data_ptr<float>();
   for (int64_t b = 0; b < B; ++b) split_pairs(xp + b * x.stride(0), K, xsp + b * K);
-  at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) { rows(xsp, K, B, wp, K, bp, yp, N, n0, n1); });
+  at::parallel_for(0, N, grain,
+                   [&](int64_t n0, int64_t n1) { DF_CPU_DISPATCH(rows(xsp, K, B, wp, K, bp, yp, N, n0, n1)); });
   return y;
 }
 

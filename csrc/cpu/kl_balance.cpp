@@ -31,7 +31,7 @@ int64_t grain(int64_t S, int64_t K) { return std::max<int64_t>(1, 32768 / std::m
 
 // kl of positions [n0, n1): sums of their S rows.
 template <typename scalar_t>
-DF_CPU_CLONES void forward_range(const scalar_t* x, const scalar_t* y, scalar_t* out, int64_t n0, int64_t n1,
+DF_CPU_KERNEL void forward_range(const scalar_t* x, const scalar_t* y, scalar_t* out, int64_t n0, int64_t n1,
                                  int64_t S, int64_t K, at::opmath_type<scalar_t> u) {
   using acc_t = at::opmath_type<scalar_t>;
   std::vector<acc_t> scratch(2 * K);
@@ -46,7 +46,7 @@ DF_CPU_CLONES void forward_range(const scalar_t* x, const scalar_t* y, scalar_t*
 
 // Gradients of the rows of positions [n0, n1), position n weighted by w[2n] (post) and w[2n + 1] (prior).
 template <typename scalar_t>
-DF_CPU_CLONES void backward_range(const scalar_t* x, const scalar_t* y, const at::opmath_type<scalar_t>* w,
+DF_CPU_KERNEL void backward_range(const scalar_t* x, const scalar_t* y, const at::opmath_type<scalar_t>* w,
                                   scalar_t* dx, scalar_t* dy, int64_t n0, int64_t n1, int64_t S, int64_t K,
                                   at::opmath_type<scalar_t> u) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -74,7 +74,9 @@ std::tuple<at::Tensor, at::Tensor> kl_balance(const at::Tensor& post_logits, con
     scalar_t* out = kl.mutable_data_ptr<scalar_t>();
     const acc_t u = static_cast<acc_t>(unimix);
     at::parallel_for(0, N, grain(S, K),
-                     [&](int64_t n0, int64_t n1) { forward_range<scalar_t>(x, y, out, n0, n1, S, K, u); });
+                     [&](int64_t n0, int64_t n1) {
+                       DF_CPU_DISPATCH(forward_range<scalar_t>(x, y, out, n0, n1, S, K, u));
+                     });
     // Both loss terms have the value clamp(kl); they differ only in where their gradients go.
     const acc_t f = static_cast<acc_t>(free);
     acc_t sum = acc_t(0), sum_clamped = acc_t(0);
@@ -119,7 +121,7 @@ std::tuple<at::Tensor, at::Tensor> kl_balance_backward(const at::Tensor& grad_lo
         const bool passes = free_avg ? mean_passes : free_nats_passes_grad(static_cast<acc_t>(k[n]), f);
         kl_grad_weights(static_cast<acc_t>(gk[n]), gl, mix, passes, N, &w[2 * n], &w[2 * n + 1]);
       }
-      backward_range<scalar_t>(x, y, w.data(), dx, dy, n0, n1, S, K, u);
+      DF_CPU_DISPATCH(backward_range<scalar_t>(x, y, w.data(), dx, dy, n0, n1, S, K, u));
     });
   });
   return {d_post, d_prior};

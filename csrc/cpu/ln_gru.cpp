@@ -2,7 +2,7 @@
 //
 // The loops over a row are written for the vectoriser (`omp simd`; float uses the straight-line exp/tanh of
 // dreamer_fast/fastmath.h and gru.h), and the float versions are compiled for AVX-512, AVX2+FMA and the x86-64
-// baseline, chosen at load time (target_clones), since the extension is built without -march flags.
+// baseline, the one the CPU profile allows chosen at each call (clones.h): the extension is built without -march.
 // The weight/bias gradients are summed over fixed blocks of rows, then over the blocks in order, so the result does
 // not depend on the number of threads.
 #include <ATen/Dispatch.h>
@@ -23,10 +23,8 @@
 // the selects of the polynomials vectorise (nothing here uses FP exceptions).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #pragma GCC optimize("no-trapping-math")
-#define DF_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define DF_CPU_CLONES
 #endif
+#include "clones.h"
 #include "dreamer_fast/gru.h"
 
 namespace dreamer_fast::cpu {
@@ -111,12 +109,12 @@ DF_FORCE_INLINE void backward_rows(const T* g, const T* x, const T* h, const T* 
   }
 }
 
-DF_CPU_CLONES void forward_rows_f32(const float* x, const float* h, const float* w, const float* b, float* out,
+DF_CPU_KERNEL void forward_rows_f32(const float* x, const float* h, const float* w, const float* b, float* out,
                                     float* mean, float* rstd, int64_t r0, int64_t r1, int64_t D, float eps) {
   forward_rows<float>(x, h, w, b, out, mean, rstd, r0, r1, D, eps);
 }
 
-DF_CPU_CLONES void backward_rows_f32(const float* g, const float* x, const float* h, const float* w, const float* b,
+DF_CPU_KERNEL void backward_rows_f32(const float* g, const float* x, const float* h, const float* w, const float* b,
                                      const float* mean, const float* rstd, float* dx, float* dh, float* pw, float* pb,
                                      float* dy, int64_t r0, int64_t r1, int64_t D) {
   backward_rows<float>(g, x, h, w, b, mean, rstd, dx, dh, pw, pb, dy, r0, r1, D);
@@ -126,7 +124,7 @@ template <typename T>
 void forward_dispatch(const T* x, const T* h, const T* w, const T* b, T* out, T* mean, T* rstd, int64_t r0,
                       int64_t r1, int64_t D, T eps) {
   if constexpr (std::is_same_v<T, float>)
-    forward_rows_f32(x, h, w, b, out, mean, rstd, r0, r1, D, eps);
+    DF_CPU_DISPATCH(forward_rows_f32(x, h, w, b, out, mean, rstd, r0, r1, D, eps));
   else
     forward_rows<T>(x, h, w, b, out, mean, rstd, r0, r1, D, eps);
 }
@@ -135,7 +133,7 @@ template <typename T>
 void backward_dispatch(const T* g, const T* x, const T* h, const T* w, const T* b, const T* mean, const T* rstd,
                        T* dx, T* dh, T* pw, T* pb, T* dy, int64_t r0, int64_t r1, int64_t D) {
   if constexpr (std::is_same_v<T, float>)
-    backward_rows_f32(g, x, h, w, b, mean, rstd, dx, dh, pw, pb, dy, r0, r1, D);
+    DF_CPU_DISPATCH(backward_rows_f32(g, x, h, w, b, mean, rstd, dx, dh, pw, pb, dy, r0, r1, D));
   else
     backward_rows<T>(g, x, h, w, b, mean, rstd, dx, dh, pw, pb, dy, r0, r1, D);
 }
@@ -144,13 +142,13 @@ void backward_dispatch(const T* g, const T* x, const T* h, const T* w, const T* 
 // and goes through the float32 kernel above, so the results are those of the float32 op on the widened gates bit
 // for bit; the gates' gradient is rounded to the gates' dtype as it is written (round to nearest even).
 // Vectorised (integer shifts and adds, see bf16_bits.h) and compiled for each -march level like the row loops.
-DF_CPU_CLONES void widen_row(const c10::BFloat16* src, float* dst, int64_t n) {
+DF_CPU_KERNEL void widen_row(const c10::BFloat16* src, float* dst, int64_t n) {
   const uint16_t* bits = reinterpret_cast<const uint16_t*>(src);
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) dst[j] = bf16_to_float(bits[j]);
 }
 
-DF_CPU_CLONES void narrow_row(const float* src, c10::BFloat16* dst, int64_t n) {
+DF_CPU_KERNEL void narrow_row(const float* src, c10::BFloat16* dst, int64_t n) {
   uint16_t* bits = reinterpret_cast<uint16_t*>(dst);
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) bits[j] = float_to_bf16(src[j]);
@@ -182,8 +180,9 @@ void forward_mixed(const at::Tensor& gates, const at::Tensor& deter, const at::T
     std::vector<float> rows(kRows * N);
     for (int64_t r = r0; r < r1; r += kRows) {
       const int64_t n = std::min(kRows, r1 - r);
-      widen_row(x + r * N, rows.data(), n * N);
-      forward_rows_f32(rows.data(), h + r * D, w, b, o + r * D, mu + r, rs + r, 0, n, D, static_cast<float>(eps));
+      DF_CPU_DISPATCH(widen_row(x + r * N, rows.data(), n * N));
+      DF_CPU_DISPATCH(
+          forward_rows_f32(rows.data(), h + r * D, w, b, o + r * D, mu + r, rs + r, 0, n, D, static_cast<float>(eps)));
     }
   });
 }
@@ -208,10 +207,10 @@ void backward_mixed(const at::Tensor& grad, const at::Tensor& gates, const at::T
     for (int64_t k = k0; k < k1; ++k) {
       float* pw = partial + k * 2 * N;
       for (int64_t r = k * kRowsPerBlock; r < std::min(B, (k + 1) * kRowsPerBlock); ++r) {
-        widen_row(x + r * N, row.data(), N);
-        backward_rows_f32(g + r * D, row.data(), h + r * D, w, b, mu + r, rs + r, d_row.data(), dh + r * D, pw,
-                          pw + N, dy.data(), 0, 1, D);
-        narrow_row(d_row.data(), dx + r * N, N);
+        DF_CPU_DISPATCH(widen_row(x + r * N, row.data(), N));
+        DF_CPU_DISPATCH(backward_rows_f32(g + r * D, row.data(), h + r * D, w, b, mu + r, rs + r, d_row.data(),
+                                          dh + r * D, pw, pw + N, dy.data(), 0, 1, D));
+        DF_CPU_DISPATCH(narrow_row(d_row.data(), dx + r * N, N));
       }
     }
   });

@@ -114,8 +114,8 @@ template <typename T>
   a.K == kFixedK ? forward_rows_k<kFixedK>(a, r0, r1) : forward_rows_k<0>(a, r0, r1);
 }
 
-DF_CPU_CLONES void forward_rows(const Forward<float>& a, int64_t r0, int64_t r1) { forward_rows_impl(a, r0, r1); }
-DF_CPU_CLONES void forward_rows(const Forward<double>& a, int64_t r0, int64_t r1) { forward_rows_impl(a, r0, r1); }
+DF_CPU_KERNEL void forward_rows(const Forward<float>& a, int64_t r0, int64_t r1) { forward_rows_impl(a, r0, r1); }
+DF_CPU_KERNEL void forward_rows(const Forward<double>& a, int64_t r0, int64_t r1) { forward_rows_impl(a, r0, r1); }
 
 template <typename T>
 struct Backward {
@@ -169,8 +169,8 @@ template <typename T>
   backward_rows_k<0, false>(a, r0, r1);
 }
 
-DF_CPU_CLONES void backward_rows(const Backward<float>& a, int64_t r0, int64_t r1) { backward_rows_impl(a, r0, r1); }
-DF_CPU_CLONES void backward_rows(const Backward<double>& a, int64_t r0, int64_t r1) { backward_rows_impl(a, r0, r1); }
+DF_CPU_KERNEL void backward_rows(const Backward<float>& a, int64_t r0, int64_t r1) { backward_rows_impl(a, r0, r1); }
+DF_CPU_KERNEL void backward_rows(const Backward<double>& a, int64_t r0, int64_t r1) { backward_rows_impl(a, r0, r1); }
 
 }  // namespace
 
@@ -189,7 +189,7 @@ std::tuple<at::Tensor, at::Tensor> straight_through_categorical(const at::Tensor
                                  K,
                                  seed_value,
                                  static_cast<scalar_t>(unimix)};
-    at::parallel_for(0, N, kGrain, [&](int64_t r0, int64_t r1) { forward_rows(args, r0, r1); });
+    at::parallel_for(0, N, kGrain, [&](int64_t r0, int64_t r1) { DF_CPU_DISPATCH(forward_rows(args, r0, r1)); });
   });
   return {sample, probs};
 }
@@ -211,7 +211,7 @@ at::Tensor straight_through_categorical_backward(const std::optional<at::Tensor>
                                   grad_logits.mutable_data_ptr<scalar_t>(),
                                   K,
                                   static_cast<scalar_t>(unimix)};
-    at::parallel_for(0, N, kGrain, [&](int64_t r0, int64_t r1) { backward_rows(args, r0, r1); });
+    at::parallel_for(0, N, kGrain, [&](int64_t r0, int64_t r1) { DF_CPU_DISPATCH(backward_rows(args, r0, r1)); });
   });
   return grad_logits;
 }

@@ -11,8 +11,8 @@
 
 #include "macros.h"
 
-// Always inlined on the host: the CPU kernels are compiled for several -march levels (target_clones), and GCC
-// inlines a function compiled for one level into a clone for another only when told it must.
+// Always inlined on the host: the CPU kernels are compiled for several -march levels (csrc/cpu/clones.h), and GCC
+// inlines a function compiled for one level into a body for another only when told it must.
 #if defined(__GNUC__) && !defined(__CUDA_ARCH__)
 #define DF_FORCE_INLINE DF_INLINE __attribute__((always_inline))
 #else

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+
+# torch.compile's on-disk cache outlives the extension it compiled against: a cache entry written with another build of
+# dreamer_fast._C (an older checkout, another profile) can crash when loaded. A run gets its own, unless one is set.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="dreamer_fast_inductor_")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 import dreamer_fast  # also registers the ops
 

@@ -260,12 +260,16 @@ def test_kill_9_and_resume(tmp_path):
     kills, rng, logdir = int(os.environ.get("DREAMER_FAST_KILLS", "3")), random.Random(0), tmp_path / "run"
     proc = _start(logdir, *FAST)
     _wait_for(logdir / "checkpoint.pt", proc)
+    steps = [load_checkpoint(logdir / "checkpoint.pt")["step"]]
     for i in range(kills):
-        time.sleep(rng.uniform(0.0, 4.0))
+        time.sleep(rng.uniform(0.0, 1.0) if i % 4 == 3 else rng.uniform(2.0, 6.0))  # some land in the startup
         proc.kill()
         proc.wait()
+        steps.append(load_checkpoint(logdir / "checkpoint.pt")["step"])
         proc = _start(logdir, "--resume")
-    step = load_checkpoint(logdir / "checkpoint.pt")["step"]
+    step = steps[-1]
+    assert step > steps[0], steps  # the resumed runs collected and checkpointed between kills
+    print(f"checkpoint steps at the {kills} kills: {steps}")
     proc.kill()
     proc.wait()
     final = _start(logdir, "--resume", "--steps", str(step + 100))

@@ -46,6 +46,7 @@ class Agent(nn.Module):
         self.model_opt = self._adam(self.wm.parameters(), c.model_lr)
         self.actor_opt = self._adam(self.ac.actor.parameters(), c.actor_lr)
         self.critic_opt = self._adam(self.ac.critic.parameters(), c.critic_lr)
+        self.skipped_steps = 0  # optimiser steps skipped for a non-finite loss or gradient norm
 
     def _adam(self, params: Iterable[nn.Parameter], lr: float) -> torch.optim.AdamW:
         return torch.optim.AdamW(params, lr=lr, eps=self.config.opt_eps, weight_decay=self.config.weight_decay)
@@ -63,12 +64,20 @@ class Agent(nn.Module):
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def _step(self, opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[nn.Parameter]) -> float:
-        """Gradients of ``loss`` w.r.t. ``params`` only (nothing else accumulates a .grad), clip, step. Grad norm."""
+        """Gradients of ``loss`` w.r.t. ``params`` only (nothing else accumulates a .grad), clip, step. Grad norm.
+
+        A non-finite loss or gradient norm skips the step (counted in ``skipped_steps``). The finiteness flag is read
+        in the same device-to-host copy as the norm, so the guard adds no synchronisation."""
         opt.zero_grad(set_to_none=True)
         loss.backward(inputs=params)
         norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
-        opt.step()
-        return float(norm)
+        finite = torch.isfinite(norm) & torch.isfinite(loss.detach())
+        value, ok = torch.stack([norm.float(), finite.float()]).tolist()
+        if ok:
+            opt.step()
+        else:
+            self.skipped_steps += 1
+        return value
 
     # ---- training --------------------------------------------------------------------------------------------------
 
@@ -76,13 +85,16 @@ class Agent(nn.Module):
         """One update of the world model, then of the actor and the critic in imagination from every posterior state.
 
         ``batch``: time-major ``[T, B, ...]`` numpy arrays or tensors (see :meth:`WorldModel.preprocess`).
-        Returns float metrics: the losses, ``*/grad_norm``, ``train/updates``.
+        Returns float metrics: the losses, ``*/grad_norm``, ``train/updates``, ``train/nonfinite`` (1 when a
+        non-finite loss or gradient norm made any of the three optimiser steps skip, else 0).
         """
+        skipped = self.skipped_steps
         self.train()
         data = self.wm.preprocess(batch)
         post, metrics = self.train_model(data)
         start = post.detach().flatten()
         metrics.update(self.train_behavior(start, data["is_terminal"].reshape(-1)))
+        metrics["train/nonfinite"] = float(self.skipped_steps > skipped)
         return metrics
 
     def train_model(self, data: Mapping[str, torch.Tensor]) -> tuple[RSSMState, dict[str, float]]:

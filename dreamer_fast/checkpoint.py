@@ -37,6 +37,9 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """The payload saved by :func:`save_checkpoint` (with its ``format`` key); ``CheckpointError`` when unusable."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {str(path)!r} is a folder, not a checkpoint file (a run's folder holds "
+                              f"{str(path / 'checkpoint.pt')!r})")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:

@@ -6,7 +6,9 @@
     dreamer-fast config --config small [--set key=value ...]     # print the resolved configuration
 
 Every key of :class:`dreamer_fast.config.Config` can be overridden, either as ``--key value`` or ``--set key=value``.
-Bad values, unknown keys, unknown environments and unreadable checkpoints exit with status 2 and a one-line error.
+Every failure (bad arguments, values, keys, environments, unreadable checkpoints, replay chunks, config.yaml or
+metrics.csv, a logdir that cannot be written, diverged training) exits with status 2 and one line on stderr;
+an interrupt outside training's step loop exits with status 130.
 """
 
 from __future__ import annotations
@@ -49,12 +51,20 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors as one line (exit status 2)."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"dreamer-fast: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dreamer-fast", description="DreamerV2 with fused kernels.")
+    parser = _Parser(prog="dreamer-fast", description="DreamerV2 with fused kernels.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train an agent (or continue one with --resume)")
-    train.add_argument("--config", default="atari", help=f"preset: {', '.join(presets())} (default atari)")
+    train.add_argument("--config", default=None, help=f"preset: {', '.join(presets())} (default atari; with "
+                       "--resume the run's own config.yaml is used)")
     train.add_argument("--env", help="atari/<Game> (e.g. atari/Pong) or gym/<id> (e.g. gym/CartPole-v1)")
     train.add_argument("--logdir", required=True, type=Path, help="where logs, plots and checkpoints go")
     train.add_argument("--steps", help="policy steps in total")
@@ -83,9 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _run(args)
-    except ValueError as e:  # config, env id, checkpoint errors: one clear line, no traceback
+    except ValueError as e:  # config, env id, checkpoint, replay, divergence: one clear line, no traceback
         print(f"dreamer-fast: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the file system refused a read or write
+        where = f": {e.filename}" if e.filename else ""
+        print(f"dreamer-fast: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dreamer-fast: interrupted", file=sys.stderr)
+        return 130
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -96,6 +113,8 @@ def _run(args: argparse.Namespace) -> int:
         from dreamer_fast.envs import make_env
         from dreamer_fast.train import evaluate, load_agent
 
+        if args.episodes < 1:
+            raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
         agent, config, ckpt = load_agent(args.checkpoint, args.device)
         env = make_env(config, seed=config.seed + 10_000)
         returns = evaluate(agent, env, args.episodes)
@@ -105,13 +124,14 @@ def _run(args: argparse.Namespace) -> int:
               f"({', '.join(f'{r:.1f}' for r in returns)})")
         return 0
 
-    from dreamer_fast.train import resolve_resume_config, train
+    from dreamer_fast.resume import read_run_config
+    from dreamer_fast.train import train
 
     overrides = _overrides(args)
     if args.resume:
-        config = resolve_resume_config(args.logdir, overrides)
+        config = read_run_config(args.logdir, overrides, args.config)
     else:
-        config = load_config(args.config, overrides)
+        config = load_config(args.config or "atari", overrides)
     result = train(config, args.logdir, resume=args.resume, progress=not args.no_progress)
     status = "interrupted" if result["interrupted"] else "finished"
     print(f"dreamer-fast: {status} at step {result['step']:,} ({result['updates']:,} updates, "

@@ -82,6 +82,8 @@ class Config:
     opt_eps: float = 1e-5
     grad_clip: float = 100.0
     weight_decay: float = 1e-6
+    max_nonfinite_updates: int = 10  # consecutive updates with a non-finite loss or grad norm (each skipped) that
+    # stop the run with exit status 2; 0 = never stop
     # ---- logging, evaluation, checkpoints (all in policy steps)
     log_every: int = 1_000
     checkpoint_every: int = 10_000
@@ -98,7 +100,7 @@ class Config:
             if getattr(self, key) <= 0:
                 raise ValueError(f"config `{key}` must be > 0, got {getattr(self, key)!r}")
         for key in ("prefill", "noop_max", "time_limit", "video_every", "eval_episodes", "eval_every", "threads",
-                    "seed"):
+                    "seed", "max_nonfinite_updates"):
             if getattr(self, key) < 0:
                 raise ValueError(f"config `{key}` must be >= 0, got {getattr(self, key)!r}")
         for key in ("model_lr", "actor_lr", "critic_lr", "opt_eps", "grad_clip", "actor_min_std", "actor_init_std"):

@@ -1,13 +1,15 @@
 """Training logs: TensorBoard events plus a long-format CSV, GIFs, and PNG plots made from the CSV.
 
 ``Logger(logdir)`` writes scalars to ``logdir/tb`` (TensorBoard) and ``logdir/metrics.csv`` (rows
-``step,name,value``; an existing file is appended to, so a resumed run continues it). ``plot(logdir)`` turns the CSV
+``step,name,value``; an existing file is appended to, so a resumed run continues it). CSV rows are held in memory
+and appended in one write at :meth:`Logger.flush`, so the file only ever grows by whole flushes. ``plot(logdir)`` turns the CSV
 into ``curve.png`` (``episode/return`` against step) and ``losses.png`` (every training metric: ``model/``, ``actor/``, ``critic/``, ``imag/``, ``train/``).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import re
 from collections import defaultdict
@@ -29,20 +31,24 @@ class Logger:
 
     Args:
         logdir: the run's folder (created if missing).
+        purge_step: TensorBoard hides this run's earlier events from this step on (a resumed run's checkpoint step
+            plus one: what was logged after the checkpoint is logged again).
     """
 
-    def __init__(self, logdir: str | Path) -> None:
+    def __init__(self, logdir: str | Path, purge_step: int | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when a Logger is made
 
         self.logdir = Path(logdir)
         self.logdir.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(str(self.logdir / "tb"))
+        self.writer = SummaryWriter(str(self.logdir / "tb"), purge_step=purge_step)
         path = self.logdir / CSV_NAME
         new = not path.exists() or path.stat().st_size == 0
         self._file = open(path, "a", newline="")
-        self._csv = csv.writer(self._file)
+        self._rows = io.StringIO()
+        self._csv = csv.writer(self._rows)
         if new:
             self._csv.writerow(_HEADER)
+            self.flush()
 
     def scalar(self, name: str, value: float, step: int) -> None:
         """Records ``value`` (anything ``float()`` accepts: a number, 0-d array or tensor) for ``name`` at ``step``."""
@@ -70,11 +76,23 @@ class Logger:
         return path
 
     def flush(self) -> None:
-        self._file.flush()
+        """Appends the rows since the last flush to metrics.csv in one write; flushes TensorBoard."""
+        rows = self._rows.getvalue()
+        if rows:
+            self._file.write(rows)
+            self._file.flush()
+            self._rows.seek(0)
+            self._rows.truncate()
         self.writer.flush()
+
+    def csv_bytes(self) -> int:
+        """The size of metrics.csv after a flush (a checkpoint records it; resume cuts the file back to it)."""
+        self.flush()
+        return self._file.tell()
 
     def close(self) -> None:
         if not self._file.closed:
+            self.flush()
             self._file.close()
         self.writer.close()
 

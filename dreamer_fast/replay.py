@@ -5,8 +5,10 @@ zeros on ``is_first``). Each worker (parallel env) appends to its own pending ch
 episode ends or it holds ``chunk`` steps. A finalised chunk is written atomically to
 ``<directory>/<seq>-w<worker>-<c|s>-<length>.npz`` (``seq`` zero-padded, so names sort in insertion order; ``c``
 when the chunk continues the worker's previous chunk, ``s`` when it starts fresh) and appended to the in-memory
-store. Beyond ``capacity`` steps the oldest chunks are dropped from memory and their files deleted. A new
-``Replay`` over a directory with chunk files loads them in order (resume).
+store. Beyond ``capacity`` steps the oldest chunks are dropped from memory and their files deleted (with
+``keep_evicted_files``, only at :meth:`release_evicted`, so that files a checkpoint still counts survive until the next
+checkpoint). A new ``Replay`` over a directory with chunk files loads them in order (resume), each checked against
+``spec`` when one is given (``dreamer_fast/replay_chunks.py``).
 
 ``sample(batch, length)`` draws windows of ``length`` consecutive *stored* steps, uniformly over all start
 positions. Stored order interleaves workers, so a window may run from one worker's chunk into an unrelated one;
@@ -24,18 +26,14 @@ episodes grow long; ``ends`` keeps it in every batch (DreamerV2's replay has a s
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dreamer_fast._atomic import atomic_write
-
-_NAME = re.compile(r"^(\d{10})-w(\d+)-([cs])-(\d+)\.npz$")
-_TMP_PREFIX = ".chunk-"
-_FLAGS = ("is_first", "is_last", "is_terminal")
+from dreamer_fast.replay_chunks import FLAGS as _FLAGS
+from dreamer_fast.replay_chunks import LoadPlan, StepSpec, chunk_name, plan_load, write_chunk
 
 
 @dataclass
@@ -47,6 +45,7 @@ class _Chunk:
     continues: bool  # the worker's previous chunk is the same episode, directly before this one
     joins: bool  # ... and that chunk is stored directly before this one, so windows may run across
     path: Path
+    seq: int
 
     def __len__(self) -> int:
         return len(self.data["reward"])
@@ -60,9 +59,13 @@ class Replay:
         capacity: the most steps kept; beyond it the oldest chunks are dropped (memory and files).
         seed: seeds the sampler's ``numpy.random.Generator``.
         chunk: steps per chunk (a chunk also ends at an episode's last step); at most ``capacity``.
+        spec: the keys, per-step shapes and dtypes of a step (``replay_chunks.step_spec``); loaded chunks must match.
+        plan: a :func:`replay_chunks.plan_load` result to apply instead of loading ``directory`` afresh.
+        keep_evicted_files: delete evicted chunks' files only at :meth:`release_evicted`.
     """
 
-    def __init__(self, directory: str | os.PathLike, capacity: int, seed: int = 0, chunk: int = 1024) -> None:
+    def __init__(self, directory: str | os.PathLike, capacity: int, seed: int = 0, chunk: int = 1024,
+                 spec: StepSpec | None = None, plan: LoadPlan | None = None, keep_evicted_files: bool = False) -> None:
         if capacity <= 0 or chunk <= 0:
             raise ValueError(f"Replay: capacity and chunk must be > 0, got capacity={capacity}, chunk={chunk}")
         self.directory = Path(directory)
@@ -80,7 +83,9 @@ class Replay:
         self._pending: dict[int, list[dict[str, np.ndarray]]] = {}
         self._open_episode: dict[int, bool] = {}  # worker -> its last finalised chunk ended mid-episode
         self._seq = 0
-        self._load()
+        self._keep_evicted = keep_evicted_files
+        self._evicted: list[Path] = []
+        self._load(plan if plan is not None else plan_load(self.directory, capacity, spec))
 
     # ------------------------------------------------------------------ adding
 
@@ -124,11 +129,10 @@ class Replay:
         data = {key: np.stack([s[key] for s in steps]) for key in steps[0]}
         continues = bool(self._open_episode.get(worker, False) and not data["is_first"][0])
         self._open_episode[worker] = not bool(data["is_last"][-1])
-        name = f"{self._seq:010d}-w{worker}-{'c' if continues else 's'}-{len(steps)}.npz"
+        path = self.directory / chunk_name(self._seq, worker, continues, len(steps))
+        write_chunk(path, data)
+        self._append(_Chunk(data, worker, continues, False, path, self._seq))
         self._seq += 1
-        path = self.directory / name
-        _write_npz(path, data)
-        self._append(_Chunk(data, worker, continues, False, path))
 
     def _append(self, chunk: _Chunk) -> None:
         last = self._chunks[-1] if self._chunks else None
@@ -141,35 +145,38 @@ class Replay:
             old = self._chunks.pop(0)
             self._size -= len(old)
             self._episodes -= int(old.data["is_last"].sum())
-            old.path.unlink(missing_ok=True)
+            if self._keep_evicted:
+                self._evicted.append(old.path)
+            else:
+                old.path.unlink(missing_ok=True)
+
+    def release_evicted(self) -> None:
+        """Deletes the files of chunks evicted since the last call (with ``keep_evicted_files``)."""
+        for path in self._evicted:
+            path.unlink(missing_ok=True)
+        self._evicted.clear()
+
+    def checkpoint_state(self) -> dict[str, int]:
+        """Which chunk files hold the stored steps: sequence numbers ``first_seq`` to ``next_seq - 1``, ``steps`` in all.
+        Call :meth:`save` first, so that no step is pending."""
+        first = self._chunks[0].seq if self._chunks else self._seq
+        return {"first_seq": first, "next_seq": self._seq, "steps": self._size}
 
     # ------------------------------------------------------------------ resume
 
-    def _load(self) -> None:
-        for stale in self.directory.glob(_TMP_PREFIX + "*"):  # an interrupted write never became a chunk
-            stale.unlink(missing_ok=True)
-        entries = [(m, p) for p in sorted(self.directory.iterdir()) if (m := _NAME.match(p.name))]
-        # Keep the newest chunks that fit; delete the rest without reading them (lengths are in the names).
-        total, keep = 0, len(entries)
-        for i in range(len(entries) - 1, -1, -1):
-            if total + int(entries[i][0].group(4)) > self.capacity:
-                break
-            total += int(entries[i][0].group(4))
-            keep = i
-        for _, path in entries[:keep]:
+    def _load(self, plan: LoadPlan) -> None:
+        """Applies a load plan: deletes its dropped chunks and stale temp files, stores its kept chunks."""
+        for path in plan.drop + plan.stale:
             path.unlink(missing_ok=True)
-        for match, path in entries[keep:]:
-            with np.load(path) as npz:
-                data = {key: npz[key] for key in npz.files}
+        for chunk, data in plan.keep:
             keys = tuple(sorted(data))
             if self._keys is not None and keys != self._keys:
-                raise ValueError(f"Replay: {path} holds keys {list(keys)}, other chunks {list(self._keys)}")
+                raise ValueError(f"Replay: {chunk.path} holds keys {list(keys)}, other chunks {list(self._keys)}")
             self._keys = keys
-            worker = int(match.group(2))
             # A new process's envs start new episodes, so no worker continues a loaded chunk.
-            self._append(_Chunk(data, worker, match.group(3) == "c", False, path))
-        if entries:
-            self._seq = int(entries[-1][0].group(1)) + 1
+            self._append(_Chunk(data, chunk.worker, chunk.continues, False, chunk.path, chunk.seq))
+        if plan.keep:
+            self._seq = plan.keep[-1][0].seq + 1
 
     # ------------------------------------------------------------------ sampling
 
@@ -240,8 +247,3 @@ class Replay:
     def __repr__(self) -> str:
         return (f"Replay({str(self.directory)!r}, steps={self._size}/{self.capacity}, chunks={len(self._chunks)}, "
                 f"episodes={self._episodes})")
-
-
-def _write_npz(path: Path, data: dict[str, np.ndarray]) -> None:
-    """Writes ``data`` as compressed npz to ``path`` atomically: a temp file in the same folder, then rename."""
-    atomic_write(path, lambda f: np.savez_compressed(f, **data), tmp_prefix=_TMP_PREFIX)

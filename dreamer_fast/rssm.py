@@ -385,6 +385,8 @@ class RSSM(nn.Module):
             if not isinstance(action, torch.Tensor) or tuple(action.shape) != (N, self.action_dim):
                 raise ValueError(f"RSSM.imagine: `policy` must return a [N, action_dim] = {[N, self.action_dim]} "
                                  f"tensor, got {_describe(action)}")
+            self._check_input("imagine", "policy(feat)", action, (N, self.action_dim), "[N, action_dim]")
+            self._check_float("imagine", "policy(feat)", action)
             if loop is not None:
                 state = loop.step(state, _at(noise, t), action=action)
             else:

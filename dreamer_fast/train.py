@@ -13,14 +13,13 @@ Everything a run leaves is under its ``logdir``:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import signal
+import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,27 +28,23 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from dreamer_fast._atomic import atomic_write
 from dreamer_fast._memory import keep_freed_memory
 from dreamer_fast.agent import Agent
-from dreamer_fast.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from dreamer_fast.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from dreamer_fast.config import Config, config_from_dict
-from dreamer_fast.cpu import resolve_bf16
 from dreamer_fast.envs import make_env
-from dreamer_fast.logger import Logger, plot
+from dreamer_fast.logger import CSV_NAME, Logger, plot
 from dreamer_fast.replay import Replay
+from dreamer_fast.replay_chunks import list_chunks, step_spec
+from dreamer_fast.resume import commit_resume, prepare_resume
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"  # the agent at its best periodic evaluation (config.eval_every), loadable as a checkpoint
 
 
-def resolve_resume_config(logdir: Path, overrides: dict[str, Any]) -> Config:
-    """The config a resumed run continues with: the saved one, plus the overrides given now (e.g. more steps)."""
-    path = logdir / "config.yaml"
-    if not path.is_file():
-        raise ValueError(f"--resume: {path} does not exist (nothing to resume in {logdir})")
-    values = yaml.safe_load(path.read_text())
-    values.update(overrides)
-    return config_from_dict(values)
+class TrainingDiverged(ValueError):
+    """``max_nonfinite_updates`` consecutive updates had a non-finite loss or gradient norm."""
 
 
 def _setup(config: Config) -> torch.device:
@@ -63,6 +58,35 @@ def _setup(config: Config) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"config `device` is {config.device!r} but torch sees no CUDA GPU")
     return device
+
+
+def _check_new_logdir(logdir: Path) -> None:
+    """A new run needs a folder that holds no run (created here when missing)."""
+    if logdir.exists() and not logdir.is_dir():
+        raise ValueError(f"--logdir {logdir} is a file, not a folder")
+    if (logdir / CHECKPOINT).exists():
+        raise ValueError(f"{logdir} already holds a run ({logdir / CHECKPOINT}); pass --resume to continue it or pick "
+                         "another --logdir")
+    leftovers = [name for name in ("config.yaml", CSV_NAME) if (logdir / name).exists()]
+    if list_chunks(logdir / "replay"):
+        leftovers.append("replay/")
+    if leftovers:
+        raise ValueError(f"{logdir} holds a run that stopped before its first checkpoint ({', '.join(leftovers)}); "
+                         "remove it or pick another --logdir")
+    try:
+        logdir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--logdir {logdir} cannot be created ({error.strerror or error})") from None
+
+
+def _write_config(logdir: Path, config: Config, note: str) -> None:
+    """config.yaml: `note` (what the config resolved to on this run's hardware) as a comment, then the config."""
+    text = (f"# {note}\n" + yaml.safe_dump(config.to_dict(), sort_keys=False)).encode()
+    atomic_write(logdir / "config.yaml", lambda f: f.write(text))
+
+
+def _parameters_finite(agent: Agent) -> bool:
+    return bool(torch.stack([torch.isfinite(p).all() for p in agent.parameters()]).all())
 
 
 class _Episodes:
@@ -88,181 +112,243 @@ def _stack(steps: list[dict]) -> dict[str, np.ndarray]:
 
 
 def train(config: Config, logdir: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Runs (or, with ``resume``, continues) training until ``config.steps`` policy steps; returns a summary."""
+    """Runs (or, with ``resume``, continues) training until ``config.steps`` policy steps; returns a summary.
+
+    SIGINT and SIGTERM stop it at the next step boundary (checkpoint, exit status 130 from the command). With
+    ``resume``, nothing in ``logdir`` changes until the checkpoint, the replay and metrics.csv have been read and
+    checked (``dreamer_fast/resume.py``). ``TrainingDiverged`` when ``config.max_nonfinite_updates`` consecutive
+    updates were non-finite (no checkpoint is written then).
+    """
     logdir = Path(logdir)
-    logdir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = logdir / CHECKPOINT
-    if not resume and ckpt_path.exists():
-        raise ValueError(f"{logdir} already holds a run ({ckpt_path}); pass --resume to continue it or pick another "
-                         "--logdir")
-    device = _setup(config)
-    _, bf16_reason = resolve_bf16(config.bf16, device)
-    print(f"dreamer-fast: {bf16_reason}")
-    (logdir / "config.yaml").write_text(f"# {bf16_reason}\n" + yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if not resume:
+        _check_new_logdir(logdir)
+    with StopSignals() as stop:
+        return _Run(config, logdir, resume, progress, stop).run()
 
-    envs = [make_env(config, seed=config.seed + 1000 * i) for i in range(config.num_envs)]
-    obs_space, act_space = envs[0].obs_space, envs[0].act_space
-    agent = Agent(obs_space, act_space, config).to(device)
-    # Steps become sampleable when their chunk is written: at an episode's end or every 4 sequence lengths, so that
-    # long Atari episodes feed training while they run.
-    replay = Replay(logdir / "replay", config.replay_capacity, seed=config.seed, chunk=4 * config.batch_length)
-    logger = Logger(logdir)
 
-    step, updates, episodes = 0, 0, 0
-    best: dict[str, Any] = {}  # the best periodic evaluation so far: {"step", "return"}
-    if resume:
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
-        agent.load_checkpoint_state(ckpt["agent"])
-        step, updates, episodes = ckpt["step"], ckpt["updates"], ckpt["episodes"]
-        best = dict(ckpt.get("best_eval", {}))
+class _Run:
+    """One training process: builds (or restores) everything, then collects, trains, logs and checkpoints."""
+
+    def __init__(self, config: Config, logdir: Path, resume: bool, progress: bool, stop: StopSignals) -> None:
+        self.config, self.logdir, self.stop, self.ckpt_path = config, logdir, stop, logdir / CHECKPOINT
+        device = _setup(config)
+        self.envs = [make_env(config, seed=config.seed + 1000 * i) for i in range(config.num_envs)]
+        self.obs_space, self.act_space = self.envs[0].obs_space, self.envs[0].act_space
+        self.agent = Agent(self.obs_space, self.act_space, config).to(device)
+        print(f"dreamer-fast: {self.agent.bf16_reason}")
+        self.eval_env = make_env(config, seed=config.seed + 999_983) if config.eval_every else None
+        spec = step_spec(self.obs_space, self.act_space.dim)
+        restored = prepare_resume(logdir, config, self.agent, spec) if resume else None
+        # Every check passed: from here on files change.
+        if restored is not None:
+            commit_resume(logdir, restored)
+        _write_config(logdir, config, self.agent.bf16_reason)
+        # Steps become sampleable when their chunk is written: at an episode's end or every 4 sequence lengths, so
+        # that long Atari episodes feed training while they run.
+        self.replay = Replay(logdir / "replay", config.replay_capacity, seed=config.seed, chunk=4 * config.batch_length,
+                             spec=spec, plan=restored.replay if restored else None, keep_evicted_files=True)
+        self.logger = Logger(logdir, purge_step=restored.step + 1 if restored else None)
+        self.step = self.updates = self.episodes = self.nonfinite = self.streak = 0
+        self.best: dict[str, Any] = {}  # the best periodic evaluation so far: {"step", "return", ...}
+        if restored is not None:
+            self._restore(restored.checkpoint)
+        self.bar = tqdm(total=config.steps, initial=self.step, unit="step", dynamic_ncols=True, disable=not progress,
+                        desc=f"{config.env}")
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        self.step, self.updates, self.episodes = ckpt["step"], ckpt["updates"], ckpt["episodes"]
+        self.nonfinite = int(ckpt.get("nonfinite_updates", 0))
+        self.best = dict(ckpt.get("best_eval", {}))
         set_rng_state(ckpt["rng"])
-        replay.set_rng_state(ckpt["replay_rng"])
-        print(f"dreamer-fast: resumed {logdir} at step {step:,} ({updates:,} updates, {len(replay):,} replay steps)")
+        self.replay.set_rng_state(ckpt["replay_rng"])
+        c = self.config  # load_state_dict brought back the saved optimiser settings; the config's apply
+        for opt, lr in ((self.agent.model_opt, c.model_lr), (self.agent.actor_opt, c.actor_lr),
+                        (self.agent.critic_opt, c.critic_lr)):
+            for group in opt.param_groups:
+                group.update(lr=lr, eps=c.opt_eps, weight_decay=c.weight_decay)
+        print(f"dreamer-fast: resumed {self.logdir} at step {self.step:,} ({self.updates:,} updates, "
+              f"{len(self.replay):,} replay steps)")
 
-    def checkpoint() -> None:
-        replay.save()
-        save_checkpoint(ckpt_path, {
-            "config": config.to_dict(), "agent": agent.checkpoint_state(), "step": step, "updates": updates,
-            "episodes": episodes, "rng": rng_state(), "replay_rng": replay.rng_state(), "best_eval": best,
-        })
+    def run(self) -> dict[str, Any]:
+        try:
+            interrupted = self._loop()
+            if not interrupted and self.config.eval_episodes:
+                returns = evaluate(self.agent, self.envs[0], self.config.eval_episodes, self.stop)
+                interrupted = self.stop.requested
+                if not interrupted:
+                    self.logger.scalars({"eval/return": float(np.mean(returns))}, self.step)
+            self.checkpoint()
+            if not interrupted and self.updates:
+                _open_loop(self.agent, self.replay, self.logger, self.config, self.step)
+        finally:
+            self.bar.close()
+            self.logger.close()
+            for env in self.envs + ([self.eval_env] if self.eval_env is not None else []):
+                env.close()
+        if interrupted:
+            print(f"dreamer-fast: interrupted at step {self.step:,}; checkpoint in {self.ckpt_path}")
+        result: dict[str, Any] = {"step": self.step, "updates": self.updates, "episodes": self.episodes,
+                                  "interrupted": interrupted, "logdir": str(self.logdir)}
+        if not interrupted and self.config.eval_episodes:
+            result["eval_returns"] = returns
+        if self.best:
+            result["best_eval"] = dict(self.best)
+        result["plots"] = [str(p) for p in plot(self.logdir)]
+        return result
 
-    eval_env = make_env(config, seed=config.seed + 999_983) if config.eval_every else None
+    def _loop(self) -> bool:
+        """Collects and trains until ``config.steps``; True when a signal stopped it first."""
+        c = self.config
+        zero_action = np.zeros(self.act_space.dim, np.float32)
+        current = []
+        for env in self.envs:
+            first = env.reset()
+            first["action"] = zero_action
+            current.append(first)
+        tracker = _Episodes(len(self.envs))
+        for i, s in enumerate(current):
+            self.replay.add(s, worker=i)
+            tracker.add(i, s)
+        policy_state = None
+        self.metrics: dict[str, list[float]] = defaultdict(list)
+        self.last_log = (self.step, time.perf_counter(), self.updates)
+        next_train = self.step + c.train_every
+        next_log = (self.step // c.log_every + 1) * c.log_every
+        next_ckpt = (self.step // c.checkpoint_every + 1) * c.checkpoint_every
+        next_video = (self.step // c.video_every + 1) * c.video_every if c.video_every else math.inf
+        next_eval = (self.step // c.eval_every + 1) * c.eval_every if c.eval_every else math.inf
+        while self.step < c.steps and not self.stop.requested:
+            obs = _stack([{k: s[k] for k in (*self.obs_space, "is_first")} for s in current])
+            mode = "random" if self.step < c.prefill else "explore"
+            actions, policy_state = self.agent.policy(obs, policy_state, mode)
+            for i, env in enumerate(self.envs):
+                s = env.reset() if current[i]["is_last"] else env.step(actions[i])
+                s["action"] = zero_action if s["is_first"] else actions[i].astype(np.float32)
+                self.replay.add(s, worker=i)
+                tracker.add(i, s)
+                current[i] = s
+            self.step += len(self.envs)
+            self.bar.update(len(self.envs))
+            for ret, length in tracker.finished:
+                self.episodes += 1
+                self.logger.scalars({"episode/return": ret, "episode/length": length}, self.step)
+                self.bar.set_postfix_str(f"return {ret:.1f}", refresh=False)
+            tracker.finished.clear()
 
-    def periodic_eval() -> None:
-        """Greedy returns on the evaluation env; the agent is written to best.pt when their mean is the best yet."""
-        returns = evaluate(agent, eval_env, config.eval_episodes)
-        mean = float(np.mean(returns))
-        logger.scalars({"eval/return": mean, "eval/return_min": float(np.min(returns))}, step)
-        if not best or mean > best["return"]:
-            best.update(step=step, updates=updates, episodes=episodes, **{"return": mean})
-            save_checkpoint(logdir / BEST, {"config": config.to_dict(), "agent": agent.checkpoint_state(), **best})
-        bar.set_postfix_str(f"eval {mean:.1f} (best {best['return']:.1f} at {best['step']:,})", refresh=False)
+            if self.step >= c.prefill and len(self.replay) >= c.batch_length and self.step >= next_train:
+                next_train = self.step + c.train_every
+                self._train_round()
+            if self.step >= next_log:
+                next_log += c.log_every
+                self.log_now()
+            if self.step >= next_video and self.updates:
+                next_video += c.video_every
+                _open_loop(self.agent, self.replay, self.logger, c, self.step)
+            if self.step >= next_eval and self.updates:
+                next_eval += c.eval_every
+                self.periodic_eval()
+            if self.step >= next_ckpt:
+                next_ckpt += c.checkpoint_every
+                self.checkpoint()
+        if self.step > self.last_log[0]:  # what happened since the last periodic log
+            self.log_now()
+        return self.stop.requested
 
-    zero_action = np.zeros(act_space.dim, np.float32)
-    current = []
-    for env in envs:
-        first = env.reset()
-        first["action"] = zero_action
-        current.append(first)
-    tracker = _Episodes(len(envs))
-    for i, s in enumerate(current):
-        replay.add(s, worker=i)
-        tracker.add(i, s)
+    def _train_round(self) -> None:
+        """``train_steps`` updates; a non-finite one was skipped by the agent and counts towards the stop."""
+        c = self.config
+        for _ in range(c.train_steps):
+            batch = self.replay.sample(c.batch_size, c.batch_length, c.replay_ends)
+            out = self.agent.train_step(batch)
+            self.updates += 1
+            skipped = out.pop("train/nonfinite", 0.0)
+            self.nonfinite += int(skipped)
+            self.streak = self.streak + 1 if skipped else 0
+            for k, v in out.items():
+                self.metrics[k].append(v)
+            if c.max_nonfinite_updates and self.streak >= c.max_nonfinite_updates:
+                self._diverged()
 
-    policy_state = None
-    metrics: dict[str, list[float]] = defaultdict(list)
-    last_log_step, last_log_time, last_log_updates = step, time.perf_counter(), updates
-    next_train = step + config.train_every
-    next_log = (step // config.log_every + 1) * config.log_every
-    next_ckpt = (step // config.checkpoint_every + 1) * config.checkpoint_every
-    next_video = (step // config.video_every + 1) * config.video_every if config.video_every else math.inf
-    next_eval = (step // config.eval_every + 1) * config.eval_every if config.eval_every else math.inf
-    interrupted = False
-    bar = tqdm(total=config.steps, initial=step, unit="step", dynamic_ncols=True, disable=not progress,
-               desc=f"{config.env}")
-    def log_now() -> None:
+    def _diverged(self) -> None:
+        self.log_now()
+        good = f"{self.ckpt_path} keeps the last good state" if self.ckpt_path.exists() else "no checkpoint written"
+        raise TrainingDiverged(
+            f"training diverged at step {self.step:,}: {self.streak} consecutive updates had a non-finite loss or "
+            f"gradient norm (skipped); stopped, {good}; lower the learning rates or raise `max_nonfinite_updates`")
+
+    def log_now(self) -> None:
         """Means of the training metrics since the last log, throughput, replay size."""
-        nonlocal last_log_step, last_log_time, last_log_updates
+        last_step, last_time, last_updates = self.last_log
         now = time.perf_counter()
-        elapsed = max(now - last_log_time, 1e-9)
-        summary = {k: float(np.mean(v)) for k, v in metrics.items()}
-        summary["perf/env_steps_per_s"] = (step - last_log_step) / elapsed
-        summary["perf/updates_per_s"] = (updates - last_log_updates) / elapsed
-        summary["replay/steps"] = len(replay)
-        summary["train/updates"] = updates
-        logger.scalars(summary, step)
-        logger.flush()
-        metrics.clear()
-        last_log_step, last_log_time, last_log_updates = step, now, updates
-        bar.set_postfix_str(
+        elapsed = max(now - last_time, 1e-9)
+        summary = {k: float(np.mean(v)) for k, v in self.metrics.items()}
+        summary["perf/env_steps_per_s"] = (self.step - last_step) / elapsed
+        summary["perf/updates_per_s"] = (self.updates - last_updates) / elapsed
+        summary["replay/steps"] = len(self.replay)
+        summary["train/updates"] = self.updates
+        summary["train/nonfinite_updates"] = self.nonfinite
+        self.logger.scalars(summary, self.step)
+        self.logger.flush()
+        self.metrics.clear()
+        self.last_log = (self.step, now, self.updates)
+        self.bar.set_postfix_str(
             f"{summary['perf/env_steps_per_s']:.0f} steps/s {summary['perf/updates_per_s']:.2f} upd/s", refresh=False)
 
-    with _stop_signals():
-        try:
-            while step < config.steps:
-                obs = _stack([{k: s[k] for k in (*obs_space, "is_first")} for s in current])
-                mode = "random" if step < config.prefill else "explore"
-                actions, policy_state = agent.policy(obs, policy_state, mode)
-                for i, env in enumerate(envs):
-                    s = env.reset() if current[i]["is_last"] else env.step(actions[i])
-                    s["action"] = zero_action if s["is_first"] else actions[i].astype(np.float32)
-                    replay.add(s, worker=i)
-                    tracker.add(i, s)
-                    current[i] = s
-                step += len(envs)
-                bar.update(len(envs))
-                for ret, length in tracker.finished:
-                    episodes += 1
-                    logger.scalars({"episode/return": ret, "episode/length": length}, step)
-                    bar.set_postfix_str(f"return {ret:.1f}", refresh=False)
-                tracker.finished.clear()
+    def periodic_eval(self) -> None:
+        """Greedy returns on the evaluation env; the agent is written to best.pt when their mean is the best yet."""
+        returns = evaluate(self.agent, self.eval_env, self.config.eval_episodes, self.stop)
+        if self.stop.requested:
+            return
+        mean = float(np.mean(returns))
+        self.logger.scalars({"eval/return": mean, "eval/return_min": float(np.min(returns))}, self.step)
+        best = self.best
+        if not best or mean > best["return"]:
+            best.update(step=self.step, updates=self.updates, episodes=self.episodes, **{"return": mean})
+            save_checkpoint(self.logdir / BEST, {"config": self.config.to_dict(), "agent": self.agent.checkpoint_state(),
+                                                 **best})
+        self.bar.set_postfix_str(f"eval {mean:.1f} (best {best['return']:.1f} at {best['step']:,})", refresh=False)
 
-                if step >= config.prefill and len(replay) >= config.batch_length and step >= next_train:
-                    next_train = step + config.train_every
-                    for _ in range(config.train_steps):
-                        batch = replay.sample(config.batch_size, config.batch_length, config.replay_ends)
-                        out = agent.train_step(batch)
-                        updates += 1
-                        for k, v in out.items():
-                            metrics[k].append(v)
-
-                if step >= next_log:
-                    next_log += config.log_every
-                    log_now()
-                if step >= next_video and updates:
-                    next_video += config.video_every
-                    _open_loop(agent, replay, logger, config, step)
-                if step >= next_eval and updates:
-                    next_eval += config.eval_every
-                    periodic_eval()
-                if step >= next_ckpt:
-                    next_ckpt += config.checkpoint_every
-                    checkpoint()
-        except KeyboardInterrupt:
-            interrupted = True
-            print(f"\ndreamer-fast: interrupted at step {step:,}; saving a checkpoint to {ckpt_path}")
-        finally:
-            bar.close()
-    if step > last_log_step:  # what happened since the last periodic log
-        log_now()
-    checkpoint()
-    if not interrupted and updates:
-        _open_loop(agent, replay, logger, config, step)
-    result: dict[str, Any] = {"step": step, "updates": updates, "episodes": episodes, "interrupted": interrupted,
-                              "logdir": str(logdir)}
-    if not interrupted and config.eval_episodes:
-        returns = evaluate(agent, envs[0], config.eval_episodes)
-        logger.scalars({"eval/return": float(np.mean(returns))}, step)
-        result["eval_returns"] = returns
-    if best:
-        result["best_eval"] = dict(best)
-    logger.close()
-    for env in envs + ([eval_env] if eval_env is not None else []):
-        env.close()
-    result["plots"] = [str(p) for p in plot(logdir)]
-    return result
+    def checkpoint(self) -> None:
+        """Writes checkpoint.pt with the replay's chunk range and metrics.csv's size, so that resume can bring both
+        back to it. Not while updates are non-finite or a parameter is not finite: the last good one stays."""
+        if self.streak or not _parameters_finite(self.agent):
+            print(f"dreamer-fast: warning: no checkpoint at step {self.step:,}: the model is not finite "
+                  f"({self.streak} non-finite updates in a row); {self.ckpt_path} keeps the last good state",
+                  file=sys.stderr)
+            return
+        self.replay.save()
+        save_checkpoint(self.ckpt_path, {
+            "config": self.config.to_dict(), "agent": self.agent.checkpoint_state(), "step": self.step,
+            "updates": self.updates, "episodes": self.episodes, "rng": rng_state(),
+            "replay_rng": self.replay.rng_state(), "best_eval": self.best, "replay": self.replay.checkpoint_state(),
+            "metrics_bytes": self.logger.csv_bytes(), "nonfinite_updates": self.nonfinite,
+        })
+        self.replay.release_evicted()
 
 
-@contextlib.contextmanager
-def _stop_signals() -> Iterator[None]:
-    """While training, SIGINT and SIGTERM stop it as Ctrl-C does (checkpoint, plots, exit status 130).
+class StopSignals:
+    """While training, SIGINT and SIGTERM ask it to stop at the next step boundary (checkpoint, exit status 130):
+    the handler only sets :attr:`requested`, so no signal lands inside a replay chunk, metrics or checkpoint write.
 
     Also when the process was started in the background (``cmd &``) by a non-interactive shell, which starts it with
     SIGINT ignored: Python then inherits ``SIG_IGN`` and ``kill -INT`` would do nothing. The previous handlers are
     restored afterwards. Only in the main thread (where Python delivers signals).
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
-    def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
 
@@ -277,13 +363,15 @@ def _open_loop(agent: Agent, replay: Replay, logger: Logger, config: Config, ste
         logger.gif("openloop", video, step)
 
 
-def evaluate(agent: Agent, env, episodes: int) -> list[float]:
-    """Greedy (mode of the actor) returns of ``episodes`` full episodes."""
+def evaluate(agent: Agent, env, episodes: int, stop: StopSignals | None = None) -> list[float]:
+    """Greedy (mode of the actor) returns of ``episodes`` full episodes (fewer when ``stop`` is requested)."""
     returns = []
     for _ in range(episodes):
         s = env.reset()
         state, total = None, 0.0
         while not s["is_last"]:
+            if stop is not None and stop.requested:
+                return returns
             obs = _stack([{k: s[k] for k in (*env.obs_space, "is_first")}])
             action, state = agent.policy(obs, state, "eval")
             s = env.step(action[0])
@@ -295,6 +383,8 @@ def evaluate(agent: Agent, env, episodes: int) -> list[float]:
 def load_agent(checkpoint: Path, device: str | None = None) -> tuple[Agent, Config, dict]:
     """The agent of a checkpoint (with the config it was trained with), ready to act."""
     ckpt = load_checkpoint(Path(checkpoint), map_location="cpu")
+    if not isinstance(ckpt.get("config"), dict) or "agent" not in ckpt:
+        raise CheckpointError(f"checkpoint {str(checkpoint)!r} holds no agent and config (keys: {sorted(ckpt)})")
     values = dict(ckpt["config"])
     if device:
         values["device"] = device
@@ -304,7 +394,12 @@ def load_agent(checkpoint: Path, device: str | None = None) -> tuple[Agent, Conf
     env = make_env(config, seed=config.seed)
     agent = Agent(env.obs_space, env.act_space, config).to(torch.device(config.device))
     env.close()
-    agent.load_checkpoint_state(ckpt["agent"])
+    try:
+        agent.load_checkpoint_state(ckpt["agent"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        first = " ".join(line.strip() for line in str(error).splitlines()[:2])[:300]
+        raise CheckpointError(f"checkpoint {str(checkpoint)!r} does not fit the model of its own config ({first})"
+                              ) from None
     agent.eval()
     return agent, config, ckpt
 

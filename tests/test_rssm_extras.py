@@ -295,3 +295,12 @@ def test_split_columns_gradient_matches_slicing(used):
         grads.append(torch.autograd.grad(loss, w)[0])
     torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
     assert torch.autograd.gradcheck(lambda w: sum(p.sin().sum() for p in _split_columns(w, 2)), (w,))
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int64])
+def test_imagine_names_the_policy_output_of_a_wrong_dtype(backend, dtype):
+    """A policy that returns actions of another dtype than the RSSM's is reported as the policy's output."""
+    m = RSSM(action_dim=3, embed_dim=8, deter=16, hidden=16, stoch=4, classes=4, backend=backend)
+    with pytest.raises(TypeError, match=r"policy\(feat\)` has dtype torch\." + str(dtype).split(".")[1]):
+        m.imagine(lambda feat: torch.zeros(feat.shape[0], 3, dtype=dtype), m.initial(5), 2)

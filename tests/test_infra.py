@@ -23,6 +23,7 @@ from dreamer_fast.config import Config, load_config, presets
 from dreamer_fast.envs import ActionSpace, make_env
 from dreamer_fast.logger import Logger, plot, read_metrics
 from dreamer_fast.replay import Replay
+from dreamer_fast.train import _MetricMeans
 
 # ---------------------------------------------------------------------------------------------------- envs
 
@@ -403,6 +404,27 @@ def test_plot_without_returns(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoint
+
+
+def test_metric_means_read_the_sums_once_and_skip_undefined_values(monkeypatch):
+    """The training loop sums each update's metric tensors where they are and reads them once when it logs; a sparse
+    metric (NaN where the batch had none of its steps) averages only the updates that define it."""
+    means = _MetricMeans()
+    means.add({"model/loss": torch.tensor(1.0), "model/discount_terminal_mean": torch.tensor(float("nan")),
+               "model/discount_nonterminal_mean": torch.tensor(float("nan"))})
+    means.add({"model/loss": torch.tensor(3.0), "model/discount_terminal_mean": torch.tensor(0.5),
+               "model/discount_nonterminal_mean": torch.tensor(float("nan"))})
+    means.add({"model/loss": torch.tensor(float("nan")), "model/discount_terminal_mean": torch.tensor(0.25),
+               "model/discount_nonterminal_mean": torch.tensor(float("nan"))})
+    reads = []
+    tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(self.shape) or tolist(self))
+    result = means.means()
+    assert reads == [torch.Size([5])]  # three sums and the two sparse counts, in one copy
+    assert np.isnan(result["model/loss"])  # a non-finite update shows in the mean of an ordinary metric
+    assert result["model/discount_terminal_mean"] == 0.375 and "model/discount_nonterminal_mean" not in result
+    means.clear()
+    assert means.means() == {}
 
 
 def test_checkpoint_round_trip(tmp_path):

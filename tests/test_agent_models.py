@@ -7,7 +7,6 @@ import copy
 import io
 import math
 import sys
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -648,8 +647,8 @@ def host_reads(monkeypatch, fn) -> list[str]:
 
 @pytest.mark.parametrize("terminal", [True, False])
 def test_train_step_reads_the_device_once_per_optimiser_step(monkeypatch, device, terminal):
-    """On the `debug` preset: train_step reads tensors to the host only for the non-finite guard; on CUDA, torch's
-    sync debug mode also counts synchronisations inside torch (boolean indexing, nonzero, blocking copies)."""
+    """On the `debug` preset, train_step reads tensors to the host only for the non-finite guard: the three reads are
+    the guard's `tolist` in agent.py."""
     config = load_config("debug", {"device": str(device)})
     obs_space, act_space = {"vector": ((4,), np.float32)}, SimpleNamespace(discrete=True, dim=2)
     torch.manual_seed(0)
@@ -660,14 +659,3 @@ def test_train_step_reads_the_device_once_per_optimiser_step(monkeypatch, device
     reads = host_reads(monkeypatch, lambda: agent.train_step(data))
     assert len(reads) == HOST_READS_PER_UPDATE, reads
     assert len(set(reads)) == 1 and reads[0].startswith("tolist ") and "agent.py:" in reads[0], reads  # the guard
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                agent.train_step(data)
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-        syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
-        assert len(syncs) == HOST_READS_PER_UPDATE, syncs

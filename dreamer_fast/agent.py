@@ -63,11 +63,12 @@ class Agent(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
-    def _step(self, opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[nn.Parameter]) -> float:
-        """Gradients of ``loss`` w.r.t. ``params`` only (nothing else accumulates a .grad), clip, step. Grad norm.
+    def _step(self, opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[nn.Parameter]) -> torch.Tensor:
+        """Gradients of ``loss`` w.r.t. ``params`` only (nothing else accumulates a .grad), clip, step. Grad norm
+        (a 0-d float32 CPU tensor: it came to the host with the flag).
 
-        A non-finite loss or gradient norm skips the step (counted in ``skipped_steps``). The finiteness flag is read
-        in the same device-to-host copy as the norm, so the guard adds no synchronisation."""
+        A non-finite loss or gradient norm skips the step (counted in ``skipped_steps``). Deciding that is the one
+        device-to-host copy of an optimiser step: the finiteness flag travels with the norm."""
         opt.zero_grad(set_to_none=True)
         loss.backward(inputs=params)
         norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
@@ -77,16 +78,18 @@ class Agent(nn.Module):
             opt.step()
         else:
             self.skipped_steps += 1
-        return value
+        return torch.tensor(value)
 
     # ---- training --------------------------------------------------------------------------------------------------
 
-    def train_step(self, batch: Mapping[str, Any]) -> dict[str, float]:
+    def train_step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """One update of the world model, then of the actor and the critic in imagination from every posterior state.
 
         ``batch``: time-major ``[T, B, ...]`` numpy arrays or tensors (see :meth:`WorldModel.preprocess`).
-        Returns float metrics: the losses, ``*/grad_norm``, ``train/updates``, ``train/nonfinite`` (1 when a
-        non-finite loss or gradient norm made any of the three optimiser steps skip, else 0).
+        Returns metrics as detached 0-d float32 tensors: the losses and statistics stay on the model's device (reading
+        them is the caller's choice, e.g. once per log); ``*/grad_norm``, ``train/updates`` and ``train/nonfinite``
+        (1 when a non-finite loss or gradient norm made any of the three optimiser steps skip, else 0) are on the CPU.
+        The update reads the device once per optimiser step (three times): the non-finite guard of :meth:`_step`.
         """
         skipped = self.skipped_steps
         self.train()
@@ -94,17 +97,17 @@ class Agent(nn.Module):
         post, metrics = self.train_model(data)
         start = post.detach().flatten()
         metrics.update(self.train_behavior(start, data["is_terminal"].reshape(-1)))
-        metrics["train/nonfinite"] = float(self.skipped_steps > skipped)
+        metrics["train/nonfinite"] = torch.tensor(float(self.skipped_steps > skipped))
         return metrics
 
-    def train_model(self, data: Mapping[str, torch.Tensor]) -> tuple[RSSMState, dict[str, float]]:
+    def train_model(self, data: Mapping[str, torch.Tensor]) -> tuple[RSSMState, dict[str, torch.Tensor]]:
         """One world-model update on a preprocessed batch ``[T, B]``; returns the posterior ``[T, B]`` and metrics."""
         with self._autocast():
             model_loss, post, metrics = self.wm.loss(data)
         metrics["model/grad_norm"] = self._step(self.model_opt, model_loss, list(self.wm.parameters()))
         return post, metrics
 
-    def train_behavior(self, start: RSSMState, is_terminal: torch.Tensor) -> dict[str, float]:
+    def train_behavior(self, start: RSSMState, is_terminal: torch.Tensor) -> dict[str, torch.Tensor]:
         """One actor and one critic update from the detached start states ``[N]`` (``is_terminal [N]``), then the
         slow critic's count. Only the actor's and the critic's parameters change (and receive ``.grad``)."""
         with self._autocast():
@@ -112,7 +115,7 @@ class Agent(nn.Module):
         metrics["actor/grad_norm"] = self._step(self.actor_opt, actor_loss, list(self.ac.actor.parameters()))
         metrics["critic/grad_norm"] = self._step(self.critic_opt, critic_loss, list(self.ac.critic.parameters()))
         self.ac.update_slow_target()
-        metrics["train/updates"] = float(self.ac.updates)
+        metrics["train/updates"] = torch.tensor(float(self.ac.updates))
         return metrics
 
     # ---- acting ----------------------------------------------------------------------------------------------------

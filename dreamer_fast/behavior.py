@@ -125,7 +125,7 @@ class ActorCritic(nn.Module):
 
     def loss(
         self, world_model: WorldModel, start: RSSMState, is_terminal: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Actor and critic losses on ``horizon`` imagined steps from every start state.
 
         Args:
@@ -134,7 +134,8 @@ class ActorCritic(nn.Module):
             start: ``[N]`` detached posterior states. is_terminal: ``[N]`` bool.
 
         Returns:
-            ``(actor_loss [], critic_loss [], metrics)``. The actor loss reaches the world model's parameters only
+            ``(actor_loss [], critic_loss [], metrics)``, the metrics as detached 0-d float32 tensors on the
+            model's device (none is read on the host here). The actor loss reaches the world model's parameters only
             through dynamics backpropagation (ρ = 0); the caller must step only the actor's parameters with it.
 
         Indexing (states ``s_0 .. s_H``, ``s_0`` the start; ``a_t`` taken in ``s_t``; ``r_t``, ``γ_t`` predicted from
@@ -175,16 +176,17 @@ class ActorCritic(nn.Module):
         value = self.value(feat[:-1].detach())
         critic_loss = critic_objective(value, returns, weights)
         metrics = {
-            "actor/loss": actor_loss.item(),
-            "actor/entropy": entropy.mean().item(),
-            "critic/loss": critic_loss.item(),
-            "critic/value": value.mean().item(),
-            "imag/return": returns.mean().item(),
-            "imag/reward": reward.mean().item(),
-            "imag/discount": disc.mean().item(),
+            "actor/loss": actor_loss,
+            "actor/entropy": entropy.mean(),
+            "critic/loss": critic_loss,
+            "critic/value": value.mean(),
+            "imag/return": returns.mean(),
+            "imag/reward": reward.mean(),
+            "imag/discount": disc.mean(),
         }
         if isinstance(scale, torch.Tensor):
-            metrics["actor/return_scale"] = scale.item()
+            metrics["actor/return_scale"] = scale
+        metrics = {k: v.detach().float() for k, v in metrics.items()}
         return actor_loss, critic_loss, metrics
 
 

@@ -3,9 +3,11 @@
     dreamer-fast train --config atari --env atari/Pong --logdir runs/pong [--steps N] [--device cpu|cuda] [--seed S]
                        [--resume] [--set key=value ...] [--<any config key> value ...]
     dreamer-fast eval --checkpoint runs/pong/checkpoint.pt [--episodes 5] [--device cpu]
-    dreamer-fast config --config small [--set key=value ...]     # print the resolved configuration
+    dreamer-fast config --config small,debug [--set key=value ...]     # print the resolved configuration
 
-Every key of :class:`dreamer_fast.config.Config` can be overridden, either as ``--key value`` or ``--set key=value``.
+``--config`` presets stack: ``--config a,b`` or ``--config a --config b`` applies ``a`` then ``b`` over the defaults.
+Every key of :class:`dreamer_fast.config.Config` can then be overridden, either as ``--key value`` or
+``--set key=value`` (``--set`` last); ``dreamer-fast train --help`` lists them with type, default and doc.
 Every failure (bad arguments, values, keys, environments, unreadable checkpoints, replay chunks, config.yaml or
 metrics.csv, a logdir that cannot be written, diverged training) exits with status 2 and one line on stderr;
 an interrupt outside training's step loop exits with status 130.
@@ -21,25 +23,31 @@ from typing import Any
 
 import yaml
 
-from dreamer_fast.config import Config, load_config, presets
+from dreamer_fast.config import CHOICES, Config, field_docs, load_config, presets
 
 
 def _config_overrides(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("config overrides (any key of the preset; see `dreamer-fast config`)")
-    shortcuts = {"env", "steps", "device", "seed"}
+    """``--<key> V`` for every config key, grouped by the sections of :class:`Config`, and ``--set KEY=VALUE``."""
+    parser.add_argument("--set", dest="set", metavar="KEY=VALUE", action="append", default=[],
+                        help="override a config key (repeatable; applied after the --<key> options)")
+    groups: dict[str, argparse._ArgumentGroup] = {}
     for f in dataclasses.fields(Config):
-        if f.name in shortcuts:
-            continue
-        group.add_argument(f"--{f.name}", dest=f"cfg_{f.name}", metavar="V", default=None, help=argparse.SUPPRESS)
-    group.add_argument("--set", dest="set", metavar="KEY=VALUE", action="append", default=[],
-                       help="override a config key (repeatable)")
+        section, doc = field_docs()[f.name]
+        if section not in groups:
+            groups[section] = parser.add_argument_group(f"config: {section}")
+        kind = "|".join(CHOICES[f.name]) if f.name in CHOICES else f.type
+        help_text = f"{kind}, default {_show(f.default)}: {doc}".replace("%", "%%")
+        groups[section].add_argument(f"--{f.name}", dest=f"cfg_{f.name}", metavar=f.type.upper(), default=None,
+                                     help=help_text)
+
+
+def _show(value: Any) -> str:
+    """A default as a config.yaml value (true, 0.0001, atari/Pong)."""
+    return value if isinstance(value, str) else yaml.safe_dump(value).removesuffix("\n...\n").strip()
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     values: dict[str, Any] = {}
-    for name in ("env", "steps", "device", "seed"):
-        if getattr(args, name, None) is not None:
-            values[name] = getattr(args, name)
     for key, value in vars(args).items():
         if key.startswith("cfg_") and value is not None:
             values[key[4:]] = value
@@ -63,13 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train an agent (or continue one with --resume)")
-    train.add_argument("--config", default=None, help=f"preset: {', '.join(presets())} (default atari; with "
-                       "--resume the run's own config.yaml is used)")
-    train.add_argument("--env", help="atari/<Game> (e.g. atari/Pong) or gym/<id> (e.g. gym/CartPole-v1)")
+    train.add_argument("--config", action="append", default=None, metavar="PRESET[,PRESET...]",
+                       help=f"presets applied left to right over the defaults (comma-separated or repeated): "
+                       f"{', '.join(presets())} (default atari; with --resume the run's own config.yaml is used, and "
+                       "the presets must agree with it on the keys that set parameter shapes)")
     train.add_argument("--logdir", required=True, type=Path, help="where logs, plots and checkpoints go")
-    train.add_argument("--steps", help="policy steps in total")
-    train.add_argument("--device", help="cpu, cuda or cuda:N")
-    train.add_argument("--seed")
     train.add_argument("--resume", action="store_true", help="continue the run in --logdir from its checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     _config_overrides(train)
@@ -79,12 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--episodes", type=int, default=5)
     ev.add_argument("--device", default=None)
 
-    show = sub.add_parser("config", help="print the resolved configuration of a preset with overrides")
-    show.add_argument("--config", default="atari")
-    show.add_argument("--env")
-    show.add_argument("--steps")
-    show.add_argument("--device")
-    show.add_argument("--seed")
+    show = sub.add_parser("config", help="print the resolved configuration of presets with overrides")
+    show.add_argument("--config", action="append", default=None, metavar="PRESET[,PRESET...]",
+                      help=f"presets applied left to right over the defaults (comma-separated or repeated): "
+                      f"{', '.join(presets())} (default atari)")
     _config_overrides(show)
     return parser
 
@@ -107,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "config":
-        print(yaml.safe_dump(load_config(args.config, _overrides(args)).to_dict(), sort_keys=False), end="")
+        config = load_config(args.config or "atari", _overrides(args))
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
     if args.command == "eval":
         from dreamer_fast.envs import make_env

@@ -1,21 +1,34 @@
 """The agent's configuration: one flat dataclass, presets in ``dreamer_fast/configs/<name>.yaml``, overrides.
 
 Defaults are DreamerV2's Atari configuration (the official code's ``configs.yaml``, ``atari`` section); a preset file
-lists only what it changes. ``load_config("small", {"steps": 5000})`` gives the ``small`` preset with one override;
-unknown keys and values of the wrong type or out of range raise ``ValueError`` naming the key.
+lists only what it changes. Presets stack: ``load_config("atari,debug", {"steps": 5000})`` (or
+``load_config(["atari", "debug"], ...)``) applies ``atari`` then ``debug`` over the defaults, then the overrides.
+Unknown keys and values of the wrong type or out of range raise ``ValueError`` naming the key.
+
+Each field's comment in :class:`Config` is its documentation (``dreamer-fast train --help`` prints it, with the
+section comment above it): every field has one, and :func:`field_docs` reads them from this file.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import io
 import math
+import tokenize
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
 PRESETS_DIR = Path(__file__).resolve().parent / "configs"
+# Keys that take one of a few strings.
+CHOICES = {"backend": ("auto", "fused", "reference"), "bf16": ("auto", "true", "false"),
+           "clip_rewards": ("tanh", "none"), "actor_grad": ("reinforce", "dynamics"),
+           "return_norm": ("none", "percentile"), "actor_dist": ("auto", "onehot", "trunc_normal")}
 
 
 @dataclass
@@ -23,7 +36,7 @@ class Config:
     # ---- run
     env: str = "atari/Pong"  # "atari/<Game>" (any ALE game) or "gym/<gymnasium id>" (CartPole-v1, Pendulum-v1, ...)
     steps: int = 200_000_000 // 4  # policy (agent) steps in total; env frames = steps * action_repeat on Atari
-    seed: int = 0
+    seed: int = 0  # seeds Python, NumPy, torch, the replay sampler and the environments
     device: str = "cpu"  # "cpu" | "cuda" | "cuda:N"
     backend: str = "auto"  # dreamer_fast op backend: "auto" | "fused" | "reference"
     bf16: str = "false"  # bfloat16 autocast of the networks' GEMMs (LayerNorm, distributions, losses in float32):
@@ -33,60 +46,60 @@ class Config:
     # ---- environment
     num_envs: int = 1  # environments stepped in lock-step for collection
     action_repeat: int = 4  # Atari frame skip (gym tasks: repeats of the same action)
-    image_size: int = 64
-    noop_max: int = 30
-    sticky_actions: float = 0.25
+    image_size: int = 64  # side of the square grayscale Atari frames (the conv encoder takes 64)
+    noop_max: int = 30  # Atari: up to this many no-op actions at reset
+    sticky_actions: float = 0.25  # Atari: probability that the previous action repeats instead of the new one
     time_limit: int = 27_000  # policy steps per episode (Atari: 108k frames); 0 = the env's own limit
     # ---- replay
     replay_capacity: int = 2_000_000  # steps kept (oldest episodes dropped, their files deleted)
-    batch_size: int = 16
-    batch_length: int = 50
+    batch_size: int = 16  # sequences per training batch (B)
+    batch_length: int = 50  # steps per sampled sequence (T)
     replay_ends: float = 0.0  # share of sampled sequences that end at an episode's last step (0 = uniform windows)
     prefill: int = 50_000  # policy steps of uniformly random actions before training starts
     train_every: int = 16  # policy steps per training update (summed over all envs)
     train_steps: int = 1  # updates per training round
     # ---- world model
-    deter: int = 600
-    hidden: int = 600
-    stoch: int = 32
-    classes: int = 32
-    unimix: float = 0.0
-    cnn_depth: int = 48
+    deter: int = 600  # size of the RSSM's deterministic (GRU) state
+    hidden: int = 600  # width of the RSSM's hidden layers (img_in before the GRU, img_out, obs_out)
+    stoch: int = 32  # categorical latent variables (S)
+    classes: int = 32  # classes per latent variable (K)
+    unimix: float = 0.0  # uniform mixture in the latents' probabilities (DreamerV3: 0.01; V2: 0)
+    cnn_depth: int = 48  # channels of the first conv of the image encoder (then x2, x4, x8); the decoder mirrors it
     mlp_layers: int = 4  # reward, discount, actor, critic heads and the vector encoder/decoder
-    mlp_units: int = 400
-    kl_balance: float = 0.8
-    kl_free: float = 0.0
-    kl_free_avg: bool = True
-    kl_scale: float = 0.1
-    image_scale: float = 1.0
-    vector_scale: float = 1.0
-    reward_scale: float = 1.0
-    discount_scale: float = 5.0
+    mlp_units: int = 400  # width of those MLPs
+    kl_balance: float = 0.8  # share of the KL gradient that trains the prior (the rest trains the posterior)
+    kl_free: float = 0.0  # free nats: KL below this is not penalised
+    kl_free_avg: bool = True  # kl_free clamps the batch-mean KL (true) or each position's KL (false)
+    kl_scale: float = 0.1  # weight of the KL term in the world-model loss
+    image_scale: float = 1.0  # weight of the image reconstruction loss
+    vector_scale: float = 1.0  # weight of the vector-observation reconstruction loss
+    reward_scale: float = 1.0  # weight of the reward loss
+    discount_scale: float = 5.0  # weight of the discount (continue) loss
     clip_rewards: str = "tanh"  # "tanh" | "none": applied to the reward target of the world model
-    discount: float = 0.999
-    model_lr: float = 2e-4
+    discount: float = 0.999  # gamma: the discount head's target is discount * (1 - is_terminal)
+    model_lr: float = 2e-4  # world-model learning rate (AdamW)
     # ---- behaviour
-    horizon: int = 15
-    lam: float = 0.95
+    horizon: int = 15  # imagined steps from every posterior state (H)
+    lam: float = 0.95  # lambda of the lambda-returns
     actor_grad: str = "reinforce"  # "reinforce" (rho = 1, Atari) | "dynamics" (rho = 0, continuous control)
-    actor_ent: float = 1e-3
+    actor_ent: float = 1e-3  # weight of the actor's entropy bonus (eta)
     actor_unimix: float = 0.0  # uniform mixture in the one-hot actor's probabilities (DreamerV3: 0.01; V2: 0)
     return_norm: str = "none"  # "none" (DreamerV2) | "percentile" (DreamerV3: advantages / max(1, P95 - P5))
     return_norm_decay: float = 0.99  # EMA decay of the return percentiles when return_norm = "percentile"
     actor_dist: str = "auto"  # "auto" (onehot for discrete, trunc_normal for continuous) | "onehot" | "trunc_normal"
-    actor_min_std: float = 0.1
-    actor_init_std: float = 1.0
+    actor_min_std: float = 0.1  # lower bound of the truncated-normal actor's standard deviation
+    actor_init_std: float = 1.0  # the truncated-normal actor's standard deviation at zero output
     slow_target_update: int = 100  # updates between hard copies of the critic into the slow target critic
-    actor_lr: float = 4e-5
-    critic_lr: float = 1e-4
-    opt_eps: float = 1e-5
-    grad_clip: float = 100.0
-    weight_decay: float = 1e-6
+    actor_lr: float = 4e-5  # actor learning rate (AdamW)
+    critic_lr: float = 1e-4  # critic learning rate (AdamW)
+    opt_eps: float = 1e-5  # epsilon of the three AdamW optimisers
+    grad_clip: float = 100.0  # gradient-norm clip of each optimiser step
+    weight_decay: float = 1e-6  # decoupled (AdamW) weight decay of the three optimisers
     max_nonfinite_updates: int = 10  # consecutive updates with a non-finite loss or grad norm (each skipped) that
     # stop the run with exit status 2; 0 = never stop
     # ---- logging, evaluation, checkpoints (all in policy steps)
-    log_every: int = 1_000
-    checkpoint_every: int = 10_000
+    log_every: int = 1_000  # metrics (means since the last log) to metrics.csv and TensorBoard every N steps
+    checkpoint_every: int = 10_000  # checkpoint.pt every N steps
     video_every: int = 0  # open-loop prediction GIF every N steps (0 = only at the end)
     eval_episodes: int = 0  # greedy evaluation episodes at the end of training (and at each eval_every)
     eval_every: int = 0  # greedy evaluation every N steps on a separate env; the best mean is kept as best.pt
@@ -116,10 +129,7 @@ class Config:
             value = getattr(self, key)
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"config `{key}` must be finite and >= 0, got {value!r}")
-        choices = {"clip_rewards": ("tanh", "none"), "actor_grad": ("reinforce", "dynamics"),
-                   "actor_dist": ("auto", "onehot", "trunc_normal"), "backend": ("auto", "fused", "reference"),
-                   "return_norm": ("none", "percentile"), "bf16": ("auto", "true", "false")}
-        for key, allowed in choices.items():
+        for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"config `{key}` must be one of {allowed}, got {getattr(self, key)!r}")
         if self.eval_every and not self.eval_episodes:
@@ -137,6 +147,38 @@ class Config:
 
 def presets() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+class FieldDoc(NamedTuple):
+    section: str  # the ``# ---- <section>`` comment above the field
+    doc: str  # the field's comment and its continuation lines, joined
+
+
+@functools.cache
+def field_docs() -> dict[str, FieldDoc]:
+    """Every :class:`Config` field's documentation, read from its comment in this file: the comment after the field
+    and the comment-only lines right below it (up to the next field, blank line or ``# ----`` section comment)."""
+    source = Path(__file__).read_text()
+    comments = {tok.start[0]: tok.string.lstrip("#").strip()
+                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+    lines = source.splitlines()
+    node = next(n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == "Config")
+    docs: dict[str, FieldDoc] = {}
+    section = ""
+    for stmt in node.body:
+        if not isinstance(stmt, ast.AnnAssign) or not isinstance(stmt.target, ast.Name):
+            continue
+        for row in range(stmt.lineno - 1, 0, -1):  # the nearest section comment above
+            if comments.get(row, "").startswith("----"):
+                section = comments[row].strip("- ")
+                break
+        parts = [comments.get(stmt.end_lineno, "")]
+        row = stmt.end_lineno + 1
+        while lines[row - 1].lstrip().startswith("#") and not comments[row].startswith("----"):
+            parts.append(comments[row])
+            row += 1
+        docs[stmt.target.id] = FieldDoc(section, " ".join(p for p in parts if p))
+    return docs
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
@@ -166,14 +208,36 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     return value
 
 
-def load_config(preset: str = "atari", overrides: dict[str, Any] | None = None) -> Config:
-    """The preset ``dreamer_fast/configs/<preset>.yaml`` applied over the defaults, then ``overrides``."""
-    path = PRESETS_DIR / f"{preset}.yaml"
+def preset_names(preset: str | Sequence[str]) -> list[str]:
+    """``"atari,debug"`` or ``["atari", "debug"]`` (items may hold commas too) -> ``["atari", "debug"]``."""
+    items = [preset] if isinstance(preset, str) else list(preset)
+    names = [name.strip() for item in items for name in item.split(",")]
+    if not names or not all(names):
+        raise ValueError(f"config presets must be non-empty names separated by commas, got {','.join(items)!r}")
+    return names
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    """The changes ``dreamer_fast/configs/<name>.yaml`` makes to the defaults (keys checked, values as written)."""
+    path = PRESETS_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise ValueError(f"unknown config preset {preset!r}; available: {', '.join(presets())}")
+        raise ValueError(f"unknown config preset {name!r}; available: {', '.join(presets())}")
     values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a mapping of config keys to values")
+    unknown = sorted(set(values) - {f.name for f in fields(Config)})
+    if unknown:
+        raise ValueError(f"{path}: unknown config key(s) {unknown}")
+    return values
+
+
+def load_config(preset: str | Sequence[str] = "atari", overrides: dict[str, Any] | None = None) -> Config:
+    """The presets ``dreamer_fast/configs/<name>.yaml`` applied left to right over the defaults, then ``overrides``.
+
+    ``preset``: one name, several separated by commas (``"atari,debug"``), or a list of them."""
+    values: dict[str, Any] = {}
+    for name in preset_names(preset):
+        values.update(preset_values(name))
     values.update(overrides or {})
     return config_from_dict(values)
 

@@ -14,6 +14,7 @@ import csv
 import io
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import yaml
 
 from dreamer_fast._atomic import atomic_write
 from dreamer_fast.checkpoint import CheckpointError, load_checkpoint
-from dreamer_fast.config import Config, config_from_dict, load_config
+from dreamer_fast.config import Config, config_from_dict, load_config, preset_names
 from dreamer_fast.logger import CSV_NAME
 from dreamer_fast.replay_chunks import LoadPlan, StepSpec, plan_load
 
@@ -34,9 +35,10 @@ SHAPE_KEYS = ("env", "image_size", "deter", "hidden", "stoch", "classes", "cnn_d
 TEMP_FILES = (".checkpoint.pt.*.tmp", ".best.pt.*.tmp", ".config.yaml.*.tmp", ".metrics.csv.*.tmp")  # atomic_write's temp names
 
 
-def read_run_config(logdir: Path, overrides: dict[str, Any], preset: str | None = None) -> Config:
-    """The config a resumed run continues with: ``logdir/config.yaml`` plus ``overrides``. A ``preset`` given with
-    --resume must agree with the run on every key of :data:`SHAPE_KEYS`; its other values are not applied."""
+def read_run_config(logdir: Path, overrides: dict[str, Any], preset: str | Sequence[str] | None = None) -> Config:
+    """The config a resumed run continues with: ``logdir/config.yaml`` plus ``overrides``. Presets given with
+    --resume (``preset``: as :func:`~dreamer_fast.config.load_config` takes them, stacked over the defaults) must
+    agree with the run on every key of :data:`SHAPE_KEYS`; their other values are not applied."""
     logdir = Path(logdir)
     if logdir.exists() and not logdir.is_dir():
         raise ValueError(f"--logdir {logdir} is a file, not a run's folder")
@@ -66,11 +68,13 @@ def _read_yaml_mapping(path: Path) -> dict[str, Any]:
     return values
 
 
-def _check_preset(preset: str, config: Config, logdir: Path) -> None:
-    wanted = load_config(preset)
+def _check_preset(preset: str | Sequence[str], config: Config, logdir: Path) -> None:
+    names = preset_names(preset)
+    wanted = load_config(names)
+    label = f"preset {names[0]!r}" if len(names) == 1 else f"presets {','.join(names)!r} (stacked)"
     for key in SHAPE_KEYS:
         if getattr(wanted, key) != getattr(config, key):
-            raise ValueError(f"--resume: preset {preset!r} has `{key}` = {getattr(wanted, key)!r} but the run in "
+            raise ValueError(f"--resume: {label} has `{key}` = {getattr(wanted, key)!r} but the run in "
                              f"{logdir} has {getattr(config, key)!r}; --resume continues a run with its own "
                              f"{CONFIG} (leave out --config)")
 

@@ -38,6 +38,7 @@ from dreamer_fast.logger import CSV_NAME, Logger, plot
 from dreamer_fast.replay import Replay
 from dreamer_fast.replay_chunks import list_chunks, step_spec
 from dreamer_fast.resume import commit_resume, prepare_resume
+from dreamer_fast.world_model import SPARSE_METRICS
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"  # the agent at its best periodic evaluation (config.eval_every), loadable as a checkpoint
@@ -105,6 +106,52 @@ class _Episodes:
         self.length[i] += 1
         if step["is_last"]:
             self.finished.append((float(self.ret[i]), int(self.length[i])))
+
+
+class _MetricMeans:
+    """Running sums of the updates' metrics (0-d tensors), kept on the device that computed them, so an update never
+    waits for the host; :meth:`means` reads them all at once (one copy per device). A metric of
+    :data:`~dreamer_fast.world_model.SPARSE_METRICS` averages only the updates where it is not NaN."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, torch.Tensor | int] = {}
+
+    def add(self, metrics: dict[str, torch.Tensor]) -> None:
+        for key, value in metrics.items():
+            value = value.detach().float()
+            count: torch.Tensor | int = 1
+            if key in SPARSE_METRICS:
+                count = (~value.isnan()).float()
+                value = value.nan_to_num(nan=0.0)
+            if key in self.sums:  # out of place: `value` may share storage with the caller's tensors
+                self.sums[key] = self.sums[key] + value
+                self.counts[key] = self.counts[key] + count
+            else:
+                self.sums[key], self.counts[key] = value, count
+
+    def means(self) -> dict[str, float]:
+        keys = list(self.sums)
+        values = _read([self.sums[k] for k in keys] + [c for c in self.counts.values() if isinstance(c, torch.Tensor)])
+        sums, rest = values[:len(keys)], iter(values[len(keys):])
+        counts = [next(rest) if isinstance(self.counts[k], torch.Tensor) else self.counts[k] for k in keys]
+        return {k: total / n for k, total, n in zip(keys, sums, counts) if n}
+
+    def clear(self) -> None:
+        self.sums.clear()
+        self.counts.clear()
+
+
+def _read(tensors: list[torch.Tensor]) -> list[float]:
+    """The values of 0-d tensors, with one device-to-host copy per device they live on."""
+    out = [0.0] * len(tensors)
+    by_device: dict[torch.device, list[int]] = defaultdict(list)
+    for i, t in enumerate(tensors):
+        by_device[t.device].append(i)
+    for index in by_device.values():
+        for i, value in zip(index, torch.stack([tensors[i] for i in index]).tolist()):
+            out[i] = value
+    return out
 
 
 def _stack(steps: list[dict]) -> dict[str, np.ndarray]:
@@ -210,7 +257,7 @@ class _Run:
             self.replay.add(s, worker=i)
             tracker.add(i, s)
         policy_state = None
-        self.metrics: dict[str, list[float]] = defaultdict(list)
+        self.metrics = _MetricMeans()
         self.last_log = (self.step, time.perf_counter(), self.updates)
         next_train = self.step + c.train_every
         next_log = (self.step // c.log_every + 1) * c.log_every
@@ -261,11 +308,10 @@ class _Run:
             batch = self.replay.sample(c.batch_size, c.batch_length, c.replay_ends)
             out = self.agent.train_step(batch)
             self.updates += 1
-            skipped = out.pop("train/nonfinite", 0.0)
+            skipped = bool(out.pop("train/nonfinite"))  # a CPU tensor: reading it waits for no device
             self.nonfinite += int(skipped)
             self.streak = self.streak + 1 if skipped else 0
-            for k, v in out.items():
-                self.metrics[k].append(v)
+            self.metrics.add(out)
             if c.max_nonfinite_updates and self.streak >= c.max_nonfinite_updates:
                 self._diverged()
 
@@ -281,7 +327,7 @@ class _Run:
         last_step, last_time, last_updates = self.last_log
         now = time.perf_counter()
         elapsed = max(now - last_time, 1e-9)
-        summary = {k: float(np.mean(v)) for k, v in self.metrics.items()}
+        summary = self.metrics.means()
         summary["perf/env_steps_per_s"] = (self.step - last_step) / elapsed
         summary["perf/updates_per_s"] = (self.updates - last_updates) / elapsed
         summary["replay/steps"] = len(self.replay)

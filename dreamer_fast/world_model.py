@@ -15,6 +15,9 @@ from dreamer_fast.nets import MLP, ConvDecoder, ConvEncoder, MLPDecoder, MLPEnco
 from dreamer_fast.rssm import RSSM, RSSMState
 
 ObsSpace = Mapping[str, tuple[tuple[int, ...], Any]]
+# Metrics that are NaN in an update whose batch has none of the steps they average over; a mean of them over several
+# updates leaves those updates out (and is absent when every one lacks them).
+SPARSE_METRICS = frozenset({"model/discount_terminal_mean", "model/discount_nonterminal_mean"})
 
 
 class ActionSpaceLike(Protocol):
@@ -137,7 +140,7 @@ class WorldModel(nn.Module):
 
     # ---- loss ------------------------------------------------------------------------------------------------------
 
-    def loss(self, data: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, RSSMState, dict[str, float]]:
+    def loss(self, data: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, RSSMState, dict[str, torch.Tensor]]:
         """The world-model loss of a preprocessed batch ``[T, B]``.
 
         ``kl_scale·KL + {image,vector}_scale·NLL(obs) + reward_scale·NLL(reward) + discount_scale·BCE(discount)``:
@@ -149,7 +152,8 @@ class WorldModel(nn.Module):
         - KL: :meth:`RSSM.kl_loss` with ``kl_balance``, ``kl_free``, ``kl_free_avg``.
 
         Returns:
-            ``(loss [] float32, post [T, B] (with gradients), metrics)``.
+            ``(loss [] float32, post [T, B] (with gradients), metrics)``; the metrics are detached 0-d float32
+            tensors on the model's device (none is read on the host here).
         """
         c = self.config
         obs = data[self.obs_key]
@@ -169,17 +173,17 @@ class WorldModel(nn.Module):
         total = (c.kl_scale * kl_loss.float() + obs_scale * obs_loss + c.reward_scale * reward_loss
                  + c.discount_scale * discount_loss)
         metrics = {
-            "model/loss": total.item(),
-            "model/kl": kl.float().mean().item(),
-            "model/kl_loss": kl_loss.float().item(),
-            f"model/{self.obs_key}_loss": obs_loss.item(),
-            "model/reward_loss": reward_loss.item(),
-            "model/discount_loss": discount_loss.item(),
-            "model/post_ent": _categorical_entropy(post.logits).item(),
-            "model/prior_ent": _categorical_entropy(prior.logits).item(),
+            "model/loss": total,
+            "model/kl": kl.float().mean(),
+            "model/kl_loss": kl_loss.float(),
+            f"model/{self.obs_key}_loss": obs_loss,
+            "model/reward_loss": reward_loss,
+            "model/discount_loss": discount_loss,
+            "model/post_ent": _categorical_entropy(post.logits),
+            "model/prior_ent": _categorical_entropy(prior.logits),
         }
         metrics.update(_discount_metrics(disc_logits.detach(), data["is_terminal"]))
-        return total, post, metrics
+        return total, post, {k: v.detach().float() for k, v in metrics.items()}
 
     # ---- video -----------------------------------------------------------------------------------------------------
 
@@ -212,17 +216,16 @@ class WorldModel(nn.Module):
         return (video * 255).round().to(torch.uint8).cpu().numpy()
 
 
-def _discount_metrics(logits: torch.Tensor, is_terminal: torch.Tensor) -> dict[str, float]:
+def _discount_metrics(logits: torch.Tensor, is_terminal: torch.Tensor) -> dict[str, torch.Tensor]:
     """How well the discount head sees terminations: the number of terminal steps in the batch and the mean predicted
-    discount on them (absent when there are none) and on the other steps."""
+    discount on them and on the other steps; a mean over no steps is NaN (see :data:`SPARSE_METRICS`). Computed
+    without reading the mask on the host."""
     disc = torch.sigmoid(logits.float())
-    terminal = int(is_terminal.sum())
-    metrics = {"model/terminal_steps": float(terminal)}
-    if terminal:
-        metrics["model/discount_terminal_mean"] = disc[is_terminal].mean().item()
-    if terminal < is_terminal.numel():
-        metrics["model/discount_nonterminal_mean"] = disc[~is_terminal].mean().item()
-    return metrics
+    terminal = is_terminal.float()
+    count = terminal.sum()
+    return {"model/terminal_steps": count,
+            "model/discount_terminal_mean": (disc * terminal).sum() / count,
+            "model/discount_nonterminal_mean": (disc * (1.0 - terminal)).sum() / (terminal.numel() - count)}
 
 
 def _categorical_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -231,4 +234,4 @@ def _categorical_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum((-2, -1)).mean()
 
 
-__all__ = ["WorldModel", "ActionSpaceLike", "gaussian_loss", "soft_bce_with_logits", "obs_key"]
+__all__ = ["SPARSE_METRICS", "WorldModel", "ActionSpaceLike", "gaussian_loss", "soft_bce_with_logits", "obs_key"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import io
 import math
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -20,7 +22,7 @@ from dreamer_fast.behavior import ActorCritic, actor_objective, critic_objective
 from dreamer_fast.config import load_config
 from dreamer_fast.nets import ELU, MLP, ActionHead, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, OneHotDist, \
     TruncNormalDist, conv2d_as_gemm
-from dreamer_fast.world_model import WorldModel, gaussian_loss, soft_bce_with_logits
+from dreamer_fast.world_model import SPARSE_METRICS, WorldModel, gaussian_loss, soft_bce_with_logits
 
 IMAGE_SPACE = {"image": ((1, 64, 64), np.uint8)}
 VECTOR_SPACE = {"vector": ((3,), np.float32)}
@@ -385,12 +387,14 @@ def test_world_model_loss_terms(case):
     assert total.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_discount_terminal_metric_absent_without_terminal_steps():
+def test_discount_terminal_metric_is_nan_without_terminal_steps():
+    """A mean over no steps is NaN (a sparse metric: the logged mean leaves such updates out)."""
     obs_space, act_space, _ = CASES[next(iter(CASES))]
     wm = WorldModel(obs_space, act_space, tiny_config())
     _, _, metrics = wm.loss(wm.preprocess(random_batch(obs_space, act_space, terminal=False)))
-    assert metrics["model/terminal_steps"] == 0.0 and "model/discount_terminal_mean" not in metrics
-    assert 0.0 < metrics["model/discount_nonterminal_mean"] < 1.0
+    assert metrics["model/terminal_steps"].item() == 0.0 and metrics["model/discount_terminal_mean"].isnan()
+    # <= set(metrics)
+    assert 0.0 < metrics["model/discount_nonterminal_mean"].item() < 1.0
 
 
 def test_open_loop_video():
@@ -490,6 +494,8 @@ def test_train_step_updates_everything(case):
     before = {name: params_of(m) for name, m in (("wm", agent.wm), ("actor", agent.ac.actor),
                                                  ("critic", agent.ac.critic))}
     metrics = agent.train_step(random_batch(obs_space, act_space))
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 and v.dtype == torch.float32 and not v.requires_grad
+               for v in metrics.values()), metrics
     assert all(math.isfinite(v) for v in metrics.values()), metrics
     for key in ("model/kl", "model/reward_loss", "model/discount_loss", "actor/loss", "critic/loss",
                 "model/grad_norm", "actor/grad_norm", "critic/grad_norm"):
@@ -564,7 +570,7 @@ def test_checkpoint_round_trip(case):
     metrics = []
     for a in (agent, other):
         torch.manual_seed(7)
-        metrics.append(a.train_step(batch))
+        metrics.append({k: v.item() for k, v in a.train_step(batch).items()})
     assert metrics[0] == pytest.approx(metrics[1], rel=1e-5)
 
 
@@ -607,3 +613,49 @@ def test_slow_target_through_train_steps():
     assert not all(torch.equal(v, agent.ac.critic.state_dict()[k]) for k, v in slow.items())
     agent.train_step(batch)
     assert all(torch.equal(v, agent.ac.critic.state_dict()[k]) for k, v in agent.ac.slow_critic.state_dict().items())
+
+
+# ---- host synchronisation -------------------------------------------------------------------------------------------
+
+# The non-finite guard reads one flag (with the gradient norm) per optimiser step: model, actor, critic. Every other
+# metric stays on the device until the training loop logs.
+HOST_READS_PER_UPDATE = 3
+HOST_READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__index__", "__format__",
+              "__array__")
+PACKAGE = str(Path(df.__file__).resolve().parent)
+
+
+def host_reads(monkeypatch, fn) -> list[str]:
+    """The reads of a tensor's value into Python that code of the dreamer_fast package makes while ``fn`` runs, as
+    ``name file:line``."""
+    reads = []
+
+    def counting(name, original):
+        def read(self, *args, **kwargs):
+            caller = sys._getframe(1)
+            if caller.f_code.co_filename.startswith(PACKAGE):
+                reads.append(f"{name} {caller.f_code.co_filename}:{caller.f_lineno}")
+            return original(self, *args, **kwargs)
+        return read
+
+    with monkeypatch.context() as patch:
+        for name in HOST_READS:
+            patch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
+        fn()
+    return reads
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_train_step_reads_the_device_once_per_optimiser_step(monkeypatch, device, terminal):
+    """On the `debug` preset, train_step reads tensors to the host only for the non-finite guard: the three reads are
+    the guard's `tolist` in agent.py."""
+    config = load_config("debug", {"device": str(device)})
+    obs_space, act_space = {"vector": ((4,), np.float32)}, SimpleNamespace(discrete=True, dim=2)
+    torch.manual_seed(0)
+    agent = Agent(obs_space, act_space, config)
+    data = agent.wm.preprocess(random_batch(obs_space, act_space, config.batch_length, config.batch_size,
+                                            terminal=terminal))
+    agent.train_step(data)  # first-call set-up (optimiser state, caches) is not an update's cost
+    reads = host_reads(monkeypatch, lambda: agent.train_step(data))
+    assert len(reads) == HOST_READS_PER_UPDATE, reads
+    assert len(set(reads)) == 1 and reads[0].startswith("tolist ") and "agent.py:" in reads[0], reads  # the guard

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from dreamer_fast.checkpoint import load_checkpoint
 from dreamer_fast.cli import main
@@ -148,6 +149,8 @@ def test_resume_of_a_damaged_run_is_one_line_and_changes_no_file(run_copy, capsy
     (["--set", "replay_capacity=40", "--set", "deter=64"], "`deter`"),
     (["--set", "stoch=8"], "`stoch`"),
     (["--config", "atari"], "preset 'atari'"),
+    (["--config", "debug,small"], "presets 'debug,small' (stacked) has `deter`"),
+    (["--config", "debug", "--config", "small"], "presets 'debug,small' (stacked) has `deter`"),
     (["--env", "atari/Pong"], "`env`"),
     (["--set", "deter=abc"], "`deter`"),
 ])  # fmt: skip
@@ -158,6 +161,16 @@ def test_refused_resume_changes_no_file_and_plain_resume_still_works(run_copy, c
     assert digest(run_copy) == before
     code, err = run_cli(capsys, "train", "--resume", "--logdir", str(run_copy), "--steps", "320", "--no-progress")
     assert code == 0, err
+    assert load_checkpoint(run_copy / "checkpoint.pt")["step"] == 320
+
+
+def test_resume_with_stacked_presets_that_agree_keeps_the_runs_config(run_copy, capsys):
+    """Presets given on resume are only checked against the run: `atari,debug` has debug's shapes, and atari's
+    `bf16: auto` is not applied."""
+    code, err = run_cli(capsys, "train", "--resume", "--logdir", str(run_copy), "--steps", "320", "--no-progress",
+                        "--config", "atari,debug")
+    assert code == 0, err
+    assert yaml.safe_load((run_copy / "config.yaml").read_text())["bf16"] == "false"
     assert load_checkpoint(run_copy / "checkpoint.pt")["step"] == 320
 
 

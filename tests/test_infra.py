@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import subprocess
 import sys
@@ -19,10 +20,11 @@ from dreamer_fast.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from dreamer_fast.config import Config, load_config, presets
+from dreamer_fast.config import Config, field_docs, load_config, preset_values, presets
 from dreamer_fast.envs import ActionSpace, make_env
 from dreamer_fast.logger import Logger, plot, read_metrics
 from dreamer_fast.replay import Replay
+from dreamer_fast.train import _MetricMeans
 
 # ---------------------------------------------------------------------------------------------------- envs
 
@@ -405,6 +407,27 @@ def test_plot_without_returns(tmp_path):
 # ---------------------------------------------------------------------------------------------------- checkpoint
 
 
+def test_metric_means_read_the_sums_once_and_skip_undefined_values(monkeypatch):
+    """The training loop sums each update's metric tensors where they are and reads them once when it logs; a sparse
+    metric (NaN where the batch had none of its steps) averages only the updates that define it."""
+    means = _MetricMeans()
+    means.add({"model/loss": torch.tensor(1.0), "model/discount_terminal_mean": torch.tensor(float("nan")),
+               "model/discount_nonterminal_mean": torch.tensor(float("nan"))})
+    means.add({"model/loss": torch.tensor(3.0), "model/discount_terminal_mean": torch.tensor(0.5),
+               "model/discount_nonterminal_mean": torch.tensor(float("nan"))})
+    means.add({"model/loss": torch.tensor(float("nan")), "model/discount_terminal_mean": torch.tensor(0.25),
+               "model/discount_nonterminal_mean": torch.tensor(float("nan"))})
+    reads = []
+    tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(self.shape) or tolist(self))
+    result = means.means()
+    assert reads == [torch.Size([5])]  # three sums and the two sparse counts, in one copy
+    assert np.isnan(result["model/loss"])  # a non-finite update shows in the mean of an ordinary metric
+    assert result["model/discount_terminal_mean"] == 0.375 and "model/discount_nonterminal_mean" not in result
+    means.clear()
+    assert means.means() == {}
+
+
 def test_checkpoint_round_trip(tmp_path):
     model = torch.nn.Linear(3, 2)
     path = save_checkpoint(tmp_path / "ckpt" / "latest.pt", {"model": model.state_dict(), "step": 7,
@@ -488,4 +511,32 @@ def test_atari_preset_is_the_defaults_plus_mixed_precision():
     bf16 GEMMs (`bf16: auto`); the CPU-sized presets train in float32."""
     preset, defaults = load_config("atari").to_dict(), Config().to_dict()
     assert {k for k in defaults if preset[k] != defaults[k]} == {"bf16"} and preset["bf16"] == "auto"
+    assert preset_values("atari") == {"bf16": "auto"}
     assert all(load_config(name).bf16 == "false" for name in presets() if name != "atari")
+
+
+@pytest.mark.parametrize("name", presets())
+def test_preset_holds_only_its_differences_from_the_defaults(name):
+    """A preset file lists only what it changes, so presets stack without one undoing another with a default."""
+    values, defaults = preset_values(name), Config().to_dict()
+    assert values
+    resolved = load_config(name).to_dict()
+    assert [k for k in values if resolved[k] == defaults[k]] == []
+    assert {k for k in defaults if resolved[k] != defaults[k]} == set(values)
+
+
+def test_every_config_field_has_a_section_and_a_doc():
+    docs = field_docs()
+    assert list(docs) == [f.name for f in dataclasses.fields(Config)]
+    assert all(d.section and d.doc and not d.doc.startswith("#") for d in docs.values()), docs
+    assert docs["env"].section == "run" and docs["eval_every"].section.startswith("logging")
+    assert docs["max_nonfinite_updates"].doc.endswith("stop the run with exit status 2; 0 = never stop")  # 2 lines
+    assert docs["actor_min_std"].doc == "lower bound of the truncated-normal actor's standard deviation"
+
+
+def test_bad_preset_lists_are_errors():
+    with pytest.raises(ValueError, match="unknown config preset 'nope'"):
+        load_config("debug,nope")
+    with pytest.raises(ValueError, match="non-empty names"):
+        load_config(["debug", ""])
+    assert load_config(["small", "debug"]) == load_config("small,debug") == load_config([" small ,debug"])

@@ -4,6 +4,7 @@ Ctrl-C, and the clear errors of bad configs, env ids and checkpoints."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import signal
 import subprocess
@@ -12,9 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dreamer_fast.checkpoint import load_checkpoint
 from dreamer_fast.cli import main
+from dreamer_fast.config import CHOICES, Config, field_docs, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,12 +117,48 @@ def test_existing_run_needs_resume(tmp_path, capsys):
     (["--set", "no_such_key=1"], "no_such_key"),
     (["--set", "eval_every=100"], "`eval_every`"),
     (["--config", "nope"], "unknown config preset"),
+    (["--config", "debug,nope"], "unknown config preset 'nope'"),
+    (["--config", "debug,"], "non-empty names"),
 ])  # fmt: skip
 def test_bad_config_is_a_clear_error(tmp_path, capsys, args, message):
     code = run_cli("train", "--config", "debug", "--logdir", str(tmp_path / "x"), "--no-progress", *args)
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("dreamer-fast: error:") and message in err, err
+
+
+def resolved(capsys, *args: str) -> dict:
+    assert run_cli("config", *args) == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_config_presets_stack_left_to_right_then_overrides(capsys):
+    """`--config a,b` = `--config a --config b`: a, then b over the defaults; then `--key value`, then `--set`."""
+    stacked = resolved(capsys, "--config", "cartpole,pendulum")
+    assert stacked == resolved(capsys, "--config", "cartpole", "--config", "pendulum") == \
+        load_config(["cartpole", "pendulum"]).to_dict()
+    assert stacked["env"] == "gym/Pendulum-v1" and stacked["actor_grad"] == "dynamics"  # pendulum's, applied last
+    assert resolved(capsys, "--config", "pendulum,cartpole")["env"] == "gym/CartPole-v1"
+    assert stacked["time_limit"] == 0 != Config().time_limit  # set by both
+    assert resolved(capsys)["bf16"] == "auto"  # the default preset is atari
+    over = resolved(capsys, "--config", "atari,debug", "--deter", "48", "--set", "stoch=8", "--stoch", "6")
+    assert over == {**load_config("atari,debug").to_dict(), "deter": 48, "stoch": 8}
+    assert over["bf16"] == "auto" and over["env"] == "gym/CartPole-v1"  # atari's bf16, debug's env
+
+
+def test_train_help_lists_every_config_key(capsys):
+    """`train --help` shows each key with its type (or choices), default and the field's comment in config.py."""
+    with pytest.raises(SystemExit) as exit_:
+        run_cli("train", "--help")
+    assert exit_.value.code == 0
+    text = "".join(capsys.readouterr().out.split())  # argparse re-wraps lines (and breaks words at hyphens)
+    docs = field_docs()
+    for f in dataclasses.fields(Config):
+        kind = "|".join(CHOICES[f.name]) if f.name in CHOICES else f.type
+        default = f.default if isinstance(f.default, str) else yaml.safe_dump(f.default).split()[0]
+        assert docs[f.name].doc and f"--{f.name}{f.type.upper()}{kind},default{default}:" in text, f.name
+        assert "".join(docs[f.name].doc.split()) in text, f.name
+    assert "policy(agent)stepsintotal" in text and "consecutiveupdateswithanon-finitelossorgradnorm" in text
 
 
 def test_corrupt_or_missing_checkpoint_is_a_clear_error(tmp_path, capsys):

@@ -442,3 +442,17 @@ def test_assert_faithful_rejects_a_hidden_nan():
     for got in (torch.tensor([0.0, INF, 1.0]), torch.tensor([NAN, -INF, 1.0]), torch.tensor([NAN, INF, NAN])):
         with pytest.raises(AssertionError):
             assert_faithful(got, want, "bad", rtol=0, atol=0)
+
+
+@namespaces
+@pytest.mark.parametrize("K", [2172, 3000])
+def test_straight_through_categorical_equal_probs_large_k(ns, K):
+    """Equal logits: every float32 add rounds the same way, so a float32 running sum drifts steadily (~3e-5 by
+    K = 3000); noise 1e-5 either side of a boundary must still give the float64 computation's class."""
+    unimix = 0.84
+    boundary = torch.linspace(K // 2, K - 2, 32).long()
+    cdf64 = ((1 - unimix) * torch.full((K,), 1 / K, dtype=torch.float64) + unimix / K).cumsum(0)
+    noise = torch.cat([cdf64[boundary] + 1e-5, cdf64[boundary] - 1e-5]).float()
+    want = (cdf64[:-1] <= noise.double()[:, None]).sum(-1)
+    sample, _ = raw(ns).straight_through_categorical(torch.zeros(64, K), noise, SEED0, unimix)
+    assert torch.equal(sample.argmax(-1), want)

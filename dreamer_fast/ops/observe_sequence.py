@@ -65,6 +65,9 @@ def observe_sequence(
     Returns:
         ``(deters [T, B, D], samples [T, B, S, K], logits [T, B, S, K])``; samples are one-hot with the gradient of
         the probabilities (straight-through). Differentiable in every tensor but ``keep`` and ``noise``.
+
+        Non-finite input: a NaN reaches the sample of its row (NaN) and from there every later step, as in
+        the reference; ``keep`` multiplies the state for any value.
     """
     deter0 = _checks.tensor(_OP, "deter0", deter0)
     _checks.floating(_OP, "deter0", deter0)

@@ -148,10 +148,11 @@ Sizes check_args(const Tensor& deter, const Tensor& stoch, const Tensor& action,
   return s;
 }
 
-// Where is_first is set (keep == 0) the previous state and action are zeroed. On the CPU a step without a reset skips
-// the three multiplications (reading keep is free there); on a GPU reading it would stall the host.
+// The previous state and action are multiplied by keep (0 where is_first is set; any other value scales them, as in
+// the reference). On the CPU a step whose keep is all ones skips the three multiplications (reading keep is free
+// there); on a GPU reading it would stall the host.
 bool needs_reset(const Tensor& keep) {
-  return !keep.is_cpu() || keep.eq(0).any().item<bool>();
+  return !keep.is_cpu() || keep.ne(1).any().item<bool>();  // NaN != 1: a NaN keep multiplies too
 }
 
 // b + x W^T in x's dtype; W in x's dtype, or bfloat16 with a float32 x.

@@ -130,13 +130,13 @@ Sizes check_args(const Args& a) {
   return s;
 }
 
-// Where is_first is set (keep == 0) the state is zeroed before the step. On the CPU, steps without a reset skip the
-// two multiplications (reading keep costs nothing there); on a GPU reading it would stall the host, so every step
-// multiplies (two tiny kernels).
+// The state is multiplied by keep before the step (keep = 0 where is_first is set: a reset; any other value scales
+// it, as in the reference). On the CPU, steps whose keep is all ones skip the two multiplications (reading keep costs
+// nothing there); on a GPU reading it would stall the host, so every step multiplies (two tiny kernels).
 std::vector<bool> steps_with_reset(const at::Tensor& keep) {
   const int64_t T = keep.size(0);
   if (!keep.is_cpu()) return std::vector<bool>(T, true);
-  const at::Tensor any = keep.eq(0).any(1);
+  const at::Tensor any = keep.ne(1).any(1);  // NaN != 1: a NaN keep multiplies too
   std::vector<bool> out(T);
   const bool* p = any.const_data_ptr<bool>();
   for (int64_t t = 0; t < T; ++t) out[t] = p[t];

@@ -85,7 +85,7 @@ std::tuple<at::Tensor, at::Tensor> kl_balance(const at::Tensor& post_logits, con
       sum_clamped += free_nats_clamp(static_cast<acc_t>(out[n]), f);
     }
     const acc_t value = free_avg ? free_nats_clamp(sum / N, f) : sum_clamped / N;  // N = 0: NaN, like mean()
-    *loss.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(value);
+    *loss.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(balanced_loss(value, balance));
   });
   return {loss, kl};
 }

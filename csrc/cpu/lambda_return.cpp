@@ -33,7 +33,7 @@ at::Tensor lambda_return(const at::Tensor& reward, const at::Tensor& value, cons
     const scalar_t* d = discount.const_data_ptr<scalar_t>();
     const scalar_t* boot = bootstrap.const_data_ptr<scalar_t>();
     scalar_t* R = ret.mutable_data_ptr<scalar_t>();
-    const scalar_t l = static_cast<scalar_t>(lam);
+    const LambdaCoef<scalar_t> l = lambda_coef<scalar_t>(lam);
     at::parallel_for(0, B, grain(T), [&](int64_t b0, int64_t b1) {
       const int64_t last = (T - 1) * B;
       for (int64_t b = b0; b < b1; ++b) R[last + b] = lambda_step(r[last + b], d[last + b], boot[b], boot[b], l);
@@ -67,7 +67,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lambda_return_backwar
     scalar_t* dv = d_value.mutable_data_ptr<scalar_t>();
     scalar_t* dd = d_discount.mutable_data_ptr<scalar_t>();
     scalar_t* db = d_boot.mutable_data_ptr<scalar_t>();
-    const scalar_t l = static_cast<scalar_t>(lam);
+    const LambdaCoef<scalar_t> l = lambda_coef<scalar_t>(lam);
     at::parallel_for(0, B, grain(T), [&](int64_t b0, int64_t b1) {
       std::vector<scalar_t> G(b1 - b0, scalar_t(0));
       for (int64_t b = b0; b < b1; ++b) dv[b] = scalar_t(0);  // value[0] feeds no return
@@ -76,13 +76,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lambda_return_backwar
         const bool last = t == T - 1;
         for (int64_t b = b0; b < b1; ++b) {
           scalar_t& Gb = G[b - b0];
-          Gb = g[o + b] + (t > 0 ? l * d[o - B + b] * Gb : scalar_t(0));
+          Gb = t > 0 ? lambda_total_grad(g[o + b], Gb, d[o - B + b], l) : g[o + b];
           const scalar_t v_next = last ? boot[b] : v[n + b];
           const scalar_t r_next = last ? boot[b] : R[n + b];
           scalar_t dvn;
           lambda_step_backward(Gb, d[o + b], v_next, r_next, l, &dr[o + b], &dd[o + b], &dvn);
           if (last)
-            db[b] = Gb * d[o + b];  // bootstrap is both v[T] and R[T]
+            db[b] = lambda_bootstrap_grad(Gb, d[o + b], l);
           else
             dv[n + b] = dvn;
         }

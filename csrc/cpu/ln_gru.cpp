@@ -96,8 +96,8 @@ DF_FORCE_INLINE void backward_rows(const T* g, const T* x, const T* h, const T* 
       m1 += dr * w[i] + dc * w[D + i] + du * w[2 * D + i];
       m2 += dr * w[i] * xr_ + dc * w[D + i] * xc_ + du * w[2 * D + i] * xu_;
     }
-    m1 /= static_cast<T>(N);
     m2 /= static_cast<T>(N);
+    m1 = ln_grad_mean(m1 / static_cast<T>(N), m2);
     T* dxr = dx + row * N;
 #pragma omp simd
     for (int64_t j = 0; j < N; ++j) {

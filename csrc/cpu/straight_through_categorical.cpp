@@ -73,7 +73,8 @@ template <int kK, int kNb, typename T>
   const T* __restrict__ x = a.logits + b0 * K;
   T* __restrict__ p = a.probs + b0 * K;
   T* __restrict__ s = a.sample + b0 * K;
-  T max[kBlock], total[kBlock], u[kBlock], c[kBlock];
+  T max[kBlock], total[kBlock], nan[kBlock];
+  cat::Cdf u[kBlock], c[kBlock];
   int index[kBlock];
 
   for (int r = 0; r < nb; ++r) max[r] = row_max(x + r * K, K);
@@ -86,6 +87,7 @@ template <int kK, int kNb, typename T>
   }
   for (int r = 0; r < nb; ++r) {
     const cat::Mix<T> mix = cat::mix(total[r], a.unimix, K);
+    nan[r] = cat::poison(mix);
     for (int64_t k = 0; k < K; ++k) p[r * K + k] = cat::prob(p[r * K + k], mix);
   }
   if (a.noise)
@@ -93,13 +95,13 @@ template <int kK, int kNb, typename T>
   else  // a loop of its own, so that it vectorises across rows
     for (int r = 0; r < nb; ++r) u[r] = cat::row_uniform<T>(a.seed, static_cast<uint64_t>(b0 + r));
   for (int r = 0; r < nb; ++r) {
-    c[r] = T(0);
+    c[r] = 0;
     index[r] = 0;
   }
   for (int64_t k = 0; k < K - 1; ++k)
     for (int r = 0; r < nb; ++r) index[r] += cat::draw_step(c[r], p[r * K + k], u[r]);
   for (int r = 0; r < nb; ++r)
-    for (int64_t k = 0; k < K; ++k) s[r * K + k] = static_cast<T>(k == index[r]);
+    for (int64_t k = 0; k < K; ++k) s[r * K + k] = static_cast<T>(k == index[r]) + nan[r];
 }
 
 template <int kK, typename T>
@@ -199,8 +201,10 @@ at::Tensor straight_through_categorical_backward(const std::optional<at::Tensor>
                                                  const at::Tensor& probs, double unimix) {
   st_checks::backward(grad_sample, grad_probs, probs, unimix, /*allow_half=*/false);
   const int64_t K = probs.size(-1), N = probs.numel() / K;
-  // Constant probs (one class, or unimix = 1) or no incoming gradient: the gradient is zero.
-  if (N == 0 || K == 1 || unimix == 1.0 || !(grad_sample || grad_probs)) return at::zeros_like(probs);
+  // No incoming gradient: zero. Constant probs (one class, or unimix = 1): zero, NaN where the probs are NaN (as the
+  // reference's softmax backward).
+  if (N == 0 || !(grad_sample || grad_probs)) return at::zeros_like(probs);
+  if (K == 1 || unimix == 1.0) return probs.mul(0);
   at::Tensor grad_logits = at::empty_like(probs);
   const at::Tensor& ga = grad_sample ? *grad_sample : *grad_probs;
   const bool two = grad_sample && grad_probs;

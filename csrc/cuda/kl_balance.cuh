@@ -70,7 +70,7 @@ __global__ void forward(const scalar_t* __restrict__ x, const scalar_t* __restri
 // Both loss terms have the value clamp(kl); they differ only in where their gradients go. N = 0 gives NaN (0/0).
 template <typename scalar_t>
 __global__ void loss(const scalar_t* __restrict__ kl, scalar_t* __restrict__ out, int64_t N, double free,
-                     bool free_avg) {
+                     bool free_avg, double balance) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t partial[kMaxWarps];
   const acc_t f = static_cast<acc_t>(free);
@@ -83,8 +83,8 @@ __global__ void loss(const scalar_t* __restrict__ kl, scalar_t* __restrict__ out
   sum = block_sum(sum, partial);
   sum_clamped = block_sum(sum_clamped, partial);
   if (threadIdx.x == 0)
-    *out = static_cast<scalar_t>(free_avg ? free_nats_clamp(sum / static_cast<acc_t>(N), f)
-                                          : sum_clamped / static_cast<acc_t>(N));
+    *out = static_cast<scalar_t>(balanced_loss(
+        free_avg ? free_nats_clamp(sum / static_cast<acc_t>(N), f) : sum_clamped / static_cast<acc_t>(N), balance));
 }
 
 // w[2n] = w_post[n], w[2n + 1] = w_prior[n]. The mean KL is summed exactly as `loss` summed it, so the free-nats
@@ -142,7 +142,7 @@ std::tuple<at::Tensor, at::Tensor> kl_balance(const at::Tensor& post_logits, con
            post_logits.const_data_ptr<scalar_t>(), prior_logits.const_data_ptr<scalar_t>(),
            kl.mutable_data_ptr<scalar_t>(), N, S, K, unimix);
     launch("kl_balance.loss", k::loss<scalar_t>, dim3(1), dim3(k::kThreads), kl.const_data_ptr<scalar_t>(),
-           loss.mutable_data_ptr<scalar_t>(), N, free, free_avg);
+           loss.mutable_data_ptr<scalar_t>(), N, free, free_avg, balance);
   });
   return {loss, kl};
 }

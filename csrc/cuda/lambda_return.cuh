@@ -25,7 +25,7 @@ __global__ void forward(const scalar_t* __restrict__ r, const scalar_t* __restri
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (b >= B) return;
-  const acc_t lam = static_cast<acc_t>(lam_);
+  const LambdaCoef<acc_t> lam = lambda_coef<acc_t>(lam_);
   acc_t ret_next = static_cast<acc_t>(boot[b]);
   acc_t v_next = ret_next;
   for (int64_t t = T - 1; t >= 0; --t) {
@@ -45,7 +45,7 @@ __global__ void backward(const scalar_t* __restrict__ g, const scalar_t* __restr
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (b >= B) return;
-  const acc_t lam = static_cast<acc_t>(lam_);
+  const LambdaCoef<acc_t> lam = lambda_coef<acc_t>(lam_);
   acc_t G = 0;
   acc_t d_prev = 0;
   dv[b] = scalar_t(0);
@@ -53,7 +53,7 @@ __global__ void backward(const scalar_t* __restrict__ g, const scalar_t* __restr
     const int64_t i = t * B + b;
     const bool last = t == T - 1;
     const acc_t disc = d[i];
-    G = static_cast<acc_t>(g[i]) + lam * d_prev * G;
+    G = t > 0 ? lambda_total_grad<acc_t>(g[i], G, d_prev, lam) : static_cast<acc_t>(g[i]);
     const acc_t v_next = last ? static_cast<acc_t>(boot[b]) : static_cast<acc_t>(v[i + B]);
     const acc_t r_next = last ? static_cast<acc_t>(boot[b]) : static_cast<acc_t>(R[i + B]);
     acc_t gr, gd, gv;
@@ -61,7 +61,7 @@ __global__ void backward(const scalar_t* __restrict__ g, const scalar_t* __restr
     dr[i] = static_cast<scalar_t>(gr);
     dd[i] = static_cast<scalar_t>(gd);
     if (last)
-      db[b] = static_cast<scalar_t>(G * disc);
+      db[b] = static_cast<scalar_t>(lambda_bootstrap_grad(G, disc, lam));
     else
       dv[i + B] = static_cast<scalar_t>(gv);
     d_prev = disc;

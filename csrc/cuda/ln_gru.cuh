@@ -107,6 +107,7 @@ __global__ void backward(const scalar_t* __restrict__ g, const gate_t* __restric
     }
     m1 = block_sum(m1, partial) / static_cast<acc_t>(N);
     m2 = block_sum(m2, partial) / static_cast<acc_t>(N);
+    m1 = ln_grad_mean(m1, m2);
     for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
       for (int k = 0; k < 3; ++k) {
         const int64_t j = k * D + i;

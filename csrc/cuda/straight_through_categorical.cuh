@@ -49,7 +49,7 @@ __global__ void forward(const scalar_t* __restrict__ logits, const scalar_t* __r
                         double unimix, int64_t N, int64_t K, scalar_t* __restrict__ sample,
                         scalar_t* __restrict__ probs) {
   using acc_t = at::opmath_type<scalar_t>;
-  __shared__ acc_t chunk[kWarps][kLanes];  // one chunk of a row's probs per warp, for the sequential cumsum
+  __shared__ cat::Cdf chunk[kWarps][kLanes];  // one chunk of a row's probs per warp, for the sequential cumsum
   const int warp = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
   if (row >= N) return;  // whole warps leave together
@@ -61,27 +61,30 @@ __global__ void forward(const scalar_t* __restrict__ logits, const scalar_t* __r
   acc_t sum = 0;
   for (int64_t k = lane; k < K; k += kLanes) sum += cat::shifted_exp(static_cast<acc_t>(x[k]), m);
   const cat::Mix<acc_t> mix = cat::mix(warp_sum(sum), static_cast<acc_t>(unimix), K);
-  const acc_t u = noise ? static_cast<acc_t>(noise[row]) : cat::row_uniform<acc_t>(seed, static_cast<uint64_t>(row));
+  const cat::Cdf u = noise ? static_cast<cat::Cdf>(noise[row])
+                           : static_cast<cat::Cdf>(cat::row_uniform<acc_t>(seed, static_cast<uint64_t>(row)));
 
-  acc_t carry = 0;  // cumsum up to the previous chunk
-  int count = 0;    // this lane's share of the number of prefixes <= u
+  cat::Cdf carry = 0;  // cumsum up to the previous chunk
+  int count = 0;       // this lane's share of the number of prefixes <= u
   for (int64_t k0 = 0; k0 < K; k0 += kLanes) {
     const int64_t k = k0 + lane;
-    acc_t p = 0;
+    scalar_t p = 0;  // the prob as returned: the draw sums exactly the probs the caller sees
     if (k < K) {
-      p = cat::prob(cat::shifted_exp(static_cast<acc_t>(x[k]), m), mix);
-      probs[row * K + k] = static_cast<scalar_t>(p);
+      p = static_cast<scalar_t>(cat::prob(cat::shifted_exp(static_cast<acc_t>(x[k]), m), mix));
+      probs[row * K + k] = p;
     }
-    chunk[warp][lane] = p;
+    chunk[warp][lane] = static_cast<cat::Cdf>(p);
     __syncwarp();
-    acc_t c = carry;
+    cat::Cdf c = carry;
     for (int i = 0; i <= lane; ++i) c += chunk[warp][i];
     count += (k < K - 1 && c <= u);
     carry = __shfl_sync(kAll, c, kLanes - 1);
     __syncwarp();  // everyone has read the chunk before the next one overwrites it
   }
   const int index = warp_sum(count);
-  for (int64_t k = lane; k < K; k += kLanes) sample[row * K + k] = static_cast<scalar_t>(k == index ? 1.0f : 0.0f);
+  const acc_t nan = cat::poison(mix);
+  for (int64_t k = lane; k < K; k += kLanes)
+    sample[row * K + k] = static_cast<scalar_t>(static_cast<acc_t>(k == index) + nan);
 }
 
 // g = grad_a (+ grad_b when kTwo): the gradients of sample and probs, whichever were given.
@@ -140,8 +143,10 @@ at::Tensor straight_through_categorical_backward(const std::optional<at::Tensor>
   namespace k = straight_through_categorical_kernels;
   st_checks::backward(grad_sample, grad_probs, probs, unimix, /*allow_half=*/true);
   const int64_t K = probs.size(-1), N = probs.numel() / K;
-  // Constant probs (one class, or unimix = 1) or no incoming gradient: the gradient is zero.
-  if (N == 0 || K == 1 || unimix == 1.0 || !(grad_sample || grad_probs)) return at::zeros_like(probs);
+  // No incoming gradient: zero. Constant probs (one class, or unimix = 1): zero, NaN where the probs are NaN (as the
+  // reference's softmax backward).
+  if (N == 0 || !(grad_sample || grad_probs)) return at::zeros_like(probs);
+  if (K == 1 || unimix == 1.0) return probs.mul(0);
   at::Tensor grad_logits = at::empty_like(probs);
   const at::Tensor& ga = grad_sample ? *grad_sample : *grad_probs;
   const bool two = grad_sample && grad_probs;

@@ -31,6 +31,9 @@ def elu(x: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
     Returns:
         a new tensor like ``x`` (its strides too if dense, else contiguous), differentiable; its gradient is computed
         from the output.
+
+        Non-finite input: NaN gives NaN, value and gradient (torch's gradient at NaN is NaN or the incoming one,
+        by its vectorisation); ±inf as torch.
     """
     x = _checks.tensor(_OP, "x", x)
     if x.dtype not in _DTYPES:

@@ -45,6 +45,10 @@ def kl_balance(
         ``(loss, kl)``: ``loss`` 0-dim, ``kl`` of shape ``[...]`` (``post_logits.shape[:-2]``), differentiable in
         both logits with no stop-gradient. With no positions (an empty ``...``), ``kl`` is empty and ``loss`` NaN
         (the mean of nothing), as in the reference.
+
+        Non-finite input: NaN where the reference is NaN (the loss is the reference's sum of its two terms, so an
+        infinite KL with balance 0 or 1 is NaN); a row whose gradient sum is infinite has a NaN gradient throughout
+        (the reference's is NaN or ±inf there).
     """
     post = _checks.tensor(_OP, "post_logits", post_logits)
     prior = _checks.tensor(_OP, "prior_logits", prior_logits)

@@ -32,6 +32,9 @@ def lambda_return(
 
     Returns:
         ``[T, B]`` returns, differentiable in reward, value, discount and bootstrap (fused backward: one pass).
+
+        Non-finite input: the reference's products (``(r + d v (1 - lam)) + (d lam) R``), so NaN and ±inf
+        come out where the reference's do, gradients included (e.g. ``d = inf`` with ``v = 0`` gives NaN).
     """
     reward = _checks.tensor(_OP, "reward", reward)
     _checks.floating(_OP, "reward", reward)

@@ -38,6 +38,8 @@ def linear(
     Returns:
         ``[..., N]`` in ``x``'s dtype, differentiable in all three arguments. Under autocast this is ``F.linear``
         (autocast then picks the GEMM's dtype, as for any Linear layer).
+
+        Non-finite input: NaN and ±inf propagate as in ``F.linear`` (BLAS products, no zero skipping).
     """
     x = _checks.tensor(_OP, "x", x)
     weight = _checks.tensor(_OP, "weight", weight)

@@ -44,6 +44,9 @@ def ln_gru(
         ``[B, D]``, the next deterministic state (``deter``'s dtype); differentiable in all four tensors.
         float32/float64 everywhere, float16/bfloat16 on CUDA (computed in float32), float16/bfloat16 gates with a
         float32 state everywhere.
+
+        Non-finite input: ``deter'`` as the reference; a row whose LayerNorm-gradient means are not finite has NaN
+        gate gradients (the reference's are NaN or ±inf there), and the weight and bias gradients sum them.
     """
     gates = _checks.tensor(_OP, "gates", gates)
     deter = _checks.tensor(_OP, "deter", deter)

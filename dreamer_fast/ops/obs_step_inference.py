@@ -54,6 +54,9 @@ def obs_step_inference(
 
     Returns:
         ``(deter [B, D], post sample [B, S, K], post logits, prior probs, prior logits)``.
+
+        Non-finite input: NaN in the state, the action, the embedding or a weight reaches the outputs (the
+        sample of a NaN row is NaN); ``keep`` multiplies the state and action for any value.
     """
     deter = _checks.tensor(_OP, "deter", deter)
     _checks.floating(_OP, "deter", deter)

@@ -51,7 +51,8 @@ def observe_sequence(
     Args:
         act_proj, emb_proj: ``[T, B, H]``, the time-independent parts of ``img_in`` (the action's, already masked by
             ``keep``) and of ``obs_out`` (the embedding's), biases included.
-        keep: ``[T, B]``, 1 - is_first (0 resets the state before the step).
+        keep: ``[T, B]``, 1 - is_first: the state is multiplied by it before the step (0 resets it; any other value
+            scales it, as in the reference).
         deter0: ``[B, D]``; stoch0: ``[B, S, K]``: the state before step 0.
         w_stoch_in ``[H, S*K]``, w_gru ``[3D, H + D]``, b_gru/ln_w/ln_b ``[3D]``, w_deter_out ``[H, D]``,
         w_post ``[S*K, H]``, b_post ``[S*K]``: the weights (column slices of the RSSM's parameters are fine).
@@ -64,6 +65,9 @@ def observe_sequence(
     Returns:
         ``(deters [T, B, D], samples [T, B, S, K], logits [T, B, S, K])``; samples are one-hot with the gradient of
         the probabilities (straight-through). Differentiable in every tensor but ``keep`` and ``noise``.
+
+        Non-finite input: a NaN reaches the sample of its row (NaN) and from there every later step, as in
+        the reference; ``keep`` multiplies the state for any value.
     """
     deter0 = _checks.tensor(_OP, "deter0", deter0)
     _checks.floating(_OP, "deter0", deter0)

@@ -49,6 +49,10 @@ def straight_through_categorical(
 
     Returns:
         ``(sample, probs)``, both ``[..., K]`` in the dtype of ``logits`` and both differentiable.
+
+        Non-finite input: a row with a NaN or +inf logit (or only -inf) has NaN probs, and its sample is NaN
+        (as the reference's ``onehot + probs - probs.detach()``), gradient included. The draw's cumsum is float64
+        for every dtype, so float32 draws agree with float64 ones at any K.
     """
     logits = _checks.tensor(_OP, "logits", logits)
     _checks.floating(_OP, "logits", logits)

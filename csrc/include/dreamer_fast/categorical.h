@@ -3,6 +3,11 @@
 //   probs = (1 - u) softmax(logits) + u / K                      (u = unimix)
 //   index = the smallest k with noise < cumsum(probs)[k], at most K - 1
 //         = the number of k < K - 1 with cumsum(probs)[k] <= noise  (cumsum is nondecreasing; this form is branchless)
+//   cumsum in float64 for every dtype (of the probs as returned): a float32 running sum drifts with K (up to ~3e-5
+//   at K = 3000 with equal probs) and would move draws across class boundaries; in float64 the draw agrees with a
+//   float64 computation up to the float32 rounding of the probs themselves.
+//   sample = onehot(index) + 0 * scale, scale = (1 - u) / sum(exp): a row with a NaN or +inf logit (or all -inf) has
+//   a NaN sum and NaN probs, and its sample is NaN too, as the reference's onehot + (probs - probs.detach()).
 //   dlogits = (1 - u) s (g - sum_k s g),  s = softmax(logits), g = grad_sample + grad_probs
 //           = q (g - sum_k q g / (1 - u)),  q = (1 - u) s = probs - u / K   (so only probs is saved; u = 1: zero)
 //
@@ -55,21 +60,31 @@ DF_INLINE T prob(T e, Mix<T> m) {
   return e * m.scale + m.floor;
 }
 
+// The draw's accumulator: float64 for every dtype (see the top of this file).
+using Cdf = double;
+
 // One step of the draw: add p[k] to the running cumsum c and count it if it is <= u (for k < K - 1 only).
 template <typename T>
-DF_INLINE int draw_step(T& c, T p, T u) {
-  c += p;
+DF_INLINE int draw_step(Cdf& c, T p, Cdf u) {
+  c += static_cast<Cdf>(p);
   return c <= u;
 }
 
-// The class drawn by uniform `u` from probs p[0..K): sequential cumsum, counting the prefixes <= u. (The kernels
-// interleave rows or lanes, but take exactly these steps in this order.)
+// The class drawn by uniform `u` from probs p[0..K): sequential float64 cumsum, counting the prefixes <= u. (The
+// kernels interleave rows or lanes, but take exactly these steps in this order.)
 template <typename T>
 DF_INLINE int draw(const T* p, int64_t K, T u) {
-  T c = 0;
+  Cdf c = 0;
   int index = 0;
-  for (int64_t k = 0; k < K - 1; ++k) index += draw_step(c, p[k], u);
+  for (int64_t k = 0; k < K - 1; ++k) index += draw_step(c, p[k], static_cast<Cdf>(u));
   return index;
+}
+
+// Zero for a row with finite probs, NaN for a row whose probs are NaN: added to the one-hot, it carries the NaN into
+// the sample at the cost of one add per element.
+template <typename T>
+DF_INLINE T poison(Mix<T> m) {
+  return m.scale * T(0);
 }
 
 // The uniform of row `row` when no noise is given (csrc/include/dreamer_fast/philox.h).

@@ -40,9 +40,12 @@ DF_INLINE acc_t forward(acc_t x) {
   return x <= acc_t(0) ? neg : x;
 }
 
+// A NaN output (a NaN input) gives a NaN gradient: torch's elu_backward gives NaN or the incoming gradient there,
+// depending on whether the element falls in its vectorised loop or its scalar tail.
 template <typename acc_t>
 DF_INLINE acc_t backward(acc_t grad, acc_t out) {
-  return out <= acc_t(0) ? grad * (out + acc_t(1)) : grad;
+  const acc_t slope = out <= acc_t(0) ? out + acc_t(1) : (out > acc_t(0) ? acc_t(1) : out);
+  return grad * slope;
 }
 
 }  // namespace dreamer_fast::elu

@@ -91,6 +91,14 @@ DF_INLINE void gru_cell_backward(T g, T y_reset, T y_cand, T y_update, T h, T* d
   *d_reset = da * y_cand * r * (T(1) - r);
 }
 
+// mean(dx̂) of a row, NaN when mean(dx̂) or mean(dx̂ x̂) is not finite: torch's LayerNorm backward then gives a
+// non-finite gradient everywhere in the row (NaN or ±inf, depending on signs), and the row's gradient here is NaN, so a
+// non-finite input gradient is never finite or of the wrong sign. One multiply-add a row.
+template <typename T>
+DF_INLINE T ln_grad_mean(T mean_d_xhat, T mean_d_xhat_xhat) {
+  return mean_d_xhat + (mean_d_xhat + mean_d_xhat_xhat) * T(0);
+}
+
 // The LayerNorm input gradient of one element: rstd (dx̂ - mean(dx̂) - x̂ mean(dx̂ x̂)).
 template <typename T>
 DF_INLINE T ln_input_grad(T d_xhat, T xhat, T mean_d_xhat, T mean_d_xhat_xhat, T rstd) {

@@ -101,6 +101,13 @@ DF_FORCE_INLINE void row_softmax_at(const S* x, const S* y, int64_t k, const Row
   }
 }
 
+// x, or NaN where x is ±inf: a row sum that is infinite makes the reference's softmax backward non-finite in every
+// class (inf - inf or inf * 0 somewhere, NaN or ±inf by sign), so the row's gradient here is NaN throughout.
+template <typename T>
+DF_FORCE_INLINE T nan_unless_finite(T x) {
+  return x + x * T(0);
+}
+
 // Σ_k q_k log(q_k / p_k) of one row; every visitor gets the full sum.
 template <typename T, int kStep, typename S, typename R, typename C = NoCache>
 DF_FORCE_INLINE T row_kl(const S* x, const S* y, int64_t K, int64_t first, T u, const R& reduce, C cache = {}) {
@@ -127,7 +134,7 @@ DF_FORCE_INLINE void row_kl_backward(const S* x, const S* y, int64_t K, int64_t 
                                      S* dx, S* dy, const R& reduce, C cache = {}) {
   if (u == T(0)) {
     const RowStats<T> st = row_stats<false, T, kStep>(x, y, K, first, reduce, cache);
-    const T inv_sx = T(1) / st.sx, inv_sy = T(1) / st.sy, mean_d = st.sd * inv_sx;
+    const T inv_sx = T(1) / st.sx, inv_sy = T(1) / st.sy, mean_d = nan_unless_finite(st.sd * inv_sx);
     DF_SIMD
     for (int64_t k = first; k < K; k += kStep) {
       T sigma, tau;
@@ -149,7 +156,7 @@ DF_FORCE_INLINE void row_kl_backward(const S* x, const S* y, int64_t K, int64_t 
     sum_sa += sigma * vlog(q / p);
     sum_qr += q * (tau / p);
   }
-  sum_sa = reduce.sum(sum_sa);
+  sum_sa = nan_unless_finite(reduce.sum(sum_sa));
   sum_qr = reduce.sum(sum_qr);
   const T wx = w_post * (T(1) - u), wy = w_prior * (T(1) - u);
   DF_SIMD
@@ -171,6 +178,14 @@ DF_FORCE_INLINE T free_nats_clamp(T x, T free) {
 template <typename T>
 DF_FORCE_INLINE bool free_nats_passes_grad(T x, T free) {
   return x >= free;
+}
+
+// The loss from its clamped value v: mix v + (1 - mix) v, the reference's sum of its two terms (mix = 1 - balance,
+// each weight rounded once from the double), so that an infinite KL with balance 0 or 1 gives its NaN (inf + 0 inf).
+template <typename T>
+DF_FORCE_INLINE T balanced_loss(T v, double balance) {
+  const double mix = 1 - balance;
+  return static_cast<T>(mix) * v + static_cast<T>(1 - mix) * v;
 }
 
 // Weights of one position's KL gradient: its own grad_kl plus the loss's share. The loss is a mean over the N

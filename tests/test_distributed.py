@@ -166,3 +166,79 @@ def test_ops_under_ddp_equal_one_process_on_the_concatenated_batch(tmp_path):
         assert torch.equal(r0[key], r1[key]), key
         assert not torch.equal(value, initial[key]), key
         torch.testing.assert_close(r0[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+# ---- the command under torchrun ------------------------------------------------------------------------------------
+
+
+def _torchrun(logdir: Path, *args: str, timeout_s: str = "60") -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DREAMER_FAST_DIST_TIMEOUT": timeout_s}
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", str(WORLD), "-m", "dreamer_fast", "train",
+           "--logdir", str(logdir), "--no-progress", *args]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str]:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"torchrun did not finish within {timeout} s:\n{out[-3000:]}")
+    return proc.returncode, out
+
+
+def test_torchrun_debug_run_writes_one_logdir_and_resumes(tmp_path):
+    logdir = tmp_path / "run"
+    rc, out = _finish(_torchrun(logdir, "--config", "debug", "--steps", "400"), 240)
+    assert rc == 0, out[-3000:]
+    assert out.count("dreamer-fast: finished at step 400") == 1  # rank 0 reports
+    ckpt = load_checkpoint(logdir / "checkpoint.pt")
+    assert ckpt["step"] == 400 and ckpt["world_size"] == WORLD
+    # prefill 100, then every rank trains every 16 of its own steps = every 32 steps of the two: ~300 / 32 updates
+    assert 9 <= ckpt["updates"] <= 11
+    shards = [logdir / "replay", logdir / "replay" / "rank1"]
+    for rank, shard in enumerate(shards):
+        assert len(list(shard.glob("*.npz"))) == ckpt["ranks"][rank]["replay"]["next_seq"]
+    assert ckpt["ranks"][0]["rng"] != ckpt["ranks"][1]["rng"]
+    assert sorted(p.name for p in logdir.iterdir()) == ["checkpoint.pt", "config.yaml", "curve.png", "losses.png",
+                                                        "metrics.csv", "replay", "tb"]
+    rows = (logdir / "metrics.csv").read_text().splitlines()
+    assert sum(",episode/return," in r for r in rows) == ckpt["episodes"]  # every rank's episodes
+    assert "400,replay/steps," + str(float(sum(r["replay"]["steps"] for r in ckpt["ranks"]))) in rows
+
+    rc, out = _finish(_torchrun(logdir, "--resume", "--steps", "500"), 240)
+    assert rc == 0, out[-3000:]
+    assert "resumed" in out and "finished at step 500" in out
+    resumed = load_checkpoint(logdir / "checkpoint.pt")
+    assert resumed["updates"] > ckpt["updates"]
+    for rank in range(WORLD):
+        assert resumed["ranks"][rank]["replay"]["steps"] > ckpt["ranks"][rank]["replay"]["steps"]
+
+    rc, out = _finish(subprocess.Popen([sys.executable, "-m", "dreamer_fast", "train", "--resume", "--logdir",
+                                        str(logdir), "--steps", "600", "--no-progress"], cwd=ROOT,
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), 120)
+    assert rc == 2 and "trained on 2 rank(s), this job has 1" in out
+
+
+def test_a_killed_rank_stops_the_job_and_resume_continues(tmp_path):
+    logdir = tmp_path / "run"
+    proc = _torchrun(logdir, "--config", "debug", "--steps", "100000", "--checkpoint_every", "200",
+                     timeout_s="20")
+    deadline = time.monotonic() + 180
+    while not (logdir / "checkpoint.pt").exists():  # the first checkpoint: something to resume
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.5)
+    workers = subprocess.run(["pgrep", "-f", "-P", str(proc.pid), "dreamer_fast"], capture_output=True, text=True)
+    pids = [int(p) for p in workers.stdout.split()]
+    assert len(pids) == WORLD, workers
+    killed = time.monotonic()
+    os.kill(max(pids), signal.SIGKILL)  # the rank started last
+    rc, out = _finish(proc, 90)
+    assert rc != 0
+    assert time.monotonic() - killed < 60
+    step = load_checkpoint(logdir / "checkpoint.pt")["step"]
+    rc, out = _finish(_torchrun(logdir, "--resume", "--steps", str(step + 100)), 240)
+    assert rc == 0, out[-3000:]
+    assert f"resumed {logdir} at step {step:,}" in out

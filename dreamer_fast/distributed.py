@@ -15,7 +15,8 @@ device is CUDA, each rank on ``cuda:LOCAL_RANK``; gloo on the CPU). Rules of a r
 - The world model, the actor and the critic are each wrapped in ``DistributedDataParallel``, whose hooks average the
   gradients over the ranks during the backward pass; every rank then clips and steps the same gradients, so the
   parameters (and the slow critic, a copy of the critic) stay bit-identical. A non-finite loss on any rank skips the
-  step on all of them. Buffers (the actor-critic's return-scale statistics) are rank 0's (DDP broadcasts them).
+  step on all of them. Buffers (the actor-critic's return-scale statistics) start each update from rank 0's (DDP
+  broadcasts them).
 - Rank 0 owns the logdir: config.yaml, metrics.csv, tb/, plots, best.pt and checkpoint.pt. Training metrics are
   the means over the ranks, ``replay/steps`` their sum; every rank's episodes are logged (at the next log, with the
   step they ended at); evaluations play ``eval_episodes`` on every rank and log the mean of all of them.

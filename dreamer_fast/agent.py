@@ -47,6 +47,7 @@ class Agent(nn.Module):
         self.actor_opt = self._adam(self.ac.actor.parameters(), c.actor_lr)
         self.critic_opt = self._adam(self.ac.critic.parameters(), c.critic_lr)
         self.skipped_steps = 0  # optimiser steps skipped for a non-finite loss or gradient norm
+        self.ddp = None  # set by dreamer_fast.distributed.wrap_agent: DDP wrappers that average gradients over ranks
 
     def _adam(self, params: Iterable[nn.Parameter], lr: float) -> torch.optim.AdamW:
         return torch.optim.AdamW(params, lr=lr, eps=self.config.opt_eps, weight_decay=self.config.weight_decay)
@@ -63,16 +64,22 @@ class Agent(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
-    def _step(self, opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[nn.Parameter]) -> torch.Tensor:
+    def _step(self, opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[nn.Parameter],
+              backward: bool = True) -> torch.Tensor:
         """Gradients of ``loss`` w.r.t. ``params`` only (nothing else accumulates a .grad), clip, step. Grad norm
-        (a 0-d float32 CPU tensor: it came to the host with the flag).
+        (a 0-d float32 CPU tensor: it came to the host with the flag). ``backward=False``: the gradients are already
+        in ``.grad``.
 
-        A non-finite loss or gradient norm skips the step (counted in ``skipped_steps``). Deciding that is the one
-        device-to-host copy of an optimiser step: the finiteness flag travels with the norm."""
-        opt.zero_grad(set_to_none=True)
-        loss.backward(inputs=params)
+        A non-finite loss or gradient norm skips the step (counted in ``skipped_steps``); under DDP a non-finite loss
+        on any rank skips it on all. Deciding that is the one device-to-host copy of an optimiser step: the finiteness
+        flag travels with the norm."""
+        if backward:
+            opt.zero_grad(set_to_none=True)
+            loss.backward(inputs=params)
         norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
         finite = torch.isfinite(norm) & torch.isfinite(loss.detach())
+        if self.ddp is not None:
+            finite = self.ddp.all_finite(finite)
         value, ok = torch.stack([norm.float(), finite.float()]).tolist()
         if ok:
             opt.step()
@@ -103,7 +110,7 @@ class Agent(nn.Module):
     def train_model(self, data: Mapping[str, torch.Tensor]) -> tuple[RSSMState, dict[str, torch.Tensor]]:
         """One world-model update on a preprocessed batch ``[T, B]``; returns the posterior ``[T, B]`` and metrics."""
         with self._autocast():
-            model_loss, post, metrics = self.wm.loss(data)
+            model_loss, post, metrics = (self.wm.loss if self.ddp is None else self.ddp.world_model)(data)
         metrics["model/grad_norm"] = self._step(self.model_opt, model_loss, list(self.wm.parameters()))
         return post, metrics
 
@@ -111,9 +118,18 @@ class Agent(nn.Module):
         """One actor and one critic update from the detached start states ``[N]`` (``is_terminal [N]``), then the
         slow critic's count. Only the actor's and the critic's parameters change (and receive ``.grad``)."""
         with self._autocast():
-            actor_loss, critic_loss, metrics = self.ac.loss(self.wm, start.detach(), is_terminal)
-        metrics["actor/grad_norm"] = self._step(self.actor_opt, actor_loss, list(self.ac.actor.parameters()))
-        metrics["critic/grad_norm"] = self._step(self.critic_opt, critic_loss, list(self.ac.critic.parameters()))
+            if self.ddp is None:
+                actor_loss, critic_loss, metrics = self.ac.loss(self.wm, start.detach(), is_terminal)
+            else:
+                actor_loss, critic_loss, metrics = self.ddp.behavior(start.detach(), is_terminal)
+        actor_params, critic_params = list(self.ac.actor.parameters()), list(self.ac.critic.parameters())
+        if self.ddp is not None:  # DDP reduces each gradient once per forward: one backward for both parts
+            self.actor_opt.zero_grad(set_to_none=True)
+            self.critic_opt.zero_grad(set_to_none=True)
+            (actor_loss + critic_loss).backward(inputs=actor_params + critic_params)
+        single = self.ddp is None
+        metrics["actor/grad_norm"] = self._step(self.actor_opt, actor_loss, actor_params, backward=single)
+        metrics["critic/grad_norm"] = self._step(self.critic_opt, critic_loss, critic_params, backward=single)
         self.ac.update_slow_target()
         metrics["train/updates"] = torch.tensor(float(self.ac.updates))
         return metrics

@@ -138,6 +138,8 @@ def _run(args: argparse.Namespace) -> int:
     else:
         config = load_config(args.config or "atari", overrides)
     result = train(config, args.logdir, resume=args.resume, progress=not args.no_progress)
+    if result.get("rank", 0):  # under torchrun rank 0 reports
+        return 130 if result["interrupted"] else 0
     status = "interrupted" if result["interrupted"] else "finished"
     print(f"dreamer-fast: {status} at step {result['step']:,} ({result['updates']:,} updates, "
           f"{result['episodes']:,} episodes); logs, plots and checkpoint in {result['logdir']}")

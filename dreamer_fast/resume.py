@@ -93,8 +93,10 @@ class Resume:
         return int(self.checkpoint["step"])
 
 
-def prepare_resume(logdir: Path, config: Config, agent: Any, spec: StepSpec) -> Resume:
-    """Loads ``logdir``'s checkpoint into ``agent`` and reads and checks the replay and metrics; changes no file."""
+def prepare_resume(logdir: Path, config: Config, agent: Any, spec: StepSpec, rank: int = 0, world: int = 1) -> Resume:
+    """Loads ``logdir``'s checkpoint into ``agent`` and reads and checks the replay and metrics; changes no file.
+    On rank ``rank`` of ``world`` (``dreamer_fast/distributed.py``): that rank's replay shard, and the checkpoint
+    must come from as many ranks."""
     path = logdir / CHECKPOINT
     if not path.is_file():
         raise CheckpointError(f"--resume: {path} does not exist (the run stopped before its first checkpoint, so "
@@ -107,13 +109,21 @@ def prepare_resume(logdir: Path, config: Config, agent: Any, spec: StepSpec) -> 
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         raise CheckpointError(f"--resume: {path} does not fit the model of the config ({' '.join(lines[:2])[:300]})"
                               ) from None
-    record = ckpt.get("replay")
+    saved_world = int(ckpt.get("world_size", 1))
+    if saved_world != world:
+        how = "one process" if saved_world == 1 else f"`torchrun --nproc_per_node {saved_world}` (in all)"
+        raise ValueError(f"--resume: {path} was trained on {saved_world} rank(s), this job has {world}; resume it "
+                         f"with {how}")
+    record = ckpt["ranks"][rank]["replay"] if world > 1 else ckpt.get("replay")
     window = (int(record["first_seq"]), int(record["next_seq"])) if record else None
-    replay = plan_load(logdir / "replay", config.replay_capacity, spec, window)
+    directory = logdir / "replay" if rank == 0 else logdir / "replay" / f"rank{rank}"
+    replay = plan_load(directory, config.replay_capacity, spec, window)
     if replay.missing:
-        print(f"dreamer-fast: warning: {logdir / 'replay'} lacks {replay.missing} chunk file(s) that {path} counts; "
+        print(f"dreamer-fast: warning: {directory} lacks {replay.missing} chunk file(s) that {path} counts; "
               f"resuming with the {replay.steps:,} steps left", file=sys.stderr)
     metrics_bytes = ckpt.get("metrics_bytes")
+    if rank != 0:  # rank 0 owns metrics.csv and the temp files
+        return Resume(ckpt, replay, metrics_bytes, [])
     _check_metrics(logdir / CSV_NAME, metrics_bytes)
     stale = sorted(p for pattern in TEMP_FILES for p in logdir.glob(pattern))
     return Resume(ckpt, replay, metrics_bytes, stale)

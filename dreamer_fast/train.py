@@ -33,6 +33,7 @@ from dreamer_fast._memory import keep_freed_memory
 from dreamer_fast.agent import Agent
 from dreamer_fast.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from dreamer_fast.config import Config, config_from_dict
+from dreamer_fast.distributed import Dist, NullLogger, RankLost, setup, wrap_agent
 from dreamer_fast.envs import make_env
 from dreamer_fast.logger import CSV_NAME, Logger, plot
 from dreamer_fast.replay import Replay
@@ -48,10 +49,10 @@ class TrainingDiverged(ValueError):
     """``max_nonfinite_updates`` consecutive updates had a non-finite loss or gradient norm."""
 
 
-def _setup(config: Config) -> torch.device:
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    torch.manual_seed(config.seed)
+def _setup(config: Config, seed: int) -> torch.device:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
     if config.threads:
         torch.set_num_threads(config.threads)
     keep_freed_memory()  # ~20% of an Atari update otherwise goes to page faults (dreamer_fast/_memory.py)
@@ -69,7 +70,7 @@ def _check_new_logdir(logdir: Path) -> None:
         raise ValueError(f"{logdir} already holds a run ({logdir / CHECKPOINT}); pass --resume to continue it or pick "
                          "another --logdir")
     leftovers = [name for name in ("config.yaml", CSV_NAME) if (logdir / name).exists()]
-    if list_chunks(logdir / "replay"):
+    if list_chunks(logdir / "replay") or any(list_chunks(p) for p in (logdir / "replay").glob("rank*")):
         leftovers.append("replay/")
     if leftovers:
         raise ValueError(f"{logdir} holds a run that stopped before its first checkpoint ({', '.join(leftovers)}); "
@@ -167,38 +168,64 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
     updates were non-finite (no checkpoint is written then).
     """
     logdir = Path(logdir)
-    if not resume:
-        _check_new_logdir(logdir)
-    with StopSignals() as stop:
-        return _Run(config, logdir, resume, progress, stop).run()
+    d = setup(config.device)  # one process, or a rank of a torchrun job (dreamer_fast/distributed.py)
+    try:
+        error = None
+        if not resume and d.main:
+            try:
+                _check_new_logdir(logdir)
+            except ValueError as e:
+                error = e
+        d.agree(error)
+        with StopSignals() as stop:
+            result = _Run(config, logdir, resume, progress and d.main, stop, d).run()
+    except RuntimeError as error:
+        if not d.enabled or isinstance(error, RankLost):
+            raise
+        raise d.lost(error) from None  # a collective inside DDP's backward failed
+    d.close()
+    result["rank"] = d.rank
+    return result
 
 
 class _Run:
     """One training process: builds (or restores) everything, then collects, trains, logs and checkpoints."""
 
-    def __init__(self, config: Config, logdir: Path, resume: bool, progress: bool, stop: StopSignals) -> None:
+    def __init__(self, config: Config, logdir: Path, resume: bool, progress: bool, stop: StopSignals,
+                 dist: Dist | None = None) -> None:
         self.config, self.logdir, self.stop, self.ckpt_path = config, logdir, stop, logdir / CHECKPOINT
-        device = _setup(config)
-        self.envs = [make_env(config, seed=config.seed + 1000 * i) for i in range(config.num_envs)]
+        self.dist = d = dist or Dist()
+        seed = d.seed(config.seed)  # each rank collects and samples with its own seeds
+        device = _setup(config, seed)
+        self.envs = [make_env(config, seed=seed + 1000 * i) for i in range(config.num_envs)]
         self.obs_space, self.act_space = self.envs[0].obs_space, self.envs[0].act_space
-        self.agent = Agent(self.obs_space, self.act_space, config).to(device)
-        print(f"dreamer-fast: {self.agent.bf16_reason}")
-        self.eval_env = make_env(config, seed=config.seed + 999_983) if config.eval_every else None
+        self.agent = Agent(self.obs_space, self.act_space, d.rank_config(config)).to(device)
+        if d.main:
+            print(f"dreamer-fast: {self.agent.bf16_reason}")
+        self.eval_env = make_env(config, seed=seed + 999_983) if config.eval_every else None
         spec = step_spec(self.obs_space, self.act_space.dim)
-        restored = prepare_resume(logdir, config, self.agent, spec) if resume else None
-        # Every check passed: from here on files change.
-        if restored is not None:
+        restored, error = None, None
+        try:
+            restored = prepare_resume(logdir, config, self.agent, spec, d.rank, d.world) if resume else None
+        except (ValueError, OSError) as e:
+            error = e
+        d.agree(error)  # every rank's checks passed: from here on files change
+        if restored is not None and d.main:
             commit_resume(logdir, restored)
-        _write_config(logdir, config, self.agent.bf16_reason)
+        if d.main:
+            _write_config(logdir, config, self.agent.bf16_reason)
         # Steps become sampleable when their chunk is written: at an episode's end or every 4 sequence lengths, so
         # that long Atari episodes feed training while they run.
-        self.replay = Replay(logdir / "replay", config.replay_capacity, seed=config.seed, chunk=4 * config.batch_length,
+        self.replay = Replay(d.replay_dir(logdir), config.replay_capacity, seed=seed, chunk=4 * config.batch_length,
                              spec=spec, plan=restored.replay if restored else None, keep_evicted_files=True)
-        self.logger = Logger(logdir, purge_step=restored.step + 1 if restored else None)
+        self.logger = (Logger(logdir, purge_step=restored.step + 1 if restored else None) if d.main
+                       else NullLogger())
+        self.ended: list[tuple[int, float, int]] = []  # on several ranks: (step, return, length) until the next log
         self.step = self.updates = self.episodes = self.nonfinite = self.streak = 0
         self.best: dict[str, Any] = {}  # the best periodic evaluation so far: {"step", "return", ...}
         if restored is not None:
             self._restore(restored.checkpoint)
+        wrap_agent(self.agent, d)  # DDP on several ranks (after the restore: rank 0's parameters are broadcast)
         self.bar = tqdm(total=config.steps, initial=self.step, unit="step", dynamic_ncols=True, disable=not progress,
                         desc=f"{config.env}")
 
@@ -206,26 +233,30 @@ class _Run:
         self.step, self.updates, self.episodes = ckpt["step"], ckpt["updates"], ckpt["episodes"]
         self.nonfinite = int(ckpt.get("nonfinite_updates", 0))
         self.best = dict(ckpt.get("best_eval", {}))
-        set_rng_state(ckpt["rng"])
-        self.replay.set_rng_state(ckpt["replay_rng"])
+        own = ckpt["ranks"][self.dist.rank] if self.dist.enabled else ckpt  # each rank's RNGs and episode count
+        self.episodes = own["episodes"]
+        set_rng_state(own["rng"])
+        self.replay.set_rng_state(own["replay_rng"])
         c = self.config  # load_state_dict brought back the saved optimiser settings; the config's apply
         for opt, lr in ((self.agent.model_opt, c.model_lr), (self.agent.actor_opt, c.actor_lr),
                         (self.agent.critic_opt, c.critic_lr)):
             for group in opt.param_groups:
                 group.update(lr=lr, eps=c.opt_eps, weight_decay=c.weight_decay)
-        print(f"dreamer-fast: resumed {self.logdir} at step {self.step:,} ({self.updates:,} updates, "
-              f"{len(self.replay):,} replay steps)")
+        if self.dist.main:
+            print(f"dreamer-fast: resumed {self.logdir} at step {self.step:,} ({self.updates:,} updates, "
+                  f"{len(self.replay):,} replay steps)")
 
     def run(self) -> dict[str, Any]:
         try:
             interrupted = self._loop()
             if not interrupted and self.config.eval_episodes:
                 returns = evaluate(self.agent, self.envs[0], self.config.eval_episodes, self.stop)
-                interrupted = self.stop.requested
-                if not interrupted:
+                interrupted = self._stopping()
+                returns = self._all_returns(returns)
+                if not interrupted and self.dist.main:
                     self.logger.scalars({"eval/return": float(np.mean(returns))}, self.step)
             self.checkpoint()
-            if not interrupted and self.updates:
+            if not interrupted and self.updates and self.dist.main:
                 _open_loop(self.agent, self.replay, self.logger, self.config, self.step)
         finally:
             self.bar.close()
@@ -234,14 +265,24 @@ class _Run:
                 env.close()
         if interrupted:
             print(f"dreamer-fast: interrupted at step {self.step:,}; checkpoint in {self.ckpt_path}")
-        result: dict[str, Any] = {"step": self.step, "updates": self.updates, "episodes": self.episodes,
+        result: dict[str, Any] = {"step": self.step, "updates": self.updates,
+                                  "episodes": getattr(self, "all_episodes", self.episodes),
                                   "interrupted": interrupted, "logdir": str(self.logdir)}
         if not interrupted and self.config.eval_episodes:
             result["eval_returns"] = returns
         if self.best:
             result["best_eval"] = dict(self.best)
-        result["plots"] = [str(p) for p in plot(self.logdir)]
+        result["plots"] = [str(p) for p in plot(self.logdir)] if self.dist.main else []
         return result
+
+    def _stopping(self) -> bool:
+        """A signal asked to stop (on any rank: all ranks stop at the same step)."""
+        return self.dist.any(self.stop.requested) if self.dist.enabled else self.stop.requested
+
+    def _all_returns(self, returns: list[float]) -> list[float]:
+        """Every rank's evaluation returns (on rank 0; the others keep their own)."""
+        gathered = self.dist.gather(returns)
+        return [r for part in gathered for r in part] if gathered is not None else returns
 
     def _loop(self) -> bool:
         """Collects and trains until ``config.steps``; True when a signal stopped it first."""
@@ -259,12 +300,13 @@ class _Run:
         policy_state = None
         self.metrics = _MetricMeans()
         self.last_log = (self.step, time.perf_counter(), self.updates)
-        next_train = self.step + c.train_every
+        world = self.dist.world  # steps count every rank's; train_every each rank's own
+        next_train = self.step + c.train_every * world
         next_log = (self.step // c.log_every + 1) * c.log_every
         next_ckpt = (self.step // c.checkpoint_every + 1) * c.checkpoint_every
         next_video = (self.step // c.video_every + 1) * c.video_every if c.video_every else math.inf
         next_eval = (self.step // c.eval_every + 1) * c.eval_every if c.eval_every else math.inf
-        while self.step < c.steps and not self.stop.requested:
+        while self.step < c.steps and not self._stopping():
             obs = _stack([{k: s[k] for k in (*self.obs_space, "is_first")} for s in current])
             mode = "random" if self.step < c.prefill else "explore"
             actions, policy_state = self.agent.policy(obs, policy_state, mode)
@@ -274,23 +316,28 @@ class _Run:
                 self.replay.add(s, worker=i)
                 tracker.add(i, s)
                 current[i] = s
-            self.step += len(self.envs)
-            self.bar.update(len(self.envs))
+            self.step += len(self.envs) * world
+            self.bar.update(len(self.envs) * world)
             for ret, length in tracker.finished:
                 self.episodes += 1
+                if self.dist.enabled:  # rank 0 logs every rank's episodes at the next log
+                    self.ended.append((self.step, ret, length))
+                    continue
                 self.logger.scalars({"episode/return": ret, "episode/length": length}, self.step)
                 self.bar.set_postfix_str(f"return {ret:.1f}", refresh=False)
             tracker.finished.clear()
 
-            if self.step >= c.prefill and len(self.replay) >= c.batch_length and self.step >= next_train:
-                next_train = self.step + c.train_every
+            if (self.step >= c.prefill and self.step >= next_train
+                    and self.dist.min(len(self.replay)) >= c.batch_length):  # every rank can sample
+                next_train = self.step + c.train_every * world
                 self._train_round()
             if self.step >= next_log:
                 next_log += c.log_every
                 self.log_now()
             if self.step >= next_video and self.updates:
                 next_video += c.video_every
-                _open_loop(self.agent, self.replay, self.logger, c, self.step)
+                if self.dist.main:
+                        _open_loop(self.agent, self.replay, self.logger, c, self.step)
             if self.step >= next_eval and self.updates:
                 next_eval += c.eval_every
                 self.periodic_eval()
@@ -299,7 +346,7 @@ class _Run:
                 self.checkpoint()
         if self.step > self.last_log[0]:  # what happened since the last periodic log
             self.log_now()
-        return self.stop.requested
+        return self._stopping()
 
     def _train_round(self) -> None:
         """``train_steps`` updates; a non-finite one was skipped by the agent and counts towards the stop."""
@@ -328,9 +375,12 @@ class _Run:
         now = time.perf_counter()
         elapsed = max(now - last_time, 1e-9)
         summary = self.metrics.means()
+        replay_steps = len(self.replay)
+        if self.dist.enabled:
+            summary, replay_steps = self._reduce_log(summary, replay_steps)
         summary["perf/env_steps_per_s"] = (self.step - last_step) / elapsed
         summary["perf/updates_per_s"] = (self.updates - last_updates) / elapsed
-        summary["replay/steps"] = len(self.replay)
+        summary["replay/steps"] = replay_steps
         summary["train/updates"] = self.updates
         summary["train/nonfinite_updates"] = self.nonfinite
         self.logger.scalars(summary, self.step)
@@ -340,10 +390,25 @@ class _Run:
         self.bar.set_postfix_str(
             f"{summary['perf/env_steps_per_s']:.0f} steps/s {summary['perf/updates_per_s']:.2f} upd/s", refresh=False)
 
+    def _reduce_log(self, summary: dict[str, float], replay_steps: int) -> tuple[dict[str, float], int]:
+        """On rank 0: the ranks' means of the training metrics and their replay steps summed; every rank's episodes
+        since the last log are logged here, in step order."""
+        parts = self.dist.gather((summary, replay_steps, self.ended))
+        self.ended = []
+        if parts is None:
+            return summary, replay_steps
+        for step, ret, length in sorted(e for _, _, ended in parts for e in ended):
+            self.logger.scalars({"episode/return": ret, "episode/length": length}, step)
+        keys = dict.fromkeys(k for s, _, _ in parts for k in s)
+        merged = {k: float(np.mean([s[k] for s, _, _ in parts if k in s])) for k in keys}
+        return merged, sum(n for _, n, _ in parts)
+
     def periodic_eval(self) -> None:
         """Greedy returns on the evaluation env; the agent is written to best.pt when their mean is the best yet."""
         returns = evaluate(self.agent, self.eval_env, self.config.eval_episodes, self.stop)
-        if self.stop.requested:
+        stopping = self._stopping()
+        returns = self._all_returns(returns)
+        if stopping or not self.dist.main:
             return
         mean = float(np.mean(returns))
         self.logger.scalars({"eval/return": mean, "eval/return_min": float(np.min(returns))}, self.step)
@@ -363,12 +428,21 @@ class _Run:
                   file=sys.stderr)
             return
         self.replay.save()
-        save_checkpoint(self.ckpt_path, {
-            "config": self.config.to_dict(), "agent": self.agent.checkpoint_state(), "step": self.step,
-            "updates": self.updates, "episodes": self.episodes, "rng": rng_state(),
-            "replay_rng": self.replay.rng_state(), "best_eval": self.best, "replay": self.replay.checkpoint_state(),
-            "metrics_bytes": self.logger.csv_bytes(), "nonfinite_updates": self.nonfinite,
-        })
+        own = {"rng": rng_state(), "replay_rng": self.replay.rng_state(), "replay": self.replay.checkpoint_state(),
+               "episodes": self.episodes}
+        ranks = self.dist.gather(own)  # rank 0 writes every rank's state; the others wait for it
+        if ranks is not None:
+            payload = {
+                "config": self.config.to_dict(), "agent": self.agent.checkpoint_state(), "step": self.step,
+                "updates": self.updates, "episodes": self.episodes, "rng": own["rng"],
+                "replay_rng": own["replay_rng"], "best_eval": self.best, "replay": own["replay"],
+                "metrics_bytes": self.logger.csv_bytes(), "nonfinite_updates": self.nonfinite,
+            }
+            if self.dist.enabled:
+                payload.update(episodes=sum(r["episodes"] for r in ranks), world_size=self.dist.world, ranks=ranks)
+                self.all_episodes = payload["episodes"]
+            save_checkpoint(self.ckpt_path, payload)
+        self.dist.barrier()  # every rank keeps its evicted chunks until the checkpoint no longer counts them
         self.replay.release_evicted()
 
 

@@ -350,7 +350,7 @@ def test_bf16_weights_bad_inputs():
             torch.ops.dreamer_fast.obs_step_inference(*flat, noise, torch.zeros((), dtype=torch.int64), 0.0, 1e-3)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine (the CPU kernel of "
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (the CPU kernel of "
                     "the bf16-weight GEMV is tested above; the CUDA path is an ATen addmm)")
 @pytest.mark.parametrize("with_prior", [True, False])
 def test_bf16_weights_cuda_equals_cpu(with_prior):

@@ -5,17 +5,19 @@ Sequences are time-major ``[T, B, ...]``. The state is an :class:`RSSMState`: ``
 
 Both backends compute the same function with the same parameters (``state_dict`` keys are shared):
 
-- ``reference``: every step written out in plain PyTorch, one module call per layer (the executable specification);
-- ``fused``: the time-independent GEMMs of a sequence batched over all ``T·B`` rows (the action part of ``img_in``,
-  the embed part of ``obs_out``, the whole prior head after the loop); ``observe``'s recurrence, forward and backward,
-  in one C++ op (``dreamer_fast.ops.observe_sequence``); imagination loops in Python over the fused
-  :func:`dreamer_fast.ln_gru` op with GEMMs through ATen, each weight's gradient computed once for the whole
-  sequence (``_sequence_linear.SequenceLinear``) instead of once per step; ``obs_step`` without gradients (acting,
-  B = 1 under ``torch.no_grad``) as one C++ op (``dreamer_fast.ops.obs_step_inference``), and with gradients or
-  under autocast as a few plain GEMMs around the fused ``ln_gru`` op.
+- ``reference`` (``_rssm_reference.py``): every step in plain PyTorch, one module call per layer (the executable
+  specification);
+- ``fused`` (``_rssm_fused.py``): the time-independent GEMMs of a sequence batched over all ``T·B`` rows (the
+  action part of ``img_in``, the embed part of ``obs_out``, the whole prior head after the loop); ``observe``'s
+  recurrence, forward and backward, in one C++ op (``dreamer_fast.ops.observe_sequence``); imagination loops in
+  Python over the fused :func:`dreamer_fast.ln_gru` op with GEMMs through ATen, each weight's gradient computed once
+  for the whole sequence (``_sequence_linear.SequenceLinear``) instead of once per step; ``obs_step`` without
+  gradients (acting, B = 1 under ``torch.no_grad``) as one C++ op (``dreamer_fast.ops.obs_step_inference``), and with
+  gradients or under autocast as a few plain GEMMs around the fused ``ln_gru`` op.
 
-Differences in floating-point summation order aside (GEMMs split by columns, weight gradients summed in one GEMM),
-the two backends give the same states, samples and gradients for the same parameters and noise.
+Both step through the one Python form of the RSSM step, :mod:`dreamer_fast.reference.rssm_step`, with their own
+layers and ops. Differences in floating-point summation order aside (GEMMs split by columns, weight gradients summed
+in one GEMM), the two backends give the same states, samples and gradients for the same parameters and noise.
 """
 
 from __future__ import annotations

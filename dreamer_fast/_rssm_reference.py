@@ -69,3 +69,11 @@ def img_step(m: RSSM, prev_state: RSSMState, prev_action, noise) -> RSSMState:
         sample=_sampler(m, noise),
     )
     return RSSMState(deter, stoch, logits)
+
+
+def imagine_with_action(m: RSSM, action: torch.Tensor, start: RSSMState, noise) -> RSSMState:
+    states, state = [], start
+    for t in range(action.shape[0]):
+        state = img_step(m, state, action[t], None if noise is None else noise[t])
+        states.append(state)
+    return RSSMState.stack(states)

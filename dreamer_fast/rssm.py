@@ -254,13 +254,8 @@ class RSSM(nn.Module):
         noise = checks.check_noise(self, "imagine_with_action", noise, (H, B))
         if not H:
             return self._empty_sequence(B, action)
-        if self._fused(action.device):
-            return _rssm_fused.imagine_with_action(self, action, start, noise)
-        states, state = [], start
-        for t in range(H):
-            state = _rssm_reference.img_step(self, state, action[t], _at(noise, t))
-            states.append(state)
-        return RSSMState.stack(states)
+        backend = _rssm_fused if self._fused(action.device) else _rssm_reference
+        return backend.imagine_with_action(self, action, start, noise)
 
     def imagine(
         self,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from dreamer_fast.reference import rssm_step
 from dreamer_fast.reference.ln_gru import ln_gru_ref
 from dreamer_fast.reference.straight_through_categorical import straight_through_categorical_ref
 
@@ -30,7 +30,11 @@ def observe_sequence_ref(
     generator: torch.Generator | None = None,
     gemm_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """See :func:`dreamer_fast.ops.observe_sequence.observe_sequence` (same arguments, same results)."""
+    """See :func:`dreamer_fast.ops.observe_sequence.observe_sequence` (same arguments, same results).
+
+    Each step is :func:`dreamer_fast.reference.rssm_step.obs_step` with the time-independent GEMMs given as
+    ``act_proj`` and ``emb_proj``.
+    """
     T, B = act_proj.shape[:2]
     S, K = stoch0.shape[1:]
     dtype = deter0.dtype
@@ -41,22 +45,25 @@ def observe_sequence_ref(
             return torch.addmm(acc, rows, weight.t())
         return (rows.to(gemm_dtype) @ weight.to(gemm_dtype).t()).to(dtype) + acc
 
-    deter, stoch = deter0, stoch0.flatten(-2)
+    def ln_gru(gates, deter):
+        return ln_gru_ref(gates, deter, ln_w, ln_b, eps)
+
+    deter, stoch = deter0, stoch0
     deters, samples, logits_seq = [], [], []
     for t in range(T):
-        k = keep[t][:, None]
-        deter, stoch = deter * k, stoch * k
-        x = F.elu(linear(act_proj[t], stoch, w_stoch_in))
-        gates = linear(b_gru.expand(B, -1), torch.cat([x, deter], -1), w_gru)
-        deter = ln_gru_ref(gates, deter, ln_w, ln_b, eps)
-        y = F.elu(linear(emb_proj[t], deter, w_deter_out))
-        logits = linear(b_post.expand(B, -1), y, w_post).unflatten(-1, (S, K))
-        sample, _ = straight_through_categorical_ref(
-            logits, unimix, noise=None if noise is None else noise[t], generator=generator
+        deter, stoch, logits, _ = rssm_step.obs_step(
+            deter, stoch, keep[t],
+            img_in=lambda z: linear(act_proj[t], z, w_stoch_in),
+            gru=lambda xh: linear(b_gru.expand(B, -1), xh, w_gru),
+            ln_gru=ln_gru,
+            obs_out=lambda h: linear(emb_proj[t], h, w_deter_out),
+            post_logits=lambda y: linear(b_post.expand(B, -1), y, w_post),
+            sample=lambda logits: straight_through_categorical_ref(
+                logits, unimix, noise=None if noise is None else noise[t], generator=generator
+            )[0],
         )
-        stoch = sample.flatten(-2)
         deters.append(deter)
-        samples.append(sample)
+        samples.append(stoch)
         logits_seq.append(logits)
     if not T:
         return (deter0.new_empty(0, B, deter0.shape[1]), deter0.new_empty(0, B, S, K), deter0.new_empty(0, B, S, K))

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_agent_models import random_batch
 from torch import nn
 
 from dreamer_fast.agent import Agent
@@ -50,23 +51,7 @@ def _agent_setup(case: str):
 
 
 def _batch(obs_space, act_space, seed: int, T: int = 4, B: int = 2):
-    rng = np.random.default_rng(seed)
-    key, (shape, _) = next(iter(obs_space.items()))
-    if key == "image":
-        obs = rng.integers(0, 256, (T, B, *shape), dtype=np.uint8)
-    else:
-        obs = rng.normal(size=(T, B, *shape)).astype(np.float32)
-    if act_space.discrete:
-        action = np.eye(act_space.dim, dtype=np.float32)[rng.integers(0, act_space.dim, (T, B))]
-    else:
-        action = rng.uniform(-1, 1, (T, B, act_space.dim)).astype(np.float32)
-    is_first = np.zeros((T, B), bool)
-    is_first[0] = True
-    action[is_first] = 0
-    is_terminal = np.zeros((T, B), bool)
-    is_terminal[-1, 0] = True
-    return {key: obs, "action": action, "reward": rng.normal(size=(T, B)).astype(np.float32),
-            "is_first": is_first, "is_last": is_terminal.copy(), "is_terminal": is_terminal}
+    return random_batch(obs_space, act_space, T=T, B=B, seed=seed)
 
 
 def _agent_worker(rank: int, store: str, out: str, case: str, updates: int) -> None:

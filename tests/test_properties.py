@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import dreamer_fast as df
 from dreamer_fast import RSSMState
+from dreamer_fast import _rssm_reference as rssm_reference
 from dreamer_fast.reference import (
     elu_ref,
     kl_balance_ref,
@@ -422,7 +423,7 @@ def test_obs_step_inference(ns, seed, B, dtype, unimix, keep, places):
         ):
             mod.weight.copy_(wt)
             mod.bias.copy_(bs)
-        post, prior = m._obs_step_reference(RSSMState(deter, stoch, state.logits), action, embed, keep_t, noise)
+        post, prior = rssm_reference.obs_step(m, RSSMState(deter, stoch, state.logits), action, embed, keep_t, noise)
         layers = {n: (mod.weight, mod.bias) for n, mod in m.named_children() if n != "gru_norm"}
         got = raw(ns).obs_step_inference(
             deter, stoch, action, embed, keep_t, *layers["img_in"], *layers["gru"], m.gru_norm.weight,

@@ -15,7 +15,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-import pytest
 import torch
 from bench_agent import train_update
 from conftest import cpu_description

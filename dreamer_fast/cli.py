@@ -116,7 +116,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "eval":
         from dreamer_fast.envs import make_env
-        from dreamer_fast.train import evaluate, load_agent
+        from dreamer_fast.evaluation import evaluate, load_agent
 
         if args.episodes < 1:
             raise ValueError(f"--episodes must be >= 1, got {args.episodes}")

@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import math
 import random
-import signal
 import sys
-import threading
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +28,17 @@ from tqdm import tqdm
 from dreamer_fast._atomic import atomic_write
 from dreamer_fast._memory import keep_freed_memory
 from dreamer_fast.agent import Agent
-from dreamer_fast.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from dreamer_fast.config import Config, config_from_dict
+from dreamer_fast.checkpoint import rng_state, save_checkpoint, set_rng_state
+from dreamer_fast.config import Config
 from dreamer_fast.distributed import Dist, NullLogger, RankLost, setup, wrap_agent
 from dreamer_fast.envs import make_env
+from dreamer_fast.evaluation import evaluate, stack_steps
 from dreamer_fast.logger import CSV_NAME, Logger, plot
 from dreamer_fast.replay import Replay
 from dreamer_fast.replay_chunks import list_chunks, step_spec
 from dreamer_fast.resume import commit_resume, prepare_resume
-from dreamer_fast.world_model import SPARSE_METRICS
+from dreamer_fast.run_stats import EpisodeStats, MetricMeans
+from dreamer_fast.signals import StopSignals
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"  # the agent at its best periodic evaluation (config.eval_every), loadable as a checkpoint
@@ -89,74 +88,6 @@ def _write_config(logdir: Path, config: Config, note: str) -> None:
 
 def _parameters_finite(agent: Agent) -> bool:
     return bool(torch.stack([torch.isfinite(p).all() for p in agent.parameters()]).all())
-
-
-class _Episodes:
-    """Per-environment running return and length; the finished episodes' statistics since the last log."""
-
-    def __init__(self, n: int) -> None:
-        self.ret = np.zeros(n)
-        self.length = np.zeros(n, dtype=np.int64)
-        self.finished: list[tuple[float, int]] = []
-
-    def add(self, i: int, step: dict) -> None:
-        if step["is_first"]:
-            self.ret[i], self.length[i] = 0.0, 0
-            return
-        self.ret[i] += float(step["reward"])
-        self.length[i] += 1
-        if step["is_last"]:
-            self.finished.append((float(self.ret[i]), int(self.length[i])))
-
-
-class _MetricMeans:
-    """Running sums of the updates' metrics (0-d tensors), kept on the device that computed them, so an update never
-    waits for the host; :meth:`means` reads them all at once (one copy per device). A metric of
-    :data:`~dreamer_fast.world_model.SPARSE_METRICS` averages only the updates where it is not NaN."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, torch.Tensor | int] = {}
-
-    def add(self, metrics: dict[str, torch.Tensor]) -> None:
-        for key, value in metrics.items():
-            value = value.detach().float()
-            count: torch.Tensor | int = 1
-            if key in SPARSE_METRICS:
-                count = (~value.isnan()).float()
-                value = value.nan_to_num(nan=0.0)
-            if key in self.sums:  # out of place: `value` may share storage with the caller's tensors
-                self.sums[key] = self.sums[key] + value
-                self.counts[key] = self.counts[key] + count
-            else:
-                self.sums[key], self.counts[key] = value, count
-
-    def means(self) -> dict[str, float]:
-        keys = list(self.sums)
-        values = _read([self.sums[k] for k in keys] + [c for c in self.counts.values() if isinstance(c, torch.Tensor)])
-        sums, rest = values[:len(keys)], iter(values[len(keys):])
-        counts = [next(rest) if isinstance(self.counts[k], torch.Tensor) else self.counts[k] for k in keys]
-        return {k: total / n for k, total, n in zip(keys, sums, counts) if n}
-
-    def clear(self) -> None:
-        self.sums.clear()
-        self.counts.clear()
-
-
-def _read(tensors: list[torch.Tensor]) -> list[float]:
-    """The values of 0-d tensors, with one device-to-host copy per device they live on."""
-    out = [0.0] * len(tensors)
-    by_device: dict[torch.device, list[int]] = defaultdict(list)
-    for i, t in enumerate(tensors):
-        by_device[t.device].append(i)
-    for index in by_device.values():
-        for i, value in zip(index, torch.stack([tensors[i] for i in index]).tolist()):
-            out[i] = value
-    return out
-
-
-def _stack(steps: list[dict]) -> dict[str, np.ndarray]:
-    return {k: np.stack([np.asarray(s[k]) for s in steps]) for k in steps[0]}
 
 
 def train(config: Config, logdir: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -293,12 +224,12 @@ class _Run:
             first = env.reset()
             first["action"] = zero_action
             current.append(first)
-        tracker = _Episodes(len(self.envs))
+        tracker = EpisodeStats(len(self.envs))
         for i, s in enumerate(current):
             self.replay.add(s, worker=i)
             tracker.add(i, s)
         policy_state = None
-        self.metrics = _MetricMeans()
+        self.metrics = MetricMeans()
         self.last_log = (self.step, time.perf_counter(), self.updates)
         world = self.dist.world  # steps count every rank's; train_every each rank's own
         next_train = self.step + c.train_every * world
@@ -307,7 +238,7 @@ class _Run:
         next_video = (self.step // c.video_every + 1) * c.video_every if c.video_every else math.inf
         next_eval = (self.step // c.eval_every + 1) * c.eval_every if c.eval_every else math.inf
         while self.step < c.steps and not self._stopping():
-            obs = _stack([{k: s[k] for k in (*self.obs_space, "is_first")} for s in current])
+            obs = stack_steps([{k: s[k] for k in (*self.obs_space, "is_first")} for s in current])
             mode = "random" if self.step < c.prefill else "explore"
             actions, policy_state = self.agent.policy(obs, policy_state, mode)
             for i, env in enumerate(self.envs):
@@ -446,32 +377,6 @@ class _Run:
         self.replay.release_evicted()
 
 
-class StopSignals:
-    """While training, SIGINT and SIGTERM ask it to stop at the next step boundary (checkpoint, exit status 130):
-    the handler only sets :attr:`requested`, so no signal lands inside a replay chunk, metrics or checkpoint write.
-
-    Also when the process was started in the background (``cmd &``) by a non-interactive shell, which starts it with
-    SIGINT ignored: Python then inherits ``SIG_IGN`` and ``kill -INT`` would do nothing. The previous handlers are
-    restored afterwards. Only in the main thread (where Python delivers signals).
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.requested = True
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def _open_loop(agent: Agent, replay: Replay, logger: Logger, config: Config, step: int) -> None:
     """Real vs imagined frames of a replayed sequence (image observations only)."""
     if len(replay) < config.batch_length:
@@ -481,45 +386,3 @@ def _open_loop(agent: Agent, replay: Replay, logger: Logger, config: Config, ste
         video = agent.wm.open_loop(agent.wm.preprocess(batch))
     if video is not None:
         logger.gif("openloop", video, step)
-
-
-def evaluate(agent: Agent, env, episodes: int, stop: StopSignals | None = None) -> list[float]:
-    """Greedy (mode of the actor) returns of ``episodes`` full episodes (fewer when ``stop`` is requested)."""
-    returns = []
-    for _ in range(episodes):
-        s = env.reset()
-        state, total = None, 0.0
-        while not s["is_last"]:
-            if stop is not None and stop.requested:
-                return returns
-            obs = _stack([{k: s[k] for k in (*env.obs_space, "is_first")}])
-            action, state = agent.policy(obs, state, "eval")
-            s = env.step(action[0])
-            total += float(s["reward"])
-        returns.append(total)
-    return returns
-
-
-def load_agent(checkpoint: Path, device: str | None = None) -> tuple[Agent, Config, dict]:
-    """The agent of a checkpoint (with the config it was trained with), ready to act."""
-    ckpt = load_checkpoint(Path(checkpoint), map_location="cpu")
-    if not isinstance(ckpt.get("config"), dict) or "agent" not in ckpt:
-        raise CheckpointError(f"checkpoint {str(checkpoint)!r} holds no agent and config (keys: {sorted(ckpt)})")
-    values = dict(ckpt["config"])
-    if device:
-        values["device"] = device
-    config = config_from_dict(values)
-    if config.threads:  # as the run was trained (with 2 threads on a core another process keeps busy, a CartPole
-        torch.set_num_threads(config.threads)  # acting step measured 7x slower than with 1)
-    env = make_env(config, seed=config.seed)
-    agent = Agent(env.obs_space, env.act_space, config).to(torch.device(config.device))
-    env.close()
-    try:
-        agent.load_checkpoint_state(ckpt["agent"])
-    except (RuntimeError, ValueError, KeyError) as error:
-        first = " ".join(line.strip() for line in str(error).splitlines()[:2])[:300]
-        raise CheckpointError(f"checkpoint {str(checkpoint)!r} does not fit the model of its own config ({first})"
-                              ) from None
-    agent.eval()
-    return agent, config, ckpt
-

@@ -24,7 +24,7 @@ from dreamer_fast.config import Config, field_docs, load_config, preset_values, 
 from dreamer_fast.envs import ActionSpace, make_env
 from dreamer_fast.logger import Logger, plot, read_metrics
 from dreamer_fast.replay import Replay
-from dreamer_fast.train import _MetricMeans
+from dreamer_fast.run_stats import MetricMeans
 
 # ---------------------------------------------------------------------------------------------------- envs
 
@@ -410,7 +410,7 @@ def test_plot_without_returns(tmp_path):
 def test_metric_means_read_the_sums_once_and_skip_undefined_values(monkeypatch):
     """The training loop sums each update's metric tensors where they are and reads them once when it logs; a sparse
     metric (NaN where the batch had none of its steps) averages only the updates that define it."""
-    means = _MetricMeans()
+    means = MetricMeans()
     means.add({"model/loss": torch.tensor(1.0), "model/discount_terminal_mean": torch.tensor(float("nan")),
                "model/discount_nonterminal_mean": torch.tensor(float("nan"))})
     means.add({"model/loss": torch.tensor(3.0), "model/discount_terminal_mean": torch.tensor(0.5),

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from conftest import tol
 
-import dreamer_fast as df
 from dreamer_fast import RSSM, RSSMState
 
 A, E, D, H, S, K = 3, 7, 16, 16, 4, 5  # small sizes: action, embed, deter, hidden, stoch, classes

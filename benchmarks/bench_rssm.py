@@ -27,6 +27,7 @@ from torch import nn
 
 import dreamer_fast as df
 from dreamer_fast import RSSM, RSSMState, nets
+from dreamer_fast import _rssm_reference as rssm_reference
 
 ACTIONS, EMBED = 18, 1536
 COMPILE_BUDGET_S = 120.0
@@ -57,7 +58,7 @@ _compiled_step: dict[int, object] = {}
 
 def compiled_observe(m: RSSM, embed, action, is_first, noise):
     """The reference observe loop with its obs_step compiled (inductor); the compile happens in the warm-up."""
-    step = _compiled_step.setdefault(id(m), torch.compile(m._obs_step_reference, dynamic=False))
+    step = _compiled_step.setdefault(id(m), torch.compile(partial(rssm_reference.obs_step, m), dynamic=False))
     keep = (is_first == 0).float()
     state = m.initial(embed.shape[1])
     posts, priors = [], []

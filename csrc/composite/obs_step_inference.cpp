@@ -8,7 +8,7 @@
 // ln_gru and straight_through_categorical kernels through the dispatcher, so it is the CPU and the CUDA kernel (and,
 // in dreamer_fast_emu, runs the emulated CUDA kernels).
 //
-// The step (as RSSM._obs_step_reference; h = deter [B, D], z = stoch [B, S*K], k = keep[:, None]):
+// The step (as dreamer_fast/_rssm_reference.py's obs_step; h = deter [B, D], z = stoch [B, S*K], k = keep[:, None]):
 //   x            = elu(b_img_in + [z k, action k] W_img_in^T)
 //   h'           = ln_gru(b_gru + [x, h k] W_gru^T, h k, ln_w, ln_b, eps)
 //   post_logits  = b_post + elu(b_obs_out + [h', embed] W_obs_out^T) W_post^T

@@ -181,20 +181,29 @@ def field_docs() -> dict[str, FieldDoc]:
     return docs
 
 
+def _yes_no(value: Any) -> bool | None:
+    """A boolean, or a yes/no spelling of one ("1", "true", "yes", "on" / "0", "false", "no", "off"); else None."""
+    if isinstance(value, bool):
+        return value
+    text = value.strip().lower() if isinstance(value, str) else None
+    return True if text in ("1", "true", "yes", "on") else False if text in ("0", "false", "no", "off") else None
+
+
 def _coerce(key: str, value: Any, default: Any) -> Any:
     """Converts an override (often a string from the command line) to the type of the field's default."""
     kind = type(default)
-    if key == "bf16" and isinstance(value, (bool, str)):  # a yes/no, or "auto"
-        value = {True: "true", False: "false"}.get(value, value) if isinstance(value, bool) else value.strip().lower()
-        value = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}.get(value, value)
+    if kind is str and {"true", "false"} <= set(CHOICES.get(key, ())):  # a choice with a yes/no (bf16: auto|true|false)
+        flag = _yes_no(value)
+        if flag is not None:
+            return "true" if flag else "false"
+        value = value.strip().lower() if isinstance(value, str) else value
     if isinstance(value, str) and kind is not str:
         text = value.strip()
         if kind is bool:
-            if text.lower() in ("1", "true", "yes", "on"):
-                return True
-            if text.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(f"config `{key}` must be a boolean (true/false), got {value!r}")
+            flag = _yes_no(text)
+            if flag is None:
+                raise ValueError(f"config `{key}` must be a boolean (true/false), got {value!r}")
+            return flag
         try:
             value = kind(text.replace("_", ""))  # "1e-4", "50_000", "0.25"
         except ValueError:

@@ -10,6 +10,7 @@
 #include "../cpu/features.h"
 #include "../cpu/gemv.h"
 
+#include <array>
 #include <atomic>
 #include <string>
 
@@ -32,24 +33,19 @@ std::optional<c10::OperatorHandle> find(const char* name, const char* types) {
   return sig == types ? op : std::nullopt;
 }
 
-const std::optional<c10::OperatorHandle>& onednn_linear_op() {
-  static const auto op = find("mkldnn::_linear_pointwise", "Tensor,Tensor,Tensor?,str,Scalar?[],str?->Tensor");
-  return op;
-}
-const std::optional<c10::OperatorHandle>& onednn_pack_op() {
-  static const auto op = find("mkldnn::_reorder_linear_weight", "Tensor,int?->Tensor");
-  return op;
-}
-const std::optional<c10::OperatorHandle>& mkl_pack_op() {
-  static const auto op = find("mkl::_mkl_reorder_linear_weight", "Tensor,int->Tensor");
-  return op;
-}
-const std::optional<c10::OperatorHandle>& mkl_linear_op() {
-  static const auto op = find("mkl::_mkl_linear", "Tensor,Tensor,Tensor,Tensor?,int->Tensor");
-  return op;
+// The private ops this file calls, each looked up once with its expected types.
+enum PrivateOp { kOnednnLinear, kOnednnPack, kMklPack, kMklLinear };
+const std::optional<c10::OperatorHandle>& private_op(PrivateOp which) {
+  static const std::array<std::optional<c10::OperatorHandle>, 4> ops = {
+      find("mkldnn::_linear_pointwise", "Tensor,Tensor,Tensor?,str,Scalar?[],str?->Tensor"),
+      find("mkldnn::_reorder_linear_weight", "Tensor,int?->Tensor"),
+      find("mkl::_mkl_reorder_linear_weight", "Tensor,int->Tensor"),
+      find("mkl::_mkl_linear", "Tensor,Tensor,Tensor,Tensor?,int->Tensor"),
+  };
+  return ops[which];
 }
 
-bool onednn_available() { return onednn_linear_op() && onednn_pack_op(); }
+bool onednn_available() { return private_op(kOnednnLinear) && private_op(kOnednnPack); }
 
 const char* name(Mode m) {
   switch (m) {
@@ -113,13 +109,13 @@ static at::Tensor call_boxed(const c10::OperatorHandle& op, torch::jit::Stack st
 }
 
 at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b) {
-  static const c10::OperatorHandle op = *onednn_linear_op();
+  static const c10::OperatorHandle op = *private_op(kOnednnLinear);
   return call_boxed(op, {x, w, b ? c10::IValue(*b) : c10::IValue(), c10::IValue("none"),
                          c10::IValue(c10::List<std::optional<c10::Scalar>>()), c10::IValue()});
 }
 
 at::Tensor onednn_pack(const at::Tensor& w, int64_t rows) {
-  static const c10::OperatorHandle op = *onednn_pack_op();
+  static const c10::OperatorHandle op = *private_op(kOnednnPack);
   return call_boxed(op, {w, c10::IValue(rows)});
 }
 
@@ -156,19 +152,19 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const std::optional<
 }
 
 bool mkl_available() {
-  return mkl_pack_op() && mkl_linear_op();
+  return private_op(kMklPack) && private_op(kMklLinear);
 }
 
 at::Tensor mkl_pack(const at::Tensor& w, int64_t rows) {
   using Fn = at::Tensor(const at::Tensor&, int64_t);
-  static const auto op = mkl_pack_op()->typed<Fn>();
+  static const auto op = private_op(kMklPack)->typed<Fn>();
   return op.call(w, rows);
 }
 
 at::Tensor mkl_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& w, int64_t rows) {
   using Fn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                         int64_t);
-  static const auto op = mkl_linear_op()->typed<Fn>();
+  static const auto op = private_op(kMklLinear)->typed<Fn>();
   return op.call(x, packed, w, std::nullopt, rows);
 }
 

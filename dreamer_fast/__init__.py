@@ -15,7 +15,8 @@ Modules: :class:`RSSM` (DreamerV2's recurrent state-space model, drop-in) and it
 :func:`keep_freed_memory` — glibc malloc tuning that removes the page-fault cost of large CPU activations.
 :func:`cpu_features` / :func:`set_cpu_profile` — the CPU's features and the profile the CPU paths follow
 (``$DREAMER_FAST_CPU_PROFILE=avx2`` forces the AVX2 class's paths on any CPU).
-:func:`set_cpu_gemm` / :func:`cpu_gemm` — which library (MKL, oneDNN or ATen) runs the fused backend's float32 CPU GEMMs.
+:func:`set_cpu_gemm` / :func:`cpu_gemm` — which library (MKL, oneDNN or ATen) runs the fused backend's float32 CPU
+GEMMs.
 """
 
 from dreamer_fast._backend import BACKENDS, extension_loaded, has_kernel

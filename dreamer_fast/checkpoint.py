@@ -24,6 +24,16 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, truncated or corrupt, or is not a dreamer_fast checkpoint."""
 
 
+def load_agent_state(agent: Any, state: dict[str, Any], mismatch: str) -> None:
+    """``agent.load_checkpoint_state(state)``; a state that does not fit the model raises one CheckpointError line:
+    ``mismatch`` and the first lines of torch's message."""
+    try:
+        agent.load_checkpoint_state(state)
+    except (RuntimeError, ValueError, KeyError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise CheckpointError(f"{mismatch} ({' '.join(lines[:2])[:300]})") from None
+
+
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Saves ``payload`` plus ``{"format": FORMAT}`` to ``path`` atomically; returns the path."""
     if not isinstance(payload, dict):

@@ -41,6 +41,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from dreamer_fast.replay_chunks import replay_dir
+
 RANK_SEED_STRIDE = 100_003  # rank r seeds its environments, replay sampler and RNGs with config.seed + r * stride
 TIMEOUT_ENV = "DREAMER_FAST_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 120.0
@@ -77,7 +79,7 @@ class Dist:
         return config
 
     def replay_dir(self, logdir: Path) -> Path:
-        return logdir / "replay" if self.rank == 0 else logdir / "replay" / f"rank{self.rank}"
+        return replay_dir(logdir, self.rank)
 
     # ---- collectives ----------------------------------------------------------------------------------------------
 

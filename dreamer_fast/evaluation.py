@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from dreamer_fast.agent import Agent
-from dreamer_fast.checkpoint import CheckpointError, load_checkpoint
+from dreamer_fast.checkpoint import CheckpointError, load_agent_state, load_checkpoint
 from dreamer_fast.config import Config, config_from_dict
 from dreamer_fast.envs import make_env
 from dreamer_fast.signals import StopSignals
@@ -49,11 +49,6 @@ def load_agent(checkpoint: Path, device: str | None = None) -> tuple[Agent, Conf
     env = make_env(config, seed=config.seed)
     agent = Agent(env.obs_space, env.act_space, config).to(torch.device(config.device))
     env.close()
-    try:
-        agent.load_checkpoint_state(ckpt["agent"])
-    except (RuntimeError, ValueError, KeyError) as error:
-        first = " ".join(line.strip() for line in str(error).splitlines()[:2])[:300]
-        raise CheckpointError(f"checkpoint {str(checkpoint)!r} does not fit the model of its own config ({first})"
-                              ) from None
+    load_agent_state(agent, ckpt["agent"], f"checkpoint {str(checkpoint)!r} does not fit the model of its own config")
     agent.eval()
     return agent, config, ckpt

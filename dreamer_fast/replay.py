@@ -157,7 +157,8 @@ class Replay:
         self._evicted.clear()
 
     def checkpoint_state(self) -> dict[str, int]:
-        """Which chunk files hold the stored steps: sequence numbers ``first_seq`` to ``next_seq - 1``, ``steps`` in all.
+        """Which chunk files hold the stored steps: sequence numbers ``first_seq`` to ``next_seq - 1``, ``steps`` in
+        all.
         Call :meth:`save` first, so that no step is pending."""
         first = self._chunks[0].seq if self._chunks else self._seq
         return {"first_seq": first, "next_seq": self._seq, "steps": self._size}

@@ -28,6 +28,11 @@ FLAGS = ("is_first", "is_last", "is_terminal")
 StepSpec = Mapping[str, tuple[tuple[int, ...], np.dtype]]  # key -> (shape of one step's value, dtype)
 
 
+def replay_dir(logdir: Path, rank: int = 0) -> Path:
+    """A rank's replay shard: ``replay/`` for rank 0 (and a single process), ``replay/rank<r>/`` for the others."""
+    return logdir / "replay" if rank == 0 else logdir / "replay" / f"rank{rank}"
+
+
 class ReplayFileError(ValueError):
     """A replay chunk file is unreadable or does not hold the steps the environment produces."""
 

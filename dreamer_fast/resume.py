@@ -22,17 +22,18 @@ from typing import Any
 import yaml
 
 from dreamer_fast._atomic import atomic_write
-from dreamer_fast.checkpoint import CheckpointError, load_checkpoint
+from dreamer_fast.checkpoint import CheckpointError, load_agent_state, load_checkpoint
 from dreamer_fast.config import Config, config_from_dict, load_config, preset_names
 from dreamer_fast.logger import CSV_NAME
-from dreamer_fast.replay_chunks import LoadPlan, StepSpec, plan_load
+from dreamer_fast.replay_chunks import LoadPlan, StepSpec, plan_load, replay_dir
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
 # Keys that set the shapes of the model's parameters (or the observation and action spaces): fixed for a run.
 SHAPE_KEYS = ("env", "image_size", "deter", "hidden", "stoch", "classes", "cnn_depth", "mlp_layers", "mlp_units",
               "actor_dist", "return_norm")
-TEMP_FILES = (".checkpoint.pt.*.tmp", ".best.pt.*.tmp", ".config.yaml.*.tmp", ".metrics.csv.*.tmp")  # atomic_write's temp names
+# atomic_write's temp names of the files rank 0 writes
+TEMP_FILES = (".checkpoint.pt.*.tmp", ".best.pt.*.tmp", ".config.yaml.*.tmp", ".metrics.csv.*.tmp")
 
 
 def read_run_config(logdir: Path, overrides: dict[str, Any], preset: str | Sequence[str] | None = None) -> Config:
@@ -103,12 +104,7 @@ def prepare_resume(logdir: Path, config: Config, agent: Any, spec: StepSpec, ran
                               f"there is nothing to resume; start it again in an empty --logdir)")
     ckpt = load_checkpoint(path, map_location=agent.device)
     _check_shape_keys(ckpt.get("config", {}), config, path)
-    try:
-        agent.load_checkpoint_state(ckpt["agent"])
-    except (RuntimeError, ValueError, KeyError) as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        raise CheckpointError(f"--resume: {path} does not fit the model of the config ({' '.join(lines[:2])[:300]})"
-                              ) from None
+    load_agent_state(agent, ckpt["agent"], f"--resume: {path} does not fit the model of the config")
     saved_world = int(ckpt.get("world_size", 1))
     if saved_world != world:
         how = "one process" if saved_world == 1 else f"`torchrun --nproc_per_node {saved_world}` (in all)"
@@ -116,7 +112,7 @@ def prepare_resume(logdir: Path, config: Config, agent: Any, spec: StepSpec, ran
                          f"with {how}")
     record = ckpt["ranks"][rank]["replay"] if world > 1 else ckpt.get("replay")
     window = (int(record["first_seq"]), int(record["next_seq"])) if record else None
-    directory = logdir / "replay" if rank == 0 else logdir / "replay" / f"rank{rank}"
+    directory = replay_dir(logdir, rank)
     replay = plan_load(directory, config.replay_capacity, spec, window)
     if replay.missing:
         print(f"dreamer-fast: warning: {directory} lacks {replay.missing} chunk file(s) that {path} counts; "

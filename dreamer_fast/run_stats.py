@@ -53,7 +53,8 @@ class MetricMeans:
 
     def means(self) -> dict[str, float]:
         keys = list(self.sums)
-        values = read_scalars([self.sums[k] for k in keys] + [c for c in self.counts.values() if isinstance(c, torch.Tensor)])
+        tensor_counts = [c for c in self.counts.values() if isinstance(c, torch.Tensor)]
+        values = read_scalars([self.sums[k] for k in keys] + tensor_counts)
         sums, rest = values[:len(keys)], iter(values[len(keys):])
         counts = [next(rest) if isinstance(self.counts[k], torch.Tensor) else self.counts[k] for k in keys]
         return {k: total / n for k, total, n in zip(keys, sums, counts) if n}

@@ -346,7 +346,8 @@ class _Run:
         best = self.best
         if not best or mean > best["return"]:
             best.update(step=self.step, updates=self.updates, episodes=self.episodes, **{"return": mean})
-            save_checkpoint(self.logdir / BEST, {"config": self.config.to_dict(), "agent": self.agent.checkpoint_state(),
+            save_checkpoint(self.logdir / BEST, {"config": self.config.to_dict(),
+                                                 "agent": self.agent.checkpoint_state(),
                                                  **best})
         self.bar.set_postfix_str(f"eval {mean:.1f} (best {best['return']:.1f} at {best['step']:,})", refresh=False)
 

@@ -161,7 +161,7 @@ class _Run:
                         desc=f"{config.env}")
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
-        self.step, self.updates, self.episodes = ckpt["step"], ckpt["updates"], ckpt["episodes"]
+        self.step, self.updates = ckpt["step"], ckpt["updates"]
         self.nonfinite = int(ckpt.get("nonfinite_updates", 0))
         self.best = dict(ckpt.get("best_eval", {}))
         own = ckpt["ranks"][self.dist.rank] if self.dist.enabled else ckpt  # each rank's RNGs and episode count

@@ -37,8 +37,8 @@ void define_schemas(torch::Library& m) {
   // (csrc/composite/linear.cpp) whose CPU float32 product runs in the library of cpu_gemm.h. Its backward is this op
   // on transposed views.
   m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
-  // The whole-sequence RSSM observe (recurrence in csrc/observe_sequence.h): act_proj/emb_proj [T, B, H] are the
-  // time-independent parts of img_in/obs_out (biases included), keep [T, B] is 1 - is_first, stoch0 [B, S, K];
+  // The whole-sequence RSSM observe (recurrence in csrc/composite/observe_sequence.h): act_proj/emb_proj [T, B, H]
+  // are the time-independent parts of img_in/obs_out (biases included), keep [T, B] is 1 - is_first, stoch0 [B, S, K];
   // `seeds` [T] (int64, CPU) are the sampler's per-step Philox seeds, used where `noise` [T, B, S] is None;
   // `gemm_dtype` (autocast's) is the precision of the GEMMs. Returns deters [T, B, D], samples and logits [T, B, S, K].
   m.def(

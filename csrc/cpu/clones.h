@@ -6,9 +6,10 @@
 // set_cpu_profile, so the AVX2 and baseline bodies are testable on any CPU. Other compilers or CPUs: the plain body.
 #pragma once
 
+#include "dreamer_fast/macros.h"
 #include "features.h"
 
-#define DF_CPU_KERNEL [[gnu::always_inline]] inline
+#define DF_CPU_KERNEL DF_FORCE_INLINE
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define DF_CPU_DISPATCH(...)                                                                          \

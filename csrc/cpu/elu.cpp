@@ -7,8 +7,8 @@
 // (clones.h); bfloat16 is widened and rounded back (to nearest even) with integer shifts, which vectorise.
 // float64 and float16 go through the scalar template.
 #if defined(__GNUC__) && !defined(__clang__)
-// The selects of elu.h vectorise only without -ftrapping-math (see exp.h); no FMA contraction, so every clone rounds
-// as the emulated CUDA kernel does (bit-equal results, tested).
+// The selects of elu.h vectorise only without -ftrapping-math (see dreamer_fast/math.h); no FMA contraction, so every
+// clone rounds as the emulated CUDA kernel does (bit-equal results, tested).
 #pragma GCC optimize("no-trapping-math", "fp-contract=off")
 #endif
 
@@ -22,7 +22,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "../elu_checks.h"
+#include "../checks/elu.h"
 #include "../ops.h"
 #include "bf16_bits.h"
 #include "clones.h"

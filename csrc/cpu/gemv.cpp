@@ -27,7 +27,7 @@ using U32x16 = uint32_t __attribute__((vector_size(kWidth * sizeof(uint32_t))));
 
 // 32 bfloat16 weights read as 16 uint32 lanes: lane i holds w[2i] in its low and w[2i + 1] in its high half (little
 // endian), so a shift and a mask give two float32 vectors of the even and the odd weights, without any shuffle.
-[[gnu::always_inline]] inline void widen_pairs(const uint16_t* w, F32x16& even, F32x16& odd) {
+DF_FORCE_INLINE void widen_pairs(const uint16_t* w, F32x16& even, F32x16& odd) {
   U32x16 u;
   std::memcpy(&u, w, sizeof u);
   const U32x16 e = u << 16, o = u & 0xffff0000u;
@@ -35,7 +35,7 @@ using U32x16 = uint32_t __attribute__((vector_size(kWidth * sizeof(uint32_t))));
   std::memcpy(&odd, &o, sizeof odd);
 }
 
-[[gnu::always_inline]] inline F32x16 load(const float* x) {
+DF_FORCE_INLINE F32x16 load(const float* x) {
   F32x16 v;
   std::memcpy(&v, x, sizeof v);
   return v;
@@ -43,19 +43,19 @@ using U32x16 = uint32_t __attribute__((vector_size(kWidth * sizeof(uint32_t))));
 
 // A block of 32 weights as two float32 vectors, matched with x's row as passed to dot_rows: bfloat16 weights as
 // widen_pairs splits them (x through split_pairs), float32 weights as they lie (x as it is).
-[[gnu::always_inline]] inline void load_block(const uint16_t* w, F32x16& first, F32x16& second) {
+DF_FORCE_INLINE void load_block(const uint16_t* w, F32x16& first, F32x16& second) {
   widen_pairs(w, first, second);
 }
-[[gnu::always_inline]] inline void load_block(const float* w, F32x16& first, F32x16& second) {
+DF_FORCE_INLINE void load_block(const float* w, F32x16& first, F32x16& second) {
   first = load(w);
   second = load(w + kWidth);
 }
 
-[[gnu::always_inline]] inline float to_float(uint16_t w) { return bf16_to_float(w); }
-[[gnu::always_inline]] inline float to_float(float w) { return w; }
+DF_FORCE_INLINE float to_float(uint16_t w) { return bf16_to_float(w); }
+DF_FORCE_INLINE float to_float(float w) { return w; }
 
 // The lanes' sum as a tree (halving the vector): 4 dependent adds instead of 16.
-[[gnu::always_inline]] inline float hsum(F32x16 v) {
+DF_FORCE_INLINE float hsum(F32x16 v) {
   using F32x8 = float __attribute__((vector_size(8 * sizeof(float))));
   using F32x4 = float __attribute__((vector_size(4 * sizeof(float))));
   F32x8 lo8, hi8;
@@ -87,7 +87,7 @@ void split_pairs(const float* x, int64_t K, float* out) {
 
 // Outputs [n0, n0 + R) of one row of x (xs: that row, through split_pairs for bfloat16 weights).
 template <int R, typename W>
-[[gnu::always_inline]] inline void dot_rows(const float* __restrict__ xs, const W* __restrict__ w, int64_t K,
+DF_FORCE_INLINE void dot_rows(const float* __restrict__ xs, const W* __restrict__ w, int64_t K,
                                            int64_t n0, const float* __restrict__ bias, float* __restrict__ yr) {
   F32x16 acc[R] = {};
   int64_t k = 0;

@@ -1,5 +1,5 @@
 // Balanced KL loss on the CPU: parallel over positions; each position's S rows run the shared row math of
-// dreamer_fast/kl.h with unit stride (inner loops over K).
+// dreamer_fast/kl_balance.h with unit stride (inner loops over K).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -10,7 +10,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "../kl_balance_check.h"
+#include "../checks/kl_balance.h"
 #include "../ops.h"
 
 // Vectorising the row math takes two GCC-specific steps, both confined to this file's own functions (they come after
@@ -21,7 +21,7 @@
 #pragma GCC optimize("no-trapping-math")
 #endif
 #include "clones.h"
-#include "dreamer_fast/kl.h"
+#include "dreamer_fast/kl_balance.h"
 
 namespace dreamer_fast::cpu {
 namespace {

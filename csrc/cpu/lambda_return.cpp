@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "../lambda_return_check.h"
+#include "../checks/lambda_return.h"
 #include "../ops.h"
 #include "dreamer_fast/lambda_return.h"
 

@@ -26,13 +26,13 @@ template <typename T, int N = kLanes>
 using Vec = typename VecOf<T, N>::type;
 
 template <typename T>
-[[gnu::always_inline]] inline Vec<T> splat(T v) {
+DF_FORCE_INLINE Vec<T> splat(T v) {
   return Vec<T>{} + v;
 }
 
 // Lanes [k0, k0 + 32) of a row of length K; lanes past K hold `fill` (the identity of the reduction).
 template <typename T>
-[[gnu::always_inline]] inline Vec<T> load(const T* row, int64_t k0, int64_t K, T fill) {
+DF_FORCE_INLINE Vec<T> load(const T* row, int64_t k0, int64_t K, T fill) {
   Vec<T> v;
   if (k0 + kLanes <= K) {
     std::memcpy(&v, row + k0, sizeof v);
@@ -45,7 +45,7 @@ template <typename T>
 
 // The butterfly: combine the lower and upper halves until one value is left.
 template <typename T, int N, typename Op>
-[[gnu::always_inline]] inline T reduce(Vec<T, N> v, Op op) {
+DF_FORCE_INLINE T reduce(Vec<T, N> v, Op op) {
   if constexpr (N == 2) {
     return op(v[0], v[1]);
   } else {

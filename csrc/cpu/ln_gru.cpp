@@ -1,7 +1,7 @@
 // LayerNorm-GRU on the CPU: rows in parallel, one pass over a row for each of forward and backward.
 //
 // The loops over a row are written for the vectoriser (`omp simd`; float uses the straight-line exp/tanh of
-// dreamer_fast/fastmath.h and gru.h), and the float versions are compiled for AVX-512, AVX2+FMA and the x86-64
+// dreamer_fast/math.h and ln_gru.h), and the float versions are compiled for AVX-512, AVX2+FMA and the x86-64
 // baseline, the one the CPU profile allows chosen at each call (clones.h): the extension is built without -march.
 // The weight/bias gradients are summed over fixed blocks of rows, then over the blocks in order, so the result does
 // not depend on the number of threads.
@@ -15,7 +15,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "../ln_gru_check.h"
+#include "../checks/ln_gru.h"
 #include "../ops.h"
 #include "bf16_bits.h"
 
@@ -25,7 +25,7 @@
 #pragma GCC optimize("no-trapping-math")
 #endif
 #include "clones.h"
-#include "dreamer_fast/gru.h"
+#include "dreamer_fast/ln_gru.h"
 
 namespace dreamer_fast::cpu {
 namespace {
@@ -42,11 +42,52 @@ struct MathFor<float> {
   using type = FastMath;
 };
 
+// The row loops' arguments: gates x [B, 3D], deter h [B, D], the LayerNorm's weight w and bias b [3D], the row
+// statistics mean and rstd [B], and (backward) the gradient g of deter' [B, D]; outputs out = deter' [B, D] (forward),
+// dx [B, 3D] and dh [B, D] (backward). All contiguous; row `r` of each starts at r times its row length.
+template <typename T>
+struct ForwardArgs {
+  const T* x;
+  const T* h;
+  const T* w;
+  const T* b;
+  T* out;
+  T* mean;
+  T* rstd;
+  int64_t D;
+  T eps;
+};
+
+template <typename T>
+struct BackwardArgs {
+  const T* g;
+  const T* x;
+  const T* h;
+  const T* w;
+  const T* b;
+  const T* mean;
+  const T* rstd;
+  T* dx;
+  T* dh;
+  int64_t D;
+};
+
+// A task's sums of the weight and bias gradients (pw += Σ dy x̂, pb += Σ dy, each [3D]) and its scratch row dy [3D].
+template <typename T>
+struct Partials {
+  T* pw;
+  T* pb;
+  T* dy;
+};
+
 // Forward of rows [r0, r1): deter', mean, rstd.
 template <typename T>
-DF_FORCE_INLINE void forward_rows(const T* x, const T* h, const T* w, const T* b, T* out, T* mean, T* rstd,
-                                  int64_t r0, int64_t r1, int64_t D, T eps) {
+DF_FORCE_INLINE void forward_rows(const ForwardArgs<T>& a, int64_t r0, int64_t r1) {
   using M = typename MathFor<T>::type;
+  const T *x = a.x, *h = a.h, *w = a.w, *b = a.b;
+  T *out = a.out, *mean = a.mean, *rstd = a.rstd;
+  const int64_t D = a.D;
+  const T eps = a.eps;
   const int64_t N = 3 * D;
   for (int64_t row = r0; row < r1; ++row) {
     const T* xr = x + row * N;
@@ -72,12 +113,13 @@ DF_FORCE_INLINE void forward_rows(const T* x, const T* h, const T* w, const T* b
   }
 }
 
-// Backward of rows [r0, r1): d gates, d deter; adds Σ dy x̂ to pw and Σ dy to pb. dy: scratch of 3D values.
+// Backward of rows [r0, r1): d gates, d deter, and the rows' weight/bias gradient sums added to `p`.
 template <typename T>
-DF_FORCE_INLINE void backward_rows(const T* g, const T* x, const T* h, const T* w, const T* b, const T* mean,
-                                   const T* rstd, T* dx, T* dh, T* pw, T* pb, T* dy, int64_t r0, int64_t r1,
-                                   int64_t D) {
+DF_FORCE_INLINE void backward_rows(const BackwardArgs<T>& a, const Partials<T>& p, int64_t r0, int64_t r1) {
   using M = typename MathFor<T>::type;
+  const T *g = a.g, *x = a.x, *h = a.h, *w = a.w, *b = a.b, *mean = a.mean, *rstd = a.rstd;
+  T *dx = a.dx, *dh = a.dh, *pw = p.pw, *pb = p.pb, *dy = p.dy;
+  const int64_t D = a.D;
   const int64_t N = 3 * D;
   for (int64_t row = r0; row < r1; ++row) {
     const T* xr = x + row * N;
@@ -109,33 +151,28 @@ DF_FORCE_INLINE void backward_rows(const T* g, const T* x, const T* h, const T* 
   }
 }
 
-DF_CPU_KERNEL void forward_rows_f32(const float* x, const float* h, const float* w, const float* b, float* out,
-                                    float* mean, float* rstd, int64_t r0, int64_t r1, int64_t D, float eps) {
-  forward_rows<float>(x, h, w, b, out, mean, rstd, r0, r1, D, eps);
+DF_CPU_KERNEL void forward_rows_f32(const ForwardArgs<float>& a, int64_t r0, int64_t r1) {
+  forward_rows<float>(a, r0, r1);
 }
 
-DF_CPU_KERNEL void backward_rows_f32(const float* g, const float* x, const float* h, const float* w, const float* b,
-                                     const float* mean, const float* rstd, float* dx, float* dh, float* pw, float* pb,
-                                     float* dy, int64_t r0, int64_t r1, int64_t D) {
-  backward_rows<float>(g, x, h, w, b, mean, rstd, dx, dh, pw, pb, dy, r0, r1, D);
+DF_CPU_KERNEL void backward_rows_f32(const BackwardArgs<float>& a, const Partials<float>& p, int64_t r0, int64_t r1) {
+  backward_rows<float>(a, p, r0, r1);
 }
 
 template <typename T>
-void forward_dispatch(const T* x, const T* h, const T* w, const T* b, T* out, T* mean, T* rstd, int64_t r0,
-                      int64_t r1, int64_t D, T eps) {
+void forward_dispatch(const ForwardArgs<T>& a, int64_t r0, int64_t r1) {
   if constexpr (std::is_same_v<T, float>)
-    DF_CPU_DISPATCH(forward_rows_f32(x, h, w, b, out, mean, rstd, r0, r1, D, eps));
+    DF_CPU_DISPATCH(forward_rows_f32(a, r0, r1));
   else
-    forward_rows<T>(x, h, w, b, out, mean, rstd, r0, r1, D, eps);
+    forward_rows<T>(a, r0, r1);
 }
 
 template <typename T>
-void backward_dispatch(const T* g, const T* x, const T* h, const T* w, const T* b, const T* mean, const T* rstd,
-                       T* dx, T* dh, T* pw, T* pb, T* dy, int64_t r0, int64_t r1, int64_t D) {
+void backward_dispatch(const BackwardArgs<T>& a, const Partials<T>& p, int64_t r0, int64_t r1) {
   if constexpr (std::is_same_v<T, float>)
-    DF_CPU_DISPATCH(backward_rows_f32(g, x, h, w, b, mean, rstd, dx, dh, pw, pb, dy, r0, r1, D));
+    DF_CPU_DISPATCH(backward_rows_f32(a, p, r0, r1));
   else
-    backward_rows<T>(g, x, h, w, b, mean, rstd, dx, dh, pw, pb, dy, r0, r1, D);
+    backward_rows<T>(a, p, r0, r1);
 }
 
 // Mixed precision (float16/bfloat16 gates, float32 state): each row of gates is widened into a float32 scratch row
@@ -181,8 +218,9 @@ void forward_mixed(const at::Tensor& gates, const at::Tensor& deter, const at::T
     for (int64_t r = r0; r < r1; r += kRows) {
       const int64_t n = std::min(kRows, r1 - r);
       DF_CPU_DISPATCH(widen_row(x + r * N, rows.data(), n * N));
-      DF_CPU_DISPATCH(
-          forward_rows_f32(rows.data(), h + r * D, w, b, o + r * D, mu + r, rs + r, 0, n, D, static_cast<float>(eps)));
+      const ForwardArgs<float> chunk{rows.data(), h + r * D, w,      b, o + r * D,
+                                     mu + r,      rs + r,    D, static_cast<float>(eps)};
+      DF_CPU_DISPATCH(forward_rows_f32(chunk, 0, n));
     }
   });
 }
@@ -208,8 +246,9 @@ void backward_mixed(const at::Tensor& grad, const at::Tensor& gates, const at::T
       float* pw = partial + k * 2 * N;
       for (int64_t r = k * kRowsPerBlock; r < std::min(B, (k + 1) * kRowsPerBlock); ++r) {
         DF_CPU_DISPATCH(widen_row(x + r * N, row.data(), N));
-        DF_CPU_DISPATCH(backward_rows_f32(g + r * D, row.data(), h + r * D, w, b, mu + r, rs + r, d_row.data(),
-                                          dh + r * D, pw, pw + N, dy.data(), 0, 1, D));
+        const BackwardArgs<float> one{g + r * D, row.data(), h + r * D, w, b, mu + r, rs + r, d_row.data(),
+                                      dh + r * D, D};
+        DF_CPU_DISPATCH(backward_rows_f32(one, Partials<float>{pw, pw + N, dy.data()}, 0, 1));
         DF_CPU_DISPATCH(narrow_row(d_row.data(), dx + r * N, N));
       }
     }
@@ -255,9 +294,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ln_gru(const at::Tensor& gates, c
     scalar_t* mu = mean.mutable_data_ptr<scalar_t>();
     scalar_t* rs = rstd.mutable_data_ptr<scalar_t>();
     const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, 3 * D));
-    at::parallel_for(0, B, grain, [&](int64_t r0, int64_t r1) {
-      forward_dispatch<scalar_t>(x, h, w, b, o, mu, rs, r0, r1, D, static_cast<scalar_t>(eps));
-    });
+    const ForwardArgs<scalar_t> args{x, h, w, b, o, mu, rs, D, static_cast<scalar_t>(eps)};
+    at::parallel_for(0, B, grain, [&](int64_t r0, int64_t r1) { forward_dispatch<scalar_t>(args, r0, r1); });
   });
   return {out, mean, rstd};
 }
@@ -293,13 +331,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ln_gru_backward(
     const int64_t blocks = (B + kRowsPerBlock - 1) / kRowsPerBlock;
     // partial[k] = (Σ dy x̂, Σ dy) over the rows of block k, each [N]
     std::vector<scalar_t> partial(static_cast<size_t>(blocks) * 2 * N, scalar_t(0));
+    const BackwardArgs<scalar_t> args{g, x, h, w, b, mu, rs, dx, dh, D};
     const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, kRowsPerBlock * N));
     at::parallel_for(0, blocks, grain, [&](int64_t k0, int64_t k1) {
       std::vector<scalar_t> dy(N);
       for (int64_t k = k0; k < k1; ++k) {
         scalar_t* pw = partial.data() + k * 2 * N;
-        backward_dispatch<scalar_t>(g, x, h, w, b, mu, rs, dx, dh, pw, pw + N, dy.data(), k * kRowsPerBlock,
-                                    std::min(B, (k + 1) * kRowsPerBlock), D);
+        backward_dispatch<scalar_t>(args, Partials<scalar_t>{pw, pw + N, dy.data()}, k * kRowsPerBlock,
+                                    std::min(B, (k + 1) * kRowsPerBlock));
       }
     });
     sum_partials(partial.data(), blocks, N, d_weight.mutable_data_ptr<scalar_t>(), d_bias.mutable_data_ptr<scalar_t>());

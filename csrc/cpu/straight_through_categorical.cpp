@@ -4,10 +4,11 @@
 // reductions use the CUDA warp's lane order (lanes.h) and the draw the sequential cumsum, so the CPU kernels produce
 // exactly the emulated CUDA kernels' probs and samples.
 //
-// Compiler settings: GCC vectorises the branchless exp (categorical.h -> exp.h) only without -ftrapping-math, so this
+// Compiler settings: GCC vectorises the branchless exp (dreamer_fast/math.h) only without -ftrapping-math, so this
 // file turns it off (the pragma must precede every include, or the header functions would not inline into ours); the
-// row loops are cloned for AVX-512 and AVX2 beside the baseline build, chosen at load time; and a*b+c is not
-// contracted into an FMA (which those clones could use), so every clone rounds as the emulated kernel does.
+// row loops are cloned for AVX-512 and AVX2 beside the baseline build, the CPU profile choosing at each call
+// (clones.h); and a*b+c is not contracted into an FMA (which those clones could use), so every clone rounds as the
+// emulated kernel does.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("no-trapping-math", "fp-contract=off")
 #pragma GCC diagnostic ignored "-Wpsabi"  // vector arguments never cross a call here (see lanes.h)
@@ -22,8 +23,8 @@
 #include <limits>
 
 #include "../ops.h"
-#include "../straight_through_categorical_checks.h"
-#include "dreamer_fast/categorical.h"
+#include "../checks/straight_through_categorical.h"
+#include "dreamer_fast/straight_through_categorical.h"
 #include "clones.h"
 #include "lanes.h"
 
@@ -51,7 +52,7 @@ struct Forward {
 // The max of a row. Its order does not change its value, so unlike the sums it need not follow the warp's: 32 lanes
 // (vectors), folded to 8, then a scalar loop.
 template <typename T>
-[[gnu::always_inline]] inline T row_max(const T* __restrict__ x, int64_t K) {
+DF_FORCE_INLINE T row_max(const T* __restrict__ x, int64_t K) {
   T m[kLanes];
   std::fill_n(m, kLanes, -std::numeric_limits<T>::infinity());
   for (int64_t k0 = 0; k0 < K; k0 += kLanes) {
@@ -67,7 +68,7 @@ template <typename T>
 
 // Rows [b0, b0 + nb) of the forward; kK > 0 and kNb > 0 fix K and nb at compile time.
 template <int kK, int kNb, typename T>
-[[gnu::always_inline]] inline void forward_block(const Forward<T>& a, int64_t b0, int nb_) {
+DF_FORCE_INLINE void forward_block(const Forward<T>& a, int64_t b0, int nb_) {
   const int64_t K = kK > 0 ? kK : a.K;
   const int nb = kNb > 0 ? kNb : nb_;
   const T* __restrict__ x = a.logits + b0 * K;
@@ -105,14 +106,14 @@ template <int kK, int kNb, typename T>
 }
 
 template <int kK, typename T>
-[[gnu::always_inline]] inline void forward_rows_k(const Forward<T>& a, int64_t r0, int64_t r1) {
+DF_FORCE_INLINE void forward_rows_k(const Forward<T>& a, int64_t r0, int64_t r1) {
   int64_t b0 = r0;
   for (; b0 + kBlock <= r1; b0 += kBlock) forward_block<kK, kBlock>(a, b0, kBlock);
   if (b0 < r1) forward_block<kK, 0>(a, b0, static_cast<int>(r1 - b0));
 }
 
 template <typename T>
-[[gnu::always_inline]] inline void forward_rows_impl(const Forward<T>& a, int64_t r0, int64_t r1) {
+DF_FORCE_INLINE void forward_rows_impl(const Forward<T>& a, int64_t r0, int64_t r1) {
   a.K == kFixedK ? forward_rows_k<kFixedK>(a, r0, r1) : forward_rows_k<0>(a, r0, r1);
 }
 
@@ -130,7 +131,7 @@ struct Backward {
 };
 
 template <int kK, int kNb, bool kTwo, typename T>
-[[gnu::always_inline]] inline void backward_block(const Backward<T>& a, int64_t b0, int nb_) {
+DF_FORCE_INLINE void backward_block(const Backward<T>& a, int64_t b0, int nb_) {
   const int64_t K = kK > 0 ? kK : a.K;
   const int nb = kNb > 0 ? kNb : nb_;
   const T* __restrict__ p = a.probs + b0 * K;
@@ -156,14 +157,14 @@ template <int kK, int kNb, bool kTwo, typename T>
 }
 
 template <int kK, bool kTwo, typename T>
-[[gnu::always_inline]] inline void backward_rows_k(const Backward<T>& a, int64_t r0, int64_t r1) {
+DF_FORCE_INLINE void backward_rows_k(const Backward<T>& a, int64_t r0, int64_t r1) {
   int64_t b0 = r0;
   for (; b0 + kBlock <= r1; b0 += kBlock) backward_block<kK, kBlock, kTwo>(a, b0, kBlock);
   if (b0 < r1) backward_block<kK, 0, kTwo>(a, b0, static_cast<int>(r1 - b0));
 }
 
 template <typename T>
-[[gnu::always_inline]] inline void backward_rows_impl(const Backward<T>& a, int64_t r0, int64_t r1) {
+DF_FORCE_INLINE void backward_rows_impl(const Backward<T>& a, int64_t r0, int64_t r1) {
   const bool fixed = a.K == kFixedK, two = a.grad_b != nullptr;
   if (fixed && two) return backward_rows_k<kFixedK, true>(a, r0, r1);
   if (fixed) return backward_rows_k<kFixedK, false>(a, r0, r1);

@@ -13,7 +13,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "../elu_checks.h"
+#include "../checks/elu.h"
 #include "dreamer_fast/elu.h"
 #include "launch.h"
 

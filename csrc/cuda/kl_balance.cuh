@@ -1,6 +1,6 @@
 // Balanced KL loss, CUDA kernels. A warp owns one (position, variable) row: its lanes stride over the K classes and
-// combine with warp shuffles (dreamer_fast/kl.h's row math with WarpReduce). Every reduction has a fixed order, so
-// results are deterministic (no atomics). Compiled by nvcc (csrc/cuda/kl_balance.cu) and by the host compiler
+// combine with warp shuffles (dreamer_fast/kl_balance.h's row math with WarpReduce). Every reduction has a fixed
+// order, so results are deterministic (no atomics). Compiled by nvcc (csrc/cuda/kl_balance.cu) and by the host compiler
 // against the emulator (csrc/emulated/kl_balance.cpp).
 //
 // Forward:  `forward` (a block per position, its warps take the S rows, shared memory sums them) -> kl[n];
@@ -18,8 +18,8 @@
 
 #include <algorithm>
 
-#include "../kl_balance_check.h"
-#include "dreamer_fast/kl.h"
+#include "../checks/kl_balance.h"
+#include "dreamer_fast/kl_balance.h"
 #include "launch.h"
 #include "reduce.cuh"
 

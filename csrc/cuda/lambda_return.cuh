@@ -9,7 +9,7 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros_like.h>
 
-#include "../lambda_return_check.h"
+#include "../checks/lambda_return.h"
 #include "dreamer_fast/lambda_return.h"
 #include "launch.h"
 

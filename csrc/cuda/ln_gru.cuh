@@ -1,6 +1,6 @@
 // LayerNorm-GRU, CUDA kernels. A block owns one row (grid-stride over the rows): its threads stride over the 3D
 // gate values for the row statistics (block reductions in a fixed order, no atomics) and over the D units for the
-// cell (dreamer_fast/gru.h). Compiled by nvcc (csrc/cuda/ln_gru.cu) and by the host compiler against the emulator
+// cell (dreamer_fast/ln_gru.h). Compiled by nvcc (csrc/cuda/ln_gru.cu) and by the host compiler against the emulator
 // (csrc/emulated/ln_gru.cpp). float16/bfloat16 are read and written as such and computed in float32. The gates (and
 // their gradient) have their own type `gate_t`: the state's, or float16/bfloat16 beside a float32 state (mixed
 // precision, ln_gru_mixed).
@@ -19,8 +19,8 @@
 
 #include <algorithm>
 
-#include "../ln_gru_check.h"
-#include "dreamer_fast/gru.h"
+#include "../checks/ln_gru.h"
+#include "dreamer_fast/ln_gru.h"
 #include "launch.h"
 #include "reduce.cuh"
 

@@ -2,24 +2,28 @@
 // results are deterministic and the emulator reproduces them exactly.
 #pragma once
 
-#include "dreamer_fast/macros.h"
+#include "dreamer_fast/math.h"
 #include "launch.h"
 
 namespace dreamer_fast::DF_KERNEL_NS {
 
 constexpr int kWarpSize = 32;
 
-// xor butterfly: every lane ends with the result.
-template <typename T>
-__device__ T warp_sum(T v) {
-  for (int o = kWarpSize / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+// xor butterfly of `op` over the warp's 32 values: every lane ends with the result.
+template <typename T, typename Op>
+__device__ T warp_reduce(T v, Op op) {
+  for (int o = kWarpSize / 2; o > 0; o /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
 
 template <typename T>
+__device__ T warp_sum(T v) {
+  return warp_reduce(v, [](T a, T b) { return a + b; });
+}
+
+template <typename T>
 __device__ T warp_max(T v) {
-  for (int o = kWarpSize / 2; o > 0; o /= 2) v = df_max(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
+  return warp_reduce(v, [](T a, T b) { return df_max(a, b); });
 }
 
 // Sum of one value per thread over the block (blockDim.x a multiple of 32), warps added in order; every thread

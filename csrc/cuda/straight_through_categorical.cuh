@@ -19,9 +19,10 @@
 #include <cstdint>
 #include <limits>
 
-#include "../straight_through_categorical_checks.h"
-#include "dreamer_fast/categorical.h"
+#include "../checks/straight_through_categorical.h"
+#include "dreamer_fast/straight_through_categorical.h"
 #include "launch.h"
+#include "reduce.cuh"
 
 namespace dreamer_fast::DF_KERNEL_NS {
 namespace straight_through_categorical_kernels {
@@ -31,17 +32,11 @@ constexpr int kLanes = cat::kLanes;
 constexpr int kWarps = 8;  // rows per block
 constexpr unsigned kAll = 0xffffffffu;
 
-// Butterflies: every lane ends with the result of lane 0, which equals cat::reduce_lanes on the CPU.
+// The row max through reduce.cuh's butterfly with cat::larger (one compare and select, as the CPU kernels' max); the
+// row sums through its warp_sum. Every lane ends with the result of lane 0, which equals cat::reduce_lanes on the CPU.
 template <typename T>
-__device__ __forceinline__ T warp_max(T v) {
-  for (int offset = kLanes / 2; offset > 0; offset /= 2) v = cat::larger(v, __shfl_xor_sync(kAll, v, offset));
-  return v;
-}
-
-template <typename T>
-__device__ __forceinline__ T warp_sum(T v) {
-  for (int offset = kLanes / 2; offset > 0; offset /= 2) v = v + __shfl_xor_sync(kAll, v, offset);
-  return v;
+__device__ T warp_larger(T v) {
+  return warp_reduce(v, [](T a, T b) { return cat::larger(a, b); });
 }
 
 template <typename scalar_t>
@@ -57,7 +52,7 @@ __global__ void forward(const scalar_t* __restrict__ logits, const scalar_t* __r
 
   acc_t m = -std::numeric_limits<acc_t>::infinity();
   for (int64_t k = lane; k < K; k += kLanes) m = cat::larger(m, static_cast<acc_t>(x[k]));
-  m = warp_max(m);
+  m = warp_larger(m);
   acc_t sum = 0;
   for (int64_t k = lane; k < K; k += kLanes) sum += cat::shifted_exp(static_cast<acc_t>(x[k]), m);
   const cat::Mix<acc_t> mix = cat::mix(warp_sum(sum), static_cast<acc_t>(unimix), K);

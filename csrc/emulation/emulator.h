@@ -48,7 +48,6 @@
 #define __global__
 #define __device__
 #define __host__
-#define __forceinline__ inline
 #define __restrict__
 // One copy per OS thread = one copy per block, because a block's fibers never leave the OS thread that runs it.
 #define __shared__ static thread_local

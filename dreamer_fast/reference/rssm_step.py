@@ -5,7 +5,7 @@ Linear on a concatenation (the RSSM's reference backend), a precomputed projecti
 a product (``observe_sequence_ref``), or a ``SequenceLinear`` (the fused imagination). Everything between the GEMMs is
 written here once: the reset, the activations, the order of the GRU layer's input, the LayerNorm-GRU, the logits'
 shape and dtype, the sample. The elementwise ops default to the reference ops; the fused backend passes its fused
-ops, which compute the same functions. The C++ form of the step is ``csrc/observe_sequence.h``.
+ops, which compute the same functions. The C++ form of the step is ``csrc/composite/observe_sequence.h``.
 
 Shapes: ``deter [B, D]``, ``stoch [B, S, K]``, ``keep [B]`` (0 where the step starts from the initial state).
 """

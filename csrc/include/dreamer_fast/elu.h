@@ -5,19 +5,19 @@
 // Float math is branch-free (selects, no libm call) so that CPU loops vectorise; double uses libm's expm1.
 #pragma once
 
-#include "exp.h"
 #include "macros.h"
+#include "math.h"
 
 namespace dreamer_fast::elu {
 
-// e^x - 1 for x <= 0 in float32, one range reduction and one polynomial (as exp.h's exp_nonpositive): x = n ln2 + r
+// e^x - 1 for x <= 0 in float32, exp_poly's range reduction (math.h) and one polynomial: x = n ln2 + r
 // with |r| <= ln2 / 2, e^x - 1 = 2^n (e^r - 1) + (2^n - 1), and e^r - 1 by its Taylor polynomial r + r^2/2! + ... +
 // r^8/8! (truncation < 2e-9 relative). The polynomial has no 1 to cancel against, so results near 0 keep their
 // relative precision (n = 0 there); below, both terms have magnitude <= 1 and the sum >= 0.29. Below -87, 2^n is
 // clamped at ~2^-126 and the result is -1 (as for -inf); NaN gives NaN.
 DF_INLINE float expm1_nonpositive(float x) {
   constexpr float kMin = -87.0f;
-  const exp_detail::Ln2Split s = exp_detail::split_ln2(x < kMin ? kMin : x);
+  const exp_detail::Ln2Split<float> s = exp_detail::split_ln2(x < kMin ? kMin : x);
   const float r = s.r;
   float p = 1.0f / 40320;
   p = p * r + 1.0f / 5040;

@@ -13,15 +13,15 @@
 // `reduce.max` / `reduce.sum` combine the visitors' partial results (CPU: identity; CUDA: warp shuffles), so one
 // source does the arithmetic of both. T is the accumulate type, S the storage type (e.g. Half with T = float).
 // The loops are written for the CPU's vectoriser: `omp simd` reductions, the u = 0 test hoisted out of them, exp and
-// log from fastmath.h, e^{x-mx}, e^{y-my} kept in a scratch row by a caller that has one (RowCache), and every
+// log from math.h, e^{x-mx}, e^{y-my} kept in a scratch row by a caller that has one (RowCache), and every
 // function force-inlined into the caller's (per-ISA) loops.
 #pragma once
 
 #include <cstdint>
 #include <limits>
 
-#include "fastmath.h"
 #include "macros.h"
+#include "math.h"
 
 namespace dreamer_fast {
 

@@ -6,7 +6,7 @@
 
 #include <cmath>
 
-#include "check.h"
+#include "common.h"
 
 namespace dreamer_fast {
 

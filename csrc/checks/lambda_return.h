@@ -1,7 +1,7 @@
 // Argument checks of lambda_return and its backward, shared by the CPU and CUDA (and emulated) kernels.
 #pragma once
 
-#include "check.h"
+#include "common.h"
 
 namespace dreamer_fast {
 

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <optional>
 
-#include "check.h"
+#include "common.h"
 
 namespace dreamer_fast::st_checks {
 

@@ -1,10 +1,10 @@
-// Argument checks of the ln_gru kernels, shared by the CPU and CUDA builds (csrc/check.h's helpers).
+// Argument checks of the ln_gru kernels, shared by the CPU and CUDA builds (checks/common.h's helpers).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
-#include "check.h"
+#include "common.h"
 
 namespace dreamer_fast {
 

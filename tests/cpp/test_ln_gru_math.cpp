@@ -1,6 +1,6 @@
-// csrc/include/dreamer_fast/gru.h: the cell by hand, its gradient and a whole LayerNorm-GRU row against central
+// csrc/include/dreamer_fast/ln_gru.h: the cell by hand, its gradient and a whole LayerNorm-GRU row against central
 // differences (only the header and the standard library).
-#include "dreamer_fast/gru.h"
+#include "dreamer_fast/ln_gru.h"
 
 #include <cmath>
 #include <vector>
@@ -97,7 +97,7 @@ int main() {
       EXPECT_NEAR(dh[i], (row_loss(x, hp, w, b, g) - row_loss(x, hm, w, b, g)) / (2 * e), 1e-7);
     }
   }
-  // The straight-line float tanh (exp_poly is tested in test_kl.cpp) and the cell with FastMath.
+  // The straight-line float tanh (exp_poly is tested in test_math.cpp) and the cell with FastMath.
   {
     double worst_tanh = 0;
     for (float x = -20.0f; x < 20.0f; x += 0.000377f)
@@ -110,5 +110,5 @@ int main() {
     EXPECT_NEAR(fast_cell(0.5f, -1.2f, 2.0f, 0.3f), gru_cell(0.5, -1.2, 2.0, 0.3), 3e-7);
     EXPECT(std::isnan(fast_cell(NAN, 0.1f, 0.2f, 0.3f)));
   }
-  return report("test_gru");
+  return report("test_ln_gru_math");
 }

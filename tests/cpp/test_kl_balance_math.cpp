@@ -1,10 +1,10 @@
-// Unit tests of csrc/include/dreamer_fast/kl.h: values against a naive formula, gradients against finite differences.
-//   g++ -std=c++20 -O2 -Icsrc/include tests/cpp/test_kl.cpp -o /tmp/k && /tmp/k
+// Unit tests of csrc/include/dreamer_fast/kl_balance.h: values against a naive formula, gradients against finite differences.
+//   g++ -std=c++20 -O2 -Icsrc/include tests/cpp/test_kl_balance_math.cpp -o /tmp/k && /tmp/k
 #include <cmath>
 #include <cstdio>
 #include <vector>
 
-#include "dreamer_fast/kl.h"
+#include "dreamer_fast/kl_balance.h"
 
 using dreamer_fast::SerialReduce;
 
@@ -56,33 +56,9 @@ static void test_values() {
   expect_near("float storage", kf, naive_kl({0.3f, -1.2f, 2.0f, 0.0f}, {1.0f, 0.5f, -0.7f, 0.2f}, 0), 1e-13);
 }
 
-static void test_fastmath() {
-  using dreamer_fast::exp_poly, dreamer_fast::log_poly;
-  double worst_exp = 0, worst_log = 0;
-  for (float x = -87.0f; x <= 88.0f; x += 0.0137f) {
-    const double want = std::exp(static_cast<double>(x));
-    worst_exp = std::fmax(worst_exp, std::fabs(exp_poly(x) - want) / want);
-  }
-  for (float x = 1e-37f; x < 1e37f; x *= 1.0137f) {
-    const double want = std::log(static_cast<double>(x));
-    worst_log = std::fmax(worst_log, std::fabs(log_poly(x) - want) / std::fmax(std::fabs(want), 1e-30));
-  }
-  double worst_log_abs = 0;  // near 1, where log is near 0, the absolute error is what float can promise
-  for (float x = 0.5f; x < 2.0f; x += 1e-4f)
-    worst_log_abs = std::fmax(worst_log_abs, std::fabs(log_poly(x) - std::log(static_cast<double>(x))));
-  if (worst_log_abs > 1.2e-7) std::printf("FAIL log_poly near 1: error %g\n", worst_log_abs), ++failures;
-  if (worst_exp > 2.4e-7) std::printf("FAIL exp_poly: relative error %g > 2 ulp\n", worst_exp), ++failures;
-  if (worst_log > 2.4e-7) std::printf("FAIL log_poly: error %g > 2 ulp\n", worst_log), ++failures;
-  const float inf = INFINITY;
-  expect_near("exp_poly(0)", exp_poly(0.0f), 1.0, 0);
-  expect_near("exp_poly(-inf)", exp_poly(-inf), 0.0, 0);
-  expect_near("exp_poly(-100)", exp_poly(-100.0f), 0.0, 0);
-  expect_near("log_poly(1)", log_poly(1.0f), 0.0, 0);
-  expect_near("log_poly(denormal)", log_poly(1e-40f), std::log(static_cast<double>(1e-40f)), 1e-6);
-  if (!(std::isnan(exp_poly(NAN)) && std::isnan(log_poly(NAN)) && std::isnan(log_poly(-1.0f)) &&
-        log_poly(0.0f) == -inf && log_poly(inf) == inf))
-    std::printf("FAIL fastmath special values (NaN, log of 0, negative, inf)\n"), ++failures;
-  // The float row math (which uses the polynomials) against the double one, with and without the scratch cache.
+// The float row math (exp and log polynomials of math.h, tested in test_math.cpp) against the double one, with and
+// without the scratch cache.
+static void test_float_row_math() {
   const std::vector<float> x = {0.3f, -1.2f, 2.0f, 0.0f, -30.0f}, y = {1.0f, 0.5f, -0.7f, 0.2f, 4.0f};
   std::vector<float> ex(5), ey(5);
   const dreamer_fast::RowCache<float> cache{ex.data(), ey.data()};
@@ -179,10 +155,10 @@ static void test_free_nats() {
 int main() {
   test_values();
   test_gradients();
-  test_fastmath();
+  test_float_row_math();
   test_float_rows_against_double();
   test_free_nats();
   if (failures) std::printf("%d failure(s)\n", failures);
-  else std::printf("all kl.h tests passed\n");
+  else std::printf("all kl_balance.h tests passed\n");
   return failures != 0;
 }

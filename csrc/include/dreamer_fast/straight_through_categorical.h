@@ -19,8 +19,8 @@
 
 #include <cstdint>
 
-#include "exp.h"
 #include "macros.h"
+#include "math.h"
 #include "philox.h"
 
 namespace dreamer_fast::categorical {
@@ -52,7 +52,7 @@ DF_INLINE Mix<T> mix(T sum_exp, T unimix, int64_t K) {
 
 template <typename T>
 DF_INLINE T shifted_exp(T logit, T max_logit) {
-  return exp_nonpositive(logit - max_logit);
+  return exp_poly(logit - max_logit);
 }
 
 template <typename T>

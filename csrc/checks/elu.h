@@ -5,7 +5,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
-#include "check.h"
+#include "common.h"
 
 namespace dreamer_fast::elu_checks {
 

@@ -12,15 +12,12 @@
 //   dx̂ = dy w,  dw = Σ_b dy x̂,  dβ = Σ_b dy,  dx = rstd (dx̂ - m1 - x̂ m2)
 #pragma once
 
-#include "fastmath.h"
 #include "macros.h"
+#include "math.h"
 
 namespace dreamer_fast {
 
-DF_INLINE float df_tanh(float x) { return ::tanhf(x); }
-DF_INLINE double df_tanh(double x) { return ::tanh(x); }
-
-// tanh for float as straight-line code (see fastmath.h): Cephes' odd polynomial for |x| < 0.625, where
+// tanh for float as straight-line code (see math.h): Cephes' odd polynomial for |x| < 0.625, where
 // 1 - 2/(e^{2|x|} + 1) would cancel, that formula beyond. Within 3e-7 absolute; NaN stays NaN, ±inf gives ±1.
 DF_FORCE_INLINE float tanh_poly(float x) {
   const float a = x < 0.0f ? -x : x;
@@ -52,9 +49,6 @@ struct FastMath {
   DF_FORCE_INLINE static float exp(float x) { return exp_poly(x); }
   DF_FORCE_INLINE static float tanh(float x) { return tanh_poly(x); }
 };
-
-DF_INLINE float df_rsqrt(float x) { return 1.0f / ::sqrtf(x); }
-DF_INLINE double df_rsqrt(double x) { return 1.0 / ::sqrt(x); }
 
 // M: the exp/tanh policy: StdMath everywhere, FastMath in the CPU kernels' float loops.
 template <typename T, typename M = StdMath>

@@ -16,16 +16,30 @@ inline void check_float(const char* op, const char* name, const at::Tensor& t, b
               ", got ", s);
 }
 
-inline void check_same(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref,
+// Defined, with the dtype and device of `ref` (any layout).
+inline void check_like(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref,
                        const char* ref_name) {
+  TORCH_CHECK(t.defined(), op, ": `", name, "` is undefined");
   TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": `", name, "` must have the dtype of `", ref_name, "` (",
               ref.scalar_type(), "), got ", t.scalar_type());
   TORCH_CHECK(t.device() == ref.device(), op, ": `", name, "` must be on the device of `", ref_name, "` (",
               ref.device(), "), got ", t.device());
+}
+
+// check_like, and contiguous.
+inline void check_same(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref,
+                       const char* ref_name) {
+  check_like(op, name, t, ref, ref_name);
   TORCH_CHECK(t.is_contiguous(), op, ": `", name, "` must be contiguous");
 }
 
-inline void check_shape(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef expected) {
+// `what` names the expected shape in the op's symbols ("[B, S, K]"); the message then gives both.
+inline void check_shape(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef expected,
+                        const char* what = nullptr) {
+  if (what) {
+    TORCH_CHECK(t.sizes() == expected, op, ": `", name, "` must have shape ", what, " = ", expected, ", got ",
+                t.sizes());
+  }
   TORCH_CHECK(t.sizes() == expected, op, ": `", name, "` must have shape ", expected, ", got ", t.sizes());
 }
 

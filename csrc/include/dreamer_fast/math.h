@@ -1,0 +1,178 @@
+// The scalar math every kernel shares (CPU, CUDA and emulated builds): bit casts, libm by precision, and exp and log
+// as straight-line polynomials.
+//
+// Why polynomials: libm's expf/logf are calls, which stop GCC's vectoriser (glibc's scalar expf costs more than all
+// the rest of a K = 32 softmax), and the CPU and emulated-CUDA kernels that evaluate the very same operations agree
+// bit for bit. Their selects vectorise only without -ftrapping-math (GCC's default makes a select on a float compare
+// a branch): a translation unit that wants vector code says `#pragma GCC optimize("no-trapping-math")` before
+// including this. nvcc contracts a*b+c into FMAs, so a GPU may differ from the CPU in the last bit.
+//
+// Which exp where: exp_poly (float and double) wherever CPU, emulated and GPU must agree (the sampler's softmax);
+// vexp/vlog in the CPU kernels' row loops (the polynomial for float, libm for double and on the GPU); df_exp/df_log
+// (libm or CUDA's) elsewhere.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "macros.h"
+
+namespace dreamer_fast {
+
+// libm on the host, CUDA's functions on the device, overloaded so templated kernels call the right precision.
+DF_INLINE float df_exp(float x) { return ::expf(x); }
+DF_INLINE double df_exp(double x) { return ::exp(x); }
+DF_INLINE float df_log(float x) { return ::logf(x); }
+DF_INLINE double df_log(double x) { return ::log(x); }
+DF_INLINE float df_max(float a, float b) { return ::fmaxf(a, b); }
+DF_INLINE double df_max(double a, double b) { return ::fmax(a, b); }
+DF_INLINE float df_tanh(float x) { return ::tanhf(x); }
+DF_INLINE double df_tanh(double x) { return ::tanh(x); }
+DF_INLINE float df_rsqrt(float x) { return 1.0f / ::sqrtf(x); }
+DF_INLINE double df_rsqrt(double x) { return 1.0 / ::sqrt(x); }
+
+// The object representation of `from` as a `To` of the same size (C++20's std::bit_cast, for host and device code).
+template <typename To, typename From>
+DF_FORCE_INLINE To bit_cast(const From& from) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast: the two types must have the same size");
+  To to;
+  memcpy(&to, &from, sizeof to);
+  return to;
+}
+
+namespace exp_detail {
+
+// IEEE layout of the two precisions: the integer of the same size, the mantissa bits, the exponent bias.
+template <typename T>
+struct Layout;
+template <>
+struct Layout<float> {
+  using Int = int32_t;
+  using UInt = uint32_t;
+  static constexpr int kMantissa = 23, kBias = 127;
+};
+template <>
+struct Layout<double> {
+  using Int = int64_t;
+  using UInt = uint64_t;
+  static constexpr int kMantissa = 52, kBias = 1023;
+};
+
+// Range reduction for kMin <= z <= kMax (2^n a normal number there): z = n ln2 + r with n = round(z / ln2) and
+// |r| <= ln2 / 2 (ln2 split in two parts, the first exact in n ln2); returns r and 2^n, built in the exponent bits.
+// Rounding to the nearest integer adds and subtracts 1.5 * 2^(mantissa bits), which leaves n in the low bits of the
+// sum. A NaN z gives a NaN r.
+template <typename T>
+struct Ln2Split {
+  T r, pow2n;
+};
+
+template <typename T>
+DF_FORCE_INLINE Ln2Split<T> split_ln2(T z) {
+  using L = Layout<T>;
+  constexpr bool kFloat = std::is_same_v<T, float>;
+  const T log2e = kFloat ? T(1.44269504088896341f) : T(1.4426950408889634074);
+  const T ln2_hi = kFloat ? T(0.693359375f) : T(6.93147180369123816490e-01);
+  const T ln2_lo = kFloat ? T(-2.12194440e-4f) : T(1.90821492927058770002e-10);
+  const T shift = kFloat ? T(12582912.0f) : T(6755399441055744.0);  // 1.5 * 2^23, 1.5 * 2^52
+  const T t = z * log2e + shift;
+  const T n = t - shift;
+  const T r = (z - n * ln2_hi) - n * ln2_lo;
+  // n + bias, shifted into the exponent field (unsigned: a NaN z leaves garbage here, never undefined behaviour)
+  const auto biased = static_cast<typename L::UInt>(bit_cast<typename L::Int>(t) - bit_cast<typename L::Int>(shift) +
+                                                    L::kBias);
+  return {r, bit_cast<T>(static_cast<typename L::Int>(biased << L::kMantissa))};
+}
+
+}  // namespace exp_detail
+
+// e^z: the range reduction above, e^r by its Taylor polynomial in Horner form (degree 7 for float, 13 for double:
+// truncation below half an ulp), times 2^n. Branch-free. Accuracy: a few ulp. Results below ~1e-38 (float) or
+// ~1e-307 (double) are flushed to 0 (z below -87 or -708; -inf gives 0), z above 88 or 709 gives +inf, NaN gives NaN.
+DF_FORCE_INLINE float exp_poly(float z) {
+  constexpr float kMin = -87.0f, kMax = 88.0f;
+  const float zc = z < kMin ? kMin : (z > kMax ? kMax : z);
+  const exp_detail::Ln2Split<float> s = exp_detail::split_ln2(zc);
+  const float r = s.r;
+  float p = 1.0f / 5040;
+  p = p * r + 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const float e = p * s.pow2n * static_cast<float>(z >= kMin);  // a product, not a branch; NaN stays NaN
+  return z > kMax ? bit_cast<float>(0x7f800000) : e;
+}
+
+DF_FORCE_INLINE double exp_poly(double z) {
+  constexpr double kMin = -708.0, kMax = 709.0;
+  const double zc = z < kMin ? kMin : (z > kMax ? kMax : z);
+  const exp_detail::Ln2Split<double> s = exp_detail::split_ln2(zc);
+  const double r = s.r;
+  double p = 1.0 / 6227020800.0;  // 1/13!
+  p = p * r + 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  const double e = p * s.pow2n * static_cast<double>(z >= kMin);
+  return z > kMax ? bit_cast<double>(int64_t{0x7ff0000000000000}) : e;
+}
+
+// log x for float x >= 0 (denormals included): Cephes' single-precision approximation, < 2 ulp. log 0 = -inf,
+// log inf = inf; NaN and x < 0 give NaN.
+DF_FORCE_INLINE float log_poly(float x) {
+  const bool tiny = x < 1.17549435e-38f;        // denormal or 0: scale into the normal range first
+  const float xs = tiny ? x * 8388608.0f : x;  // * 2^23
+  const int32_t bits = bit_cast<int32_t>(xs);
+  float e = static_cast<float>((bits >> 23) - 127) - (tiny ? 23.0f : 0.0f);
+  float m = bit_cast<float>((bits & 0x007fffff) | 0x3f800000);  // mantissa in [1, 2)
+  const bool big = m > 1.41421356f;                             // keep m in [sqrt(1/2), sqrt(2))
+  m = big ? 0.5f * m : m;
+  e = big ? e + 1.0f : e;
+  const float f = m - 1.0f, z = f * f;
+  float p = 7.0376836292e-2f;
+  p = p * f - 1.1514610310e-1f;
+  p = p * f + 1.1676998740e-1f;
+  p = p * f - 1.2420140846e-1f;
+  p = p * f + 1.4249322787e-1f;
+  p = p * f - 1.6668057665e-1f;
+  p = p * f + 2.0000714765e-1f;
+  p = p * f - 2.4999993993e-1f;
+  p = p * f + 3.3333331174e-1f;
+  const float r = (f + (p * f * z - 2.12194440e-4f * e - 0.5f * z)) + 0.693359375f * e;
+  const float inf = bit_cast<float>(0x7f800000);
+  const float special = x == 0.0f ? -inf : (x == inf ? inf : (x + inf) - inf);  // x < 0 or NaN: inf - inf = NaN
+  return x > 0.0f && x < inf ? r : special;
+}
+
+// The exp and log of the CPU kernels' row loops: the polynomials for float on the host, libm (or CUDA's) otherwise.
+template <typename T>
+DF_FORCE_INLINE T vexp(T x) {
+#ifndef __CUDA_ARCH__
+  if constexpr (std::is_same_v<T, float>) return exp_poly(x);
+#endif
+  return df_exp(x);
+}
+
+template <typename T>
+DF_FORCE_INLINE T vlog(T x) {
+#ifndef __CUDA_ARCH__
+  if constexpr (std::is_same_v<T, float>) return log_poly(x);
+#endif
+  return df_log(x);
+}
+
+}  // namespace dreamer_fast

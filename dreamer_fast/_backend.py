@@ -20,6 +20,16 @@ except ImportError as exc:  # the package works without its kernels, on the refe
 _warned: set[tuple[str, str]] = set()
 
 
+# The device-generic composite ops (registered once, as CompositeExplicitAutograd) and the kernels they call: such an
+# op runs on a device where each of these has a kernel.
+_COMPOSITE_CALLS = {
+    "observe_sequence": ("ln_gru", "straight_through_categorical"),
+    "observe_sequence_forward": ("ln_gru", "straight_through_categorical"),
+    "observe_sequence_backward": ("ln_gru_backward", "straight_through_categorical_backward"),
+    "obs_step_inference": ("ln_gru", "straight_through_categorical"),
+}
+
+
 def _kernel_table() -> frozenset[tuple[str, str]]:
     """(qualified op name, device type) for every compiled kernel; read once, so torch.compile sees a constant."""
     if _LOAD_ERROR is not None:
@@ -27,9 +37,15 @@ def _kernel_table() -> frozenset[tuple[str, str]]:
     table = set()
     for name in torch._C._dispatch_get_all_op_names():
         if name.split("::")[0] in ("dreamer_fast", "dreamer_fast_emu"):
+            composite = torch._C._dispatch_has_kernel_for_dispatch_key(name, "CompositeExplicitAutograd")
             for device_type, key in (("cpu", "CPU"), ("cuda", "CUDA")):
-                if torch._C._dispatch_has_kernel_for_dispatch_key(name, key):
+                if composite or torch._C._dispatch_has_kernel_for_dispatch_key(name, key):
                     table.add((name, device_type))
+    for namespace in ("dreamer_fast", "dreamer_fast_emu"):
+        for op, calls in _COMPOSITE_CALLS.items():
+            for device_type in ("cpu", "cuda"):
+                if any((f"{namespace}::{call}", device_type) not in table for call in calls):
+                    table.discard((f"{namespace}::{op}", device_type))
     return frozenset(table)
 
 

@@ -140,9 +140,23 @@ at::Tensor plain(const at::Tensor& m) {
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b) {
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
-  if (x.is_cpu() && x.scalar_type() == at::kFloat && M > 0 && N > 0 && K > 0) {
+  const bool cpu_f32 = x.is_cpu() && x.scalar_type() == at::kFloat;
+  if (w.scalar_type() != x.scalar_type()) {
+    // bfloat16 weights of a float32 x: the GEMV on the CPU (it reads the copy as it lies); elsewhere (CUDA) the copy
+    // is widened at each call, the same function without the CPU's saving (a GPU's B = 1 step is bound by its
+    // launches, not its bytes).
+    TORCH_CHECK(x.scalar_type() == at::kFloat && w.scalar_type() == at::kBFloat16,
+                "cpu_gemm::linear: weights of another dtype than x must be bfloat16 with a float32 x, got ",
+                w.scalar_type(), " with ", x.scalar_type());
+    if (cpu_f32) {
+      return cpu::linear_gemv(x.stride(1) == 1 ? x : x.contiguous(), w.contiguous(),
+                              b ? b->contiguous() : at::zeros({N}, x.options()));
+    }
+    return cpu_gemm::linear(x, w.to(x.scalar_type()), b);
+  }
+  if (cpu_f32 && M > 0 && N > 0 && K > 0) {
     if (M <= kGemvMaxRows && w.is_contiguous() && x.stride(1) == 1) {
-      return cpu::linear_gemv(x, w, b ? *b : at::zeros({N}, x.options()));
+      return cpu::linear_gemv(x, w, b ? b->contiguous() : at::zeros({N}, x.options()));
     }
     if (selected() == Library::kOnednn && M >= kOnednnMinRows && N >= kOnednnMinCols && K >= kOnednnMinInner) {
       return onednn_linear(plain(x), plain(w), b);

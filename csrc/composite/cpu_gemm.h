@@ -36,10 +36,11 @@ at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& w, const std::op
 // that only onednn_linear reads.
 at::Tensor onednn_pack(const at::Tensor& w, int64_t rows);
 
-// y = x w^T (+ b) for float32 training-size products in the library selected(), at most 6 rows in our GEMV
-// (cpu/gemv.h), everything else ATen's addmm/mm: the routing of dreamer_fast::linear (composite/linear.cpp, which says
-// why and checks the arguments; this does not). x [M, K] and w [N, K] row- or column-major (other strides are
-// copied), b [N] contiguous or none.
+// y = x w^T (+ b), the one router of the CPU's float32 products: at most 6 rows in our GEMV (cpu/gemv.h), training-
+// size products in the library selected(), everything else ATen's addmm/mm. Used by dreamer_fast::linear
+// (composite/linear.cpp, which says why and checks the arguments; this does not) and by the acting step
+// (composite/obs_step_inference.cpp), whose w may also be a bfloat16 copy with a float32 x (the GEMV reads it on the
+// CPU; elsewhere it is widened). x [M, K] and w [N, K] row- or column-major (other strides are copied), b [N] or none.
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b);
 
 // Whether torch was built with MKL's packed GEMM ops (mkl::_mkl_reorder_linear_weight, mkl::_mkl_linear).

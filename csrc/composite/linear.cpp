@@ -16,7 +16,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "../check.h"
+#include "../checks/common.h"
 #include "cpu_gemm.h"
 
 namespace dreamer_fast::linear_op {
@@ -53,9 +53,9 @@ Tensor kernel(const Tensor& x, const Tensor& weight, const OptTensor& bias) {
 }  // namespace
 }  // namespace dreamer_fast::linear_op
 
-TORCH_LIBRARY_IMPL(dreamer_fast, CPU, m) { m.impl("linear", &dreamer_fast::linear_op::kernel); }
-// No CUDA kernel of its own (on CUDA it is ATen's addmm, cuBLAS), so the emulated library runs the same composite.
-TORCH_LIBRARY_IMPL(dreamer_fast_emu, CPU, m) { m.impl("linear", &dreamer_fast::linear_op::kernel); }
-#ifdef DREAMER_FAST_WITH_CUDA
-TORCH_LIBRARY_IMPL(dreamer_fast, CUDA, m) { m.impl("linear", &dreamer_fast::linear_op::kernel); }
-#endif
+// Device-generic (the CPU's float32 products routed by cpu_gemm::linear, everything else ATen's addmm): one
+// registration per op library serves every device, the emulated library included (no CUDA kernel of its own).
+TORCH_LIBRARY_IMPL(dreamer_fast, CompositeExplicitAutograd, m) { m.impl("linear", &dreamer_fast::linear_op::kernel); }
+TORCH_LIBRARY_IMPL(dreamer_fast_emu, CompositeExplicitAutograd, m) {
+  m.impl("linear", &dreamer_fast::linear_op::kernel);
+}

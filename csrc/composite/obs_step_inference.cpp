@@ -18,7 +18,7 @@
 //
 // Weights: in the state's dtype, or bfloat16 copies with a float32 state (RSSM.inference_dtype): at B = 1 the step's
 // time is the bytes of weights it reads. Biases and the LayerNorm stay in the state's dtype; the products accumulate
-// in float32 (on the CPU: cpu/gemv.h; elsewhere a float32 GEMM of the widened copy).
+// in float32 (cpu_gemm::linear: on the CPU our GEMV, cpu/gemv.h; elsewhere a float32 GEMM of the widened copy).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
@@ -28,8 +28,7 @@
 #include <iterator>
 #include <string>
 
-#include "../check.h"
-#include "../cpu/gemv.h"
+#include "../checks/common.h"
 #include "cpu_gemm.h"
 
 namespace dreamer_fast::obs_step_inference {
@@ -61,16 +60,11 @@ struct Sizes {
 };
 
 void check_like(const char* name, const Tensor& t, const Tensor& deter) {
-  TORCH_CHECK(t.defined(), kOp, ": `", name, "` is undefined");
-  TORCH_CHECK(t.scalar_type() == deter.scalar_type(), kOp, ": `", name, "` must have the dtype of `deter` (",
-              deter.scalar_type(), "), got ", t.scalar_type());
-  TORCH_CHECK(t.device() == deter.device(), kOp, ": `", name, "` must be on the device of `deter` (", deter.device(),
-              "), got ", t.device());
+  dreamer_fast::check_like(kOp, name, t, deter, "deter");
 }
 
 void check_shape_of(const char* name, const Tensor& t, at::IntArrayRef expected, const char* what) {
-  TORCH_CHECK(t.sizes() == expected, kOp, ": `", name, "` must have shape ", what, " = ", expected, ", got ",
-              t.sizes());
+  check_shape(kOp, name, t, expected, what);
 }
 
 Sizes check_args(const Tensor& deter, const Tensor& stoch, const Tensor& action, const Tensor& embed,
@@ -156,21 +150,7 @@ bool needs_reset(const Tensor& keep) {
 }
 
 // b + x W^T in x's dtype; W in x's dtype, or bfloat16 with a float32 x.
-Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
-  const bool cpu_f32 = x.is_cpu() && x.scalar_type() == at::kFloat;
-  if (cpu_f32 && (w.scalar_type() == at::kBFloat16 || x.size(0) <= cpu_gemm::kGemvMaxRows)) {
-    return cpu::linear_gemv(x.contiguous(), w.contiguous(), b.contiguous());
-  }
-  if (w.scalar_type() == x.scalar_type()) {
-    if (cpu_f32 && cpu_gemm::selected() == cpu_gemm::Library::kOnednn) {
-      return cpu_gemm::onednn_linear(x.contiguous(), w.contiguous(), b.contiguous());
-    }
-    return at::addmm(b, x, w.t());
-  }
-  // Elsewhere (CUDA) the copy is widened at each call: the same function as on the CPU (rounded weights, x and the
-  // sums in float32), without the CPU's saving; a GPU's B = 1 step is bound by its launches, not its bytes.
-  return at::addmm(b, x, w.to(x.scalar_type()).t());
-}
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) { return cpu_gemm::linear(x, w, b); }
 
 // linear, then ELU in place.
 Tensor linear_elu(const Tensor& x, const Tensor& w, const Tensor& b) {
@@ -226,13 +206,11 @@ Out kernel(const Tensor& deter, const Tensor& stoch, const Tensor& action, const
 }  // namespace
 }  // namespace dreamer_fast::obs_step_inference
 
-// The same device-generic function serves every backend that has kernels for ln_gru and the sampler.
-TORCH_LIBRARY_IMPL(dreamer_fast, CPU, m) { m.impl("obs_step_inference", &dreamer_fast::obs_step_inference::kernel<0>); }
-#ifdef DREAMER_FAST_WITH_CUDA
-TORCH_LIBRARY_IMPL(dreamer_fast, CUDA, m) {
+// Device-generic: one registration per op library serves every device that has kernels for ln_gru and the sampler
+// (dreamer_fast._backend.has_kernel checks those).
+TORCH_LIBRARY_IMPL(dreamer_fast, CompositeExplicitAutograd, m) {
   m.impl("obs_step_inference", &dreamer_fast::obs_step_inference::kernel<0>);
 }
-#endif
-TORCH_LIBRARY_IMPL(dreamer_fast_emu, CPU, m) {
+TORCH_LIBRARY_IMPL(dreamer_fast_emu, CompositeExplicitAutograd, m) {
   m.impl("obs_step_inference", &dreamer_fast::obs_step_inference::kernel<1>);
 }

@@ -1,5 +1,5 @@
 // The whole-sequence RSSM observe, forward and backward, as one C++ loop over time (the recurrence is written out
-// in csrc/observe_sequence.h). Device-generic: ATen GEMMs and elementwise ops plus our ln_gru and
+// in observe_sequence.h). Device-generic: ATen GEMMs and elementwise ops plus our ln_gru and
 // straight_through_categorical kernels, called through the dispatcher, so these functions are the CPU and the CUDA
 // kernels of observe_sequence(_forward|_backward) alike (and, on dreamer_fast_emu, run the emulated CUDA kernels).
 //
@@ -17,8 +17,8 @@
 #include <string>
 #include <vector>
 
-#include "../check.h"
-#include "../observe_sequence.h"
+#include "../checks/common.h"
+#include "observe_sequence.h"
 #include "cpu_gemm.h"
 #include "step_gemm.h"
 
@@ -66,17 +66,12 @@ const StepOps& step_ops(const std::string& ns) {
 
 // ---- argument checks (the Python wrapper checks first with the same names; these guard C++ callers) --------------
 
-void check_like(const char* name, const at::Tensor& t, const at::Tensor& ref) {
-  TORCH_CHECK(t.defined(), kOp, ": `", name, "` is undefined");
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), kOp, ": `", name, "` must have the dtype of `deter0` (",
-              ref.scalar_type(), "), got ", t.scalar_type());
-  TORCH_CHECK(t.device() == ref.device(), kOp, ": `", name, "` must be on the device of `deter0` (", ref.device(),
-              "), got ", t.device());
+void check_like(const char* name, const at::Tensor& t, const at::Tensor& deter0) {
+  dreamer_fast::check_like(kOp, name, t, deter0, "deter0");
 }
 
 void check_shape_of(const char* name, const at::Tensor& t, at::IntArrayRef expected, const char* what) {
-  TORCH_CHECK(t.sizes() == expected, kOp, ": `", name, "` must have shape ", what, " = ", expected, ", got ",
-              t.sizes());
+  check_shape(kOp, name, t, expected, what);
 }
 
 struct Sizes {
@@ -384,9 +379,11 @@ void register_kernels(torch::Library& m) {
 }  // namespace
 }  // namespace dreamer_fast::observe_sequence
 
-// The same device-generic functions serve every backend that has kernels for the per-step ops.
-TORCH_LIBRARY_IMPL(dreamer_fast, CPU, m) { dreamer_fast::observe_sequence::register_kernels<0>(m); }
-#ifdef DREAMER_FAST_WITH_CUDA
-TORCH_LIBRARY_IMPL(dreamer_fast, CUDA, m) { dreamer_fast::observe_sequence::register_kernels<0>(m); }
-#endif
-TORCH_LIBRARY_IMPL(dreamer_fast_emu, CPU, m) { dreamer_fast::observe_sequence::register_kernels<1>(m); }
+// Device-generic: one registration per op library serves every device that has kernels for the per-step ops
+// (dreamer_fast._backend.has_kernel checks those).
+TORCH_LIBRARY_IMPL(dreamer_fast, CompositeExplicitAutograd, m) {
+  dreamer_fast::observe_sequence::register_kernels<0>(m);
+}
+TORCH_LIBRARY_IMPL(dreamer_fast_emu, CompositeExplicitAutograd, m) {
+  dreamer_fast::observe_sequence::register_kernels<1>(m);
+}

@@ -1,6 +1,6 @@
-"""The fused linear op against its reference F.linear: values and gradients on every route through the kernel (our
-GEMV at <= 6 rows, oneDNN or MKL above, ATen for float64), strided views, gradcheck, opcheck, torch.compile, autocast,
-empty sizes, bad inputs, and the networks' Linear layer."""
+"""The fused linear op beyond the checks every op shares (tests/test_op_contract.py runs its values and gradients on
+every route through the kernel: our GEMV at <= 6 rows, oneDNN or MKL above, ATen for float64): leading dims, strided
+views, the oneDNN route, the weight gradient's layout, autocast, empty sizes and the networks' Linear layer."""
 
 from __future__ import annotations
 
@@ -39,17 +39,6 @@ def check_against_reference(x, w, b):
     g = torch.randn_like(y)
     for got, want in zip(torch.autograd.grad(y, leaves, g), torch.autograd.grad(y_ref, leaves, g)):
         close(got, want)
-
-
-# Rows 1 and 6: our GEMV; 7: the GEMM library below oneDNN's sizes; 800 x 290 -> 270: oneDNN where selected. Odd
-# sizes give the GEMV's block tails.
-@pytest.mark.parametrize("gemm", GEMMS)
-@pytest.mark.parametrize("M,K,N", [(1, 33, 17), (6, 70, 41), (7, 33, 17), (800, 290, 270)])
-@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
-def test_values_and_grads_match_reference(gemm, M, K, N, with_bias, device, dtype):
-    with cpu_gemm_library(gemm):
-        check_against_reference(make((M, K), device, dtype, 0), make((N, K), device, dtype, 1),
-                                make((N,), device, dtype, 2) if with_bias else None)
 
 
 def test_leading_dims(device, dtype):
@@ -109,37 +98,6 @@ def test_weight_gradient_in_the_weights_layout(gemm):
             close(dw, torch.autograd.grad(linear_ref(x, w), w, torch.ones_like(y))[0])
 
 
-def test_gradcheck(device):
-    args = (make((5, 7), device, torch.float64, 0), make((4, 7), device, torch.float64, 1),
-            make((4,), device, torch.float64, 2))
-    fn = lambda *a: linear(*a, backend="fused")  # noqa: E731
-    assert torch.autograd.gradcheck(fn, args)
-    assert torch.autograd.gradgradcheck(fn, args)
-
-
-@pytest.mark.parametrize("gemm", GEMMS)
-def test_opcheck(gemm, device):
-    with cpu_gemm_library(gemm):
-        x, w, b = make((8, 5), device, torch.float32, 0), make((3, 5), device, torch.float32, 1), make((3,), device,
-                                                                                                       torch.float32, 2)
-        torch.library.opcheck(torch.ops.dreamer_fast.linear.default, (x, w, b))
-        views = (make((5, 8), device, torch.float32, 3).t(), make((5, 3), device, torch.float32, 4).t(), None)
-        torch.library.opcheck(torch.ops.dreamer_fast.linear.default, views)  # the backward's transposed operands
-
-
-def test_compile_fullgraph():
-    x, w, b = make((16, 33), "cpu", torch.float32, 0), make((8, 33), "cpu", torch.float32, 1), make((8,), "cpu",
-                                                                                                    torch.float32, 2)
-
-    def loss(*a):
-        return linear(*a, backend="fused").square().mean()
-
-    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
-    for got, want in zip(torch.autograd.grad(compiled(x, w, b), (x, w, b)), torch.autograd.grad(loss(x, w, b),
-                                                                                                (x, w, b))):
-        torch.testing.assert_close(got, want)
-
-
 def test_autocast_is_f_linear():
     """Under autocast the op is F.linear, so autocast picks the dtype (bfloat16 here) as for any Linear layer."""
     x, w, b = torch.randn(9, 16), torch.randn(5, 16), torch.randn(5)
@@ -157,50 +115,6 @@ def test_empty_sizes(device):
         torch.testing.assert_close(y, F.linear(x, w, b))
         dx, dw, db = torch.autograd.grad(y.sum(), (x, w, b))
         assert dx.shape == x.shape and dw.shape == w.shape and db.shape == b.shape
-
-
-def bad(**kw):
-    args = dict(x=torch.randn(4, 6), weight=torch.randn(3, 6), bias=torch.randn(3))
-    args.update(kw)
-    return args
-
-
-BAD = [
-    ("int x", bad(x=torch.ones(4, 6, dtype=torch.long)), TypeError, "`x` must be float32, float64"),
-    ("weight dtype", bad(weight=torch.randn(3, 6, dtype=torch.float64)), TypeError, "`weight` has dtype torch.float64"),
-    ("bias dtype", bad(bias=torch.randn(3, dtype=torch.float64)), TypeError, "`bias` has dtype torch.float64"),
-    ("weight 1-d", bad(weight=torch.randn(6)), ValueError, r"`weight` must be \[N, K\] with K = x.shape\[-1\] = 6"),
-    ("weight K", bad(weight=torch.randn(3, 5)), ValueError, r"`weight` must be \[N, K\] with K = x.shape\[-1\] = 6"),
-    ("bias shape", bad(bias=torch.randn(4)), ValueError, r"`bias` must have shape \[N\] = \[3\]"),
-    ("x 0-d", bad(x=torch.tensor(1.0)), ValueError, "`x` must be"),
-    ("weight device", bad(weight=torch.randn(3, 6, device="meta")), ValueError, "`weight` is on meta"),
-    ("not a tensor", bad(bias=[0.0, 1.0, 2.0]), TypeError, "`bias` must be a torch.Tensor"),
-]
-
-
-@pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
-def test_bad_inputs(case):
-    _, args, exc, match = case
-    with pytest.raises(exc, match=match):
-        linear(args["x"], args["weight"], args["bias"], backend="fused")
-
-
-def test_cpp_checks_name_the_argument():
-    """The C++ kernel checks too (for callers who skip the Python wrapper)."""
-    op = torch.ops.dreamer_fast.linear.default
-    x = torch.randn(4, 6)
-    with pytest.raises(RuntimeError, match=r"`x` must be \[M, K\]"):
-        op(torch.randn(2, 4, 6), torch.randn(3, 6), None)
-    with pytest.raises(RuntimeError, match="`weight` must have the dtype of `x`"):
-        op(x, torch.randn(3, 6, dtype=torch.float64), None)
-    with pytest.raises(RuntimeError, match=r"`weight` must be \[N, K\] with K = x.size\(1\) = 6"):
-        op(x, torch.randn(3, 5), None)
-    with pytest.raises(RuntimeError, match="`bias` must have shape"):
-        op(x, torch.randn(3, 6), torch.randn(2))
-    with pytest.raises(RuntimeError, match="`bias` must be contiguous"):
-        op(x, torch.randn(3, 6), torch.randn(3, 2)[:, 0])
-    with pytest.raises(RuntimeError, match="`x` must be float32"):
-        op(x.int(), torch.randn(3, 6).int(), None)
 
 
 def test_linear_layer(monkeypatch):

@@ -1,5 +1,7 @@
 """obs_step_inference: the one-op acting step (RSSM.obs_step under torch.no_grad, fused backend) against the
-reference step: values (f32, f64, unimix, resets), Philox reproducibility, the emulated CUDA kernels, bad inputs."""
+reference step: values (f32, f64, unimix, resets), Philox reproducibility, the emulated CUDA kernels, scalar and noise
+checks, prior=False and bfloat16 weight copies. opcheck and the argument checks it shares with the other ops are in
+tests/test_op_contract.py."""
 
 from __future__ import annotations
 
@@ -115,52 +117,6 @@ def test_emulated_cuda_kernels_agree():
         torch.testing.assert_close(a, b, **tol(torch.float64))
 
 
-def test_opcheck():
-    m, (deter, stoch, action, embed, keep, layers, ln_w, ln_b), noise = op_args()
-    flat = [deter, stoch, action, embed, keep, *layers["img_in"], *layers["gru"], ln_w, ln_b, *layers["img_out"],
-            *layers["prior_logits"], *layers["obs_out"], *layers["post_logits"]]
-    flat = [t.detach() for t in flat]
-    torch.library.opcheck(torch.ops.dreamer_fast.obs_step_inference.default,
-                          (*flat, noise, torch.zeros((), dtype=torch.int64), 0.0, 1e-3),
-                          test_utils=("test_schema", "test_faketensor"))
-
-
-def _bad_cases():
-    def swap(i, value):
-        return lambda args: (*args[:i], value(args[i]), *args[i + 1:])
-
-    def layer(name, which, value):
-        def f(args):
-            layers = dict(args[5])
-            pair = list(layers[name])
-            pair[which] = value(pair[which])
-            layers[name] = tuple(pair)
-            return (*args[:5], layers, *args[6:])
-        return f
-
-    return [
-        ("deter-3d", swap(0, lambda t: t[None]), ValueError, "`deter` must be [B, D]"),
-        ("deter-int", swap(0, lambda t: t.long()), TypeError, "`deter` must be float32 or float64"),
-        ("stoch-batch", swap(1, lambda t: t[:1]), ValueError, "`stoch` must have shape [B, S, K]"),
-        ("action-dtype", swap(2, lambda t: t.float()), TypeError, "`action` has dtype torch.float32"),
-        ("embed-batch", swap(3, lambda t: t[:1]), ValueError, "`embed` must have shape [B, E]"),
-        ("keep-shape", swap(4, lambda t: t[:, None]), ValueError, "`keep` must have shape [B]"),
-        ("layers-missing", swap(5, lambda d: {k: v for k, v in d.items() if k != "gru"}), ValueError,
-         "`layers` must map"),
-        ("gru-weight", layer("gru", 0, lambda w: w[:, 1:]), ValueError, "`layers['gru'] weight` must have shape"),
-        ("post-bias", layer("post_logits", 1, lambda b: b[1:]), ValueError, "`layers['post_logits'] bias`"),
-        ("ln_w", swap(6, lambda t: t[1:]), ValueError, "`ln_w` must have shape [3*D]"),
-    ]
-
-
-@pytest.mark.parametrize("case", _bad_cases(), ids=[c[0] for c in _bad_cases()])
-def test_bad_inputs_name_the_argument(case):
-    _, make_bad, error, message = case
-    m, args, noise = op_args()
-    with torch.no_grad(), pytest.raises(error, match=re.escape(message)):
-        obs_step_inference(*make_bad(args), noise=noise)
-
-
 def test_bad_scalars_and_noise():
     m, args, noise = op_args()
     with torch.no_grad():
@@ -170,21 +126,6 @@ def test_bad_scalars_and_noise():
             obs_step_inference(*args, unimix=1.0)
         out = obs_step_inference(*args, noise=noise)
     assert out[1].shape == (2, S, m.classes)
-
-
-def test_cpp_checks_name_the_argument():
-    """C++ callers get the op's own checks (the backstop behind the Python wrapper)."""
-    m, (deter, stoch, action, embed, keep, layers, ln_w, ln_b), noise = op_args()
-    flat = [deter, stoch, action, embed, keep, *layers["img_in"], *layers["gru"], ln_w, ln_b, *layers["img_out"],
-            *layers["prior_logits"], *layers["obs_out"], *layers["post_logits"]]
-    seed = torch.zeros((), dtype=torch.int64)
-    with torch.no_grad():
-        bad = list(flat)
-        bad[7] = bad[7][:, 1:]  # w_gru
-        with pytest.raises(RuntimeError, match=r"`w_gru` must have shape \[3\*D, H \+ D\]"):
-            torch.ops.dreamer_fast.obs_step_inference(*bad, noise, seed, 0.0, 1e-3)
-        with pytest.raises(RuntimeError, match="`seed` must be a one-element int64 CPU tensor"):
-            torch.ops.dreamer_fast.obs_step_inference(*flat, noise, seed.double(), 0.0, 1e-3)
 
 
 # ---- prior=False and bfloat16 weight copies (RSSM.inference_dtype) ------------------------------------------------

@@ -1,5 +1,7 @@
-"""observe_sequence: the whole-sequence RSSM observe op (C++ loops forward and backward) against its reference,
-on the CPU kernels, the emulated CUDA kernels and CUDA where present; opcheck, gradcheck, bad input."""
+"""observe_sequence, the whole-sequence RSSM observe op (C++ loops forward and backward), beyond the checks every op
+shares (tests/test_op_contract.py: values and gradients, gradcheck through time, opcheck, the wrapper's and the C++
+kernels' argument checks): training sizes on each GEMM library, the raw kernels (CPU and emulated CUDA) against the
+reference, one seed per step, resets, the gradient of one output, empty sequences and gemm_dtype."""
 
 from __future__ import annotations
 
@@ -60,23 +62,6 @@ def raw(ns, inputs, noise, unimix=0.0, eps=1e-3, seeds=None, gemm_dtype=None):
 def namespaces():
     return [pytest.param(torch.ops.dreamer_fast, id="cpu-kernel"),
             pytest.param(torch.ops.dreamer_fast_emu, id="emulated-cuda-kernels")]
-
-
-@pytest.mark.parametrize("unimix", [0.0, 0.01])
-def test_values_and_grads_match_reference(device, dtype, unimix):
-    inputs, noise = make(T=12, B=4, dtype=dtype, device=device)
-    fused_in, ref_in = requiring_grad(inputs), requiring_grad(inputs)
-    out = observe_sequence(*fused_in.values(), noise=noise, unimix=unimix, backend="fused")
-    ref = observe_sequence_ref(*ref_in.values(), noise=noise, unimix=unimix)
-    assert torch.equal(out[1].detach(), ref[1].detach()), "samples differ"
-    for name, a, b in zip(("deters", "samples", "logits"), out, ref):
-        torch.testing.assert_close(a, b, **tol(dtype), msg=lambda m, n=name: f"{n}: {m}")
-    got = torch.autograd.grad(loss_of(out), [fused_in[n] for n in DIFFERENTIABLE])
-    want = torch.autograd.grad(loss_of(ref), [ref_in[n] for n in DIFFERENTIABLE])
-    loose = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else tol(dtype)
-    for name, a, b in zip(DIFFERENTIABLE, got, want):
-        assert b.abs().sum() > 0, f"d{name} is zero: the test would not see a wrong gradient"
-        torch.testing.assert_close(a, b, **loose, msg=lambda m, n=name: f"d{n}: {m}")
 
 
 @pytest.mark.parametrize("gemm", ["mkl", "onednn", "aten"])
@@ -156,42 +141,6 @@ def test_empty_sequence():
     assert torch.equal(grads[0], torch.ones_like(grads[0])) and (grads[1] is None or grads[1].abs().sum() == 0)
 
 
-def test_opcheck(device):
-    inputs, noise = make(T=4, B=2, D=3, H=2, S=2, K=3, device=device)
-    args = tuple(requiring_grad(inputs).values())
-    seeds = torch.arange(4, dtype=torch.int64)
-    torch.library.opcheck(torch.ops.dreamer_fast.observe_sequence.default, (*args, noise, seeds, 0.01, 1e-3, None))
-    torch.library.opcheck(torch.ops.dreamer_fast.observe_sequence.default, (*args, None, seeds, 0.0, 1e-3, None))
-
-
-@pytest.mark.parametrize("resets", [True, False])
-def test_gradcheck_through_time(device, resets):
-    """K = 1: the sample is constant (its straight-through gradient is zero, the true one), so finite differences
-    check the whole recurrence over T steps, resets included."""
-    inputs, noise = make(T=5, B=2, D=3, H=2, S=2, K=1, device=device, resets=resets)
-    names = DIFFERENTIABLE
-    fixed = {n: t for n, t in inputs.items() if n not in names}
-
-    def f(*xs):
-        return observe_sequence(**fixed, **dict(zip(names, xs)), noise=noise, backend="fused")
-
-    assert torch.autograd.gradcheck(f, tuple(inputs[n].requires_grad_() for n in names))
-
-
-def test_gradcheck_one_step_categorical(device):
-    """K > 1, one step: deters and logits do not depend on the sample drawn, so their gradients are exact."""
-    inputs, noise = make(T=1, B=3, D=3, H=2, S=2, K=3, device=device, resets=False)
-    names = DIFFERENTIABLE
-    fixed = {n: t for n, t in inputs.items() if n not in names}
-
-    def f(*xs):
-        deters, _, logits = observe_sequence(**fixed, **dict(zip(names, xs)), noise=noise, unimix=0.1,
-                                             backend="fused")
-        return deters, logits
-
-    assert torch.autograd.gradcheck(f, tuple(inputs[n].requires_grad_() for n in names))
-
-
 def test_gemm_dtype_rounds_the_gemms_only():
     """gemm_dtype=bfloat16 (autocast's): close to float32, states stay float32, and differs from it (so it is used)."""
     inputs, noise = make(T=3, B=2, dtype=torch.float32)
@@ -206,78 +155,3 @@ def test_gemm_dtype_rounds_the_gemms_only():
         inside = raw(torch.ops.dreamer_fast, inputs, noise)
     assert all(torch.equal(a, b) for a, b in zip(inside, full))
 
-
-# ---- bad input: the Python wrapper's messages, and the C++ checks' for direct callers of the op -----------------
-
-
-def _bad_cases():
-    inputs, noise = make(T=4, B=2, D=3, H=2, S=2, K=3)
-    f32 = {n: t.float() for n, t in inputs.items()}
-    return inputs, noise, [
-        ("w_gru shape", dict(w_gru=inputs["w_gru"][:, 1:]), ValueError, RuntimeError,
-         "`w_gru` must have shape [3*D, H+D] = [9, 5], got [9, 4]"),
-        ("emb_proj T", dict(emb_proj=inputs["emb_proj"][1:]), ValueError, RuntimeError,
-         "`emb_proj` must have shape [T, B, H] = [4, 2, 2], got [3, 2, 2]"),
-        ("keep shape", dict(keep=inputs["keep"][:, :1]), ValueError, RuntimeError,
-         "`keep` must have shape [T, B] = [4, 2], got [4, 1]"),
-        ("b_post shape", dict(b_post=inputs["b_post"][1:]), ValueError, RuntimeError,
-         "`b_post` must have shape [S*K] = [6], got [5]"),
-        ("ln_w dtype", dict(ln_w=f32["ln_w"]), TypeError, RuntimeError, "`ln_w`"),
-        ("w_post dtype", dict(w_post=f32["w_post"]), TypeError, RuntimeError, "`w_post`"),
-        ("noise shape", dict(noise=noise[..., :1]), ValueError, RuntimeError,
-         "`noise` must have shape [T, B, S] = [4, 2, 2], got [4, 2, 1]"),
-        ("deter0 int", dict(deter0=inputs["deter0"].long()), TypeError, RuntimeError, "`deter0` must be float32"),
-        ("act_proj 2d", dict(act_proj=inputs["act_proj"][0]), ValueError, RuntimeError,
-         "`act_proj` must be [T, B, H]"),
-    ]
-
-
-@pytest.mark.parametrize("case", _bad_cases()[2], ids=[c[0] for c in _bad_cases()[2]])
-def test_bad_inputs_python(case):
-    inputs, noise, _ = _bad_cases()
-    _, change, exc, _, match = case
-    args = {**inputs, "noise": noise, **change}
-    with pytest.raises(exc, match="observe_sequence: " + _escape(match)):
-        observe_sequence(**args, backend="fused")
-
-
-@pytest.mark.parametrize("case", _bad_cases()[2], ids=[c[0] for c in _bad_cases()[2]])
-def test_bad_inputs_cpp(case):
-    inputs, noise, _ = _bad_cases()
-    _, change, _, exc, match = case
-    args = {**inputs, "noise": noise, **change}
-    noise = args.pop("noise")
-    with pytest.raises(exc, match="observe_sequence: " + _escape(match)):
-        raw(torch.ops.dreamer_fast, args, noise)
-
-
-def test_bad_seeds_and_numbers_cpp():
-    inputs, noise = make(T=4, B=2)
-    op = torch.ops.dreamer_fast.observe_sequence
-    with pytest.raises(RuntimeError, match="observe_sequence: `seeds` must be an int64 CPU tensor"):
-        op(*inputs.values(), noise, torch.zeros(4), 0.0, 1e-3, None)
-    with pytest.raises(RuntimeError, match=r"observe_sequence: `seeds` must have shape \[T\] = \[4\], got \[3\]"):
-        op(*inputs.values(), noise, torch.zeros(3, dtype=torch.int64), 0.0, 1e-3, None)
-    with pytest.raises(RuntimeError, match=r"observe_sequence: `unimix` must be in \[0, 1\], got 2"):
-        op(*inputs.values(), noise, torch.zeros(4, dtype=torch.int64), 2.0, 1e-3, None)
-    with pytest.raises(RuntimeError, match="observe_sequence: `gemm_dtype` must be a floating-point dtype"):
-        op(*inputs.values(), noise, torch.zeros(4, dtype=torch.int64), 0.0, 1e-3, torch.int32)
-    with pytest.raises(TypeError, match="observe_sequence: `gemm_dtype` must be a floating-point torch.dtype"):
-        observe_sequence(*inputs.values(), noise=noise, gemm_dtype=torch.int32, backend="fused")
-
-
-def test_backward_op_checks_shapes():
-    inputs, noise = make(T=3, B=2)
-    fwd = torch.ops.dreamer_fast.observe_sequence_forward(*inputs.values(), noise, torch.zeros(3, dtype=torch.int64),
-                                                          0.0, 1e-3, None)
-    deters, samples, logits, x, gates, mean, rstd, y, probs = fwd
-    i = inputs
-    with pytest.raises(RuntimeError, match="observe_sequence_backward: `grad_samples` must have shape"):
-        torch.ops.dreamer_fast.observe_sequence_backward(
-            torch.zeros_like(deters), torch.zeros_like(samples)[:, :1], torch.zeros_like(logits), i["keep"],
-            i["deter0"], i["stoch0"], i["w_stoch_in"], i["w_gru"], i["ln_w"], i["ln_b"], i["w_deter_out"],
-            i["w_post"], deters, samples, x, gates, mean, rstd, y, probs, 0.0)
-
-
-def _escape(s: str) -> str:
-    return s.replace("[", r"\[").replace("]", r"\]").replace("*", r"\*").replace("+", r"\+")

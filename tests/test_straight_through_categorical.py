@@ -1,10 +1,10 @@
-"""straight_through_categorical: fused (CPU kernel, emulated CUDA kernel, real CUDA where present) against the
-reference, the random stream, the sampling distribution, gradients, compile and argument checks."""
+"""straight_through_categorical beyond the checks every op shares (tests/test_op_contract.py): seeded samples, the raw
+kernels (CPU and emulated CUDA) against the reference and each other, the random stream, the sampling distribution,
+the draw rule and other semantics, layouts, half precision, the seed's device and the backends."""
 
 from __future__ import annotations
 
 import math
-from unittest import mock
 
 import pytest
 import torch
@@ -15,7 +15,6 @@ from dreamer_fast.reference import straight_through_categorical_ref
 from dreamer_fast.reference.philox import draw_seed, philox4x32_10, philox_uniform
 
 OP = df.straight_through_categorical
-SHAPES = [(1, 1), (7, 2), (4, 5, 32), (3, 40), (2, 3, 70), (33, 32)]
 
 
 def make(shape, dtype=torch.float32, device="cpu", seed=0, scale=2.0, requires_grad=False):
@@ -50,22 +49,7 @@ def losses(sample, probs, w, v):
     return (sample * w).sum() + (probs * v).sum()
 
 
-# ---- values and gradients against the reference --------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("unimix", [0.0, 0.01, 0.5])
-def test_values_and_grads_match_reference(shape, unimix, device, dtype):
-    logits, noise = make(shape, dtype, device, requires_grad=True)
-    ref_logits = logits.detach().clone().requires_grad_()
-    sample, probs = OP(logits, unimix, noise=noise, backend="fused")
-    ref_sample, ref_probs = straight_through_categorical_ref(ref_logits, unimix, noise=noise)
-    torch.testing.assert_close(probs, ref_probs, **tol(dtype))
-    assert_samples_equal(sample, ref_sample, ref_probs, noise)
-    w, v = torch.randn_like(probs), torch.randn_like(probs)
-    got = torch.autograd.grad(losses(sample, probs, w, v), logits)[0]
-    want = torch.autograd.grad(losses(ref_sample, ref_probs, w, v), ref_logits)[0]
-    torch.testing.assert_close(got, want, **tol(dtype))
+# ---- samples and raw kernels against the reference -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("shape", [(500, 32), (20, 3, 7)], ids=str)
@@ -297,40 +281,7 @@ def test_extreme_logits():
     assert sample.argmax(-1).tolist() == [0, 2]
 
 
-# ---- autograd, opcheck, compile ---------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("unimix", [0.0, 0.3])
-def test_gradcheck(device, unimix):
-    """gradcheck on probs (the sample's gradient is, by design, not the derivative of its value)."""
-    logits, noise = make((4, 3, 6), torch.float64, device, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x: OP(x, unimix, noise=noise, backend="fused")[1], (logits,))
-
-
-@pytest.mark.parametrize("with_noise", [True, False], ids=["noise", "seed"])
-def test_opcheck(device, with_noise):
-    logits, noise = make((5, 3, 8), torch.float32, device, requires_grad=True)
-    args = (logits, noise, seed_tensor(0), 0.01) if with_noise else (logits, None, seed_tensor(99), 0.01)
-    torch.library.opcheck(torch.ops.dreamer_fast.straight_through_categorical.default, args)
-
-
-def test_compile_fullgraph():
-    logits, _ = make((64, 32), requires_grad=True)
-    w = torch.randn(64, 32)
-
-    def loss(x):
-        sample, probs = OP(x, 0.01, backend="fused")
-        return (sample * w).sum() + probs.square().sum()
-
-    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
-    torch.manual_seed(3)  # the seed is drawn inside the graph from the default generator
-    got = compiled(logits)
-    got_grad = torch.autograd.grad(got, logits)[0]
-    torch.manual_seed(3)
-    want = loss(logits)
-    want_grad = torch.autograd.grad(want, logits)[0]
-    torch.testing.assert_close(got, want)
-    torch.testing.assert_close(got_grad, want_grad)
+# ---- layouts, empty sizes, half precision ----------------------------------------------------------------------------
 
 
 def test_non_contiguous_inputs(device):
@@ -366,81 +317,13 @@ def test_half_precision_on_cuda(half):
     torch.testing.assert_close(probs.float(), ref_probs, **tol(half))
 
 
-# ---- argument checks ----------------------------------------------------------------------------------------------------
-
-BAD = [
-    ("logits not a tensor", lambda x, n: ([[0.0, 1.0]], {}), TypeError, "`logits` must be a torch.Tensor"),
-    ("logits int", lambda x, n: (x.long(), {}), TypeError, "`logits` must be float32 or float64"),
-    ("half on cpu", lambda x, n: (x.half(), {}), TypeError, "CUDA only"),
-    ("logits 0-dim", lambda x, n: (x[0, 0], {}), ValueError, "`logits` must be [..., K]"),
-    ("K = 0", lambda x, n: (x[:, :0], {}), ValueError, "`logits` must have K >= 1"),
-    ("noise not a tensor", lambda x, n: (x, {"noise": 0.5}), TypeError, "`noise` must be a torch.Tensor"),
-    ("noise shape", lambda x, n: (x, {"noise": n[:-1]}), ValueError, "`noise` must have shape logits.shape[:-1]"),
-    ("noise with K", lambda x, n: (x, {"noise": x}), ValueError, "`noise` must have shape"),
-    ("noise dtype", lambda x, n: (x, {"noise": n.double()}), TypeError, "`noise` has dtype torch.float64"),
-    ("noise device", lambda x, n: (x, {"noise": n.to("meta")}), ValueError, "`noise` is on meta"),
-    ("unimix < 0", lambda x, n: (x, {"unimix": -0.1}), ValueError, "`unimix` must be in [0.0, 1.0]"),
-    ("unimix > 1", lambda x, n: (x, {"unimix": 1.5}), ValueError, "`unimix` must be in"),
-    ("unimix nan", lambda x, n: (x, {"unimix": float("nan")}), ValueError, "`unimix` must be in"),
-    ("unimix str", lambda x, n: (x, {"unimix": "0.1"}), TypeError, "`unimix` must be a number"),
-    ("generator type", lambda x, n: (x, {"generator": 3}), TypeError, "`generator` must be a torch.Generator"),
-    (
-        "generator device",
-        lambda x, n: (x, {"generator": mock.Mock(spec=torch.Generator, device=torch.device("cuda"))}),
-        ValueError,
-        "`generator` must be a CPU torch.Generator",
-    ),
-]
-
-
-@pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
-def test_bad_inputs(case):
-    _, mutate, exc, match = case
-    logits, kwargs = mutate(*make((6, 4)))
-    with pytest.raises(exc, match=match.replace("[", r"\[").replace("]", r"\]")):
-        OP(logits, backend="fused", **kwargs)
-
-
-CPP_BAD = [
-    ("seed dtype", lambda x, n: (x, None, torch.tensor(1.0), 0.1), "`seed` must be a one-element int64 tensor"),
-    ("seed shape", lambda x, n: (x, None, torch.tensor([1, 2]), 0.1), "`seed` must be a one-element int64 tensor"),
-    ("noise shape", lambda x, n: (x, n[1:], seed_tensor(), 0.1), "`noise` must have shape"),
-    ("noise dtype", lambda x, n: (x, n.double(), seed_tensor(), 0.1), "`noise` must have the dtype of `logits`"),
-    ("logits dtype", lambda x, n: (x.long(), None, seed_tensor(), 0.1), "`logits` must be float32 or float64"),
-    ("logits 0-dim", lambda x, n: (x[0, 0], None, seed_tensor(), 0.1), "`logits` must be \\[..., K\\]"),
-    ("K = 0", lambda x, n: (x[:, :0].contiguous(), None, seed_tensor(), 0.1), "`logits` must have K >= 1"),
-    ("non-contiguous", lambda x, n: (x.t(), None, seed_tensor(), 0.1), "`logits` must be contiguous"),
-    ("unimix", lambda x, n: (x, None, seed_tensor(), 1.5), "`unimix` must be in \\[0, 1\\]"),
-]
-
-
-@pytest.mark.parametrize("ns", kernel_namespaces())
-@pytest.mark.parametrize("case", CPP_BAD, ids=[c[0] for c in CPP_BAD])
-def test_cpp_checks_name_the_argument(ns, case):
-    """The C++ kernels check too (for callers who skip the Python wrapper)."""
-    _, mutate, match = case
-    with pytest.raises(RuntimeError, match=match):
-        ns.straight_through_categorical(*mutate(*make((5, 5))))
+# ---- the seed's device, the backends ---------------------------------------------------------------------------------
 
 
 def test_seed_on_another_device_is_rejected():
     """A seed off the CPU dispatches to that device's kernel: the fake (meta) kernel checks it too."""
     with pytest.raises(ValueError, match="`seed` must be a one-element int64 tensor on the CPU.*meta"):
         torch.ops.dreamer_fast.straight_through_categorical(make((5, 5))[0], None, seed_tensor().to("meta"), 0.1)
-
-
-@pytest.mark.parametrize("ns", kernel_namespaces())
-def test_cpp_backward_checks(ns):
-    logits, _ = make((5, 4))
-    probs = logits.softmax(-1)
-    with pytest.raises(RuntimeError, match="`grad_sample` must have shape"):
-        ns.straight_through_categorical_backward(probs[1:], None, probs, 0.1)
-    with pytest.raises(RuntimeError, match="`grad_probs` must have the dtype of `probs`"):
-        ns.straight_through_categorical_backward(None, probs.double(), probs, 0.1)
-    with pytest.raises(RuntimeError, match="`probs` must be float32 or float64"):
-        ns.straight_through_categorical_backward(None, None, probs.long(), 0.1)
-    with pytest.raises(RuntimeError, match="`unimix` must be in"):
-        ns.straight_through_categorical_backward(probs, None, probs, -1.0)
 
 
 def test_reference_backend_gives_the_same_samples(monkeypatch):

@@ -15,19 +15,9 @@ namespace dreamer_fast::elu {
 // r^8/8! (truncation < 2e-9 relative). The polynomial has no 1 to cancel against, so results near 0 keep their
 // relative precision (n = 0 there); below, both terms have magnitude <= 1 and the sum >= 0.29. Below -87, 2^n is
 // clamped at ~2^-126 and the result is -1 (as for -inf); NaN gives NaN.
-DF_INLINE float expm1_nonpositive(float x) {
-  constexpr float kMin = -87.0f;
-  const exp_detail::Ln2Split<float> s = exp_detail::split_ln2(x < kMin ? kMin : x);
-  const float r = s.r;
-  float p = 1.0f / 40320;
-  p = p * r + 1.0f / 5040;
-  p = p * r + 1.0f / 720;
-  p = p * r + 1.0f / 120;
-  p = p * r + 1.0f / 24;
-  p = p * r + 1.0f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  const float em1 = p * r;  // e^r - 1
+DF_FORCE_INLINE float expm1_nonpositive(float x) {
+  const exp_detail::Ln2Split<float> s = exp_detail::split_ln2(x < -87.0f ? -87.0f : x);
+  const float em1 = s.r * exp_detail::inv_factorial_series<1, 8>(s.r);  // e^r - 1 = r (1 + r/2! + ... + r^7/8!)
   return s.pow2n * em1 + (s.pow2n - 1.0f);
 }
 

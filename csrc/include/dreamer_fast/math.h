@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "macros.h"
 
@@ -44,26 +45,61 @@ DF_FORCE_INLINE To bit_cast(const From& from) {
 
 namespace exp_detail {
 
-// IEEE layout of the two precisions: the integer of the same size, the mantissa bits, the exponent bias.
+// IEEE layout of the two precisions (the integer of the same size, mantissa bits, exponent bias) and exp's range:
+// 2^n stays a normal number for kMin <= z <= kMax.
 template <typename T>
 struct Layout;
 template <>
 struct Layout<float> {
   using Int = int32_t;
   using UInt = uint32_t;
-  static constexpr int kMantissa = 23, kBias = 127;
+  static constexpr int kMantissa = 23, kBias = 127, kDegree = 7;
+  static constexpr float kMin = -87.0f, kMax = 88.0f;
 };
 template <>
 struct Layout<double> {
   using Int = int64_t;
   using UInt = uint64_t;
-  static constexpr int kMantissa = 52, kBias = 1023;
+  static constexpr int kMantissa = 52, kBias = 1023, kDegree = 13;
+  static constexpr double kMin = -708.0, kMax = 709.0;
 };
 
-// Range reduction for kMin <= z <= kMax (2^n a normal number there): z = n ln2 + r with n = round(z / ln2) and
-// |r| <= ln2 / 2 (ln2 split in two parts, the first exact in n ln2); returns r and 2^n, built in the exponent bits.
-// Rounding to the nearest integer adds and subtracts 1.5 * 2^(mantissa bits), which leaves n in the low bits of the
-// sum. A NaN z gives a NaN r.
+// 1 / n! for n = 0..14.
+constexpr double kInvFactorial[] = {1.0,
+                                    1.0,
+                                    1.0 / 2,
+                                    1.0 / 6,
+                                    1.0 / 24,
+                                    1.0 / 120,
+                                    1.0 / 720,
+                                    1.0 / 5040,
+                                    1.0 / 40320,
+                                    1.0 / 362880,
+                                    1.0 / 3628800,
+                                    1.0 / 39916800,
+                                    1.0 / 479001600,
+                                    1.0 / 6227020800.0,
+                                    1.0 / 87178291200.0};
+
+// Σ_{i=0..N-1} r^i / (kFirst + i)!, in Horner form, unrolled at compile time (the fold runs i = N-1 down to 0; the
+// first step is exactly 1 / (kFirst + N - 1)!).
+template <int kFirst, typename T, int... I>
+DF_FORCE_INLINE T inv_factorial_series(T r, std::integer_sequence<int, I...>) {
+  constexpr int kLast = kFirst + static_cast<int>(sizeof...(I)) - 1;
+  T p = T(0);
+  ((p = p * r + static_cast<T>(kInvFactorial[kLast - I])), ...);
+  return p;
+}
+
+template <int kFirst, int kTerms, typename T>
+DF_FORCE_INLINE T inv_factorial_series(T r) {
+  return inv_factorial_series<kFirst>(r, std::make_integer_sequence<int, kTerms>{});
+}
+
+// Range reduction for Layout<T>::kMin <= z <= kMax: z = n ln2 + r with n = round(z / ln2) and |r| <= ln2 / 2 (ln2
+// split in two parts, the first exact in n ln2); returns r and 2^n, built in the exponent bits. Rounding to the
+// nearest integer adds and subtracts 1.5 * 2^(mantissa bits), which leaves n in the low bits of the sum. A NaN z gives
+// a NaN r.
 template <typename T>
 struct Ln2Split {
   T r, pow2n;
@@ -88,47 +124,19 @@ DF_FORCE_INLINE Ln2Split<T> split_ln2(T z) {
 
 }  // namespace exp_detail
 
-// e^z: the range reduction above, e^r by its Taylor polynomial in Horner form (degree 7 for float, 13 for double:
-// truncation below half an ulp), times 2^n. Branch-free. Accuracy: a few ulp. Results below ~1e-38 (float) or
-// ~1e-307 (double) are flushed to 0 (z below -87 or -708; -inf gives 0), z above 88 or 709 gives +inf, NaN gives NaN.
-DF_FORCE_INLINE float exp_poly(float z) {
-  constexpr float kMin = -87.0f, kMax = 88.0f;
-  const float zc = z < kMin ? kMin : (z > kMax ? kMax : z);
-  const exp_detail::Ln2Split<float> s = exp_detail::split_ln2(zc);
-  const float r = s.r;
-  float p = 1.0f / 5040;
-  p = p * r + 1.0f / 720;
-  p = p * r + 1.0f / 120;
-  p = p * r + 1.0f / 24;
-  p = p * r + 1.0f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const float e = p * s.pow2n * static_cast<float>(z >= kMin);  // a product, not a branch; NaN stays NaN
-  return z > kMax ? bit_cast<float>(0x7f800000) : e;
-}
-
-DF_FORCE_INLINE double exp_poly(double z) {
-  constexpr double kMin = -708.0, kMax = 709.0;
-  const double zc = z < kMin ? kMin : (z > kMax ? kMax : z);
-  const exp_detail::Ln2Split<double> s = exp_detail::split_ln2(zc);
-  const double r = s.r;
-  double p = 1.0 / 6227020800.0;  // 1/13!
-  p = p * r + 1.0 / 479001600.0;
-  p = p * r + 1.0 / 39916800.0;
-  p = p * r + 1.0 / 3628800.0;
-  p = p * r + 1.0 / 362880.0;
-  p = p * r + 1.0 / 40320.0;
-  p = p * r + 1.0 / 5040.0;
-  p = p * r + 1.0 / 720.0;
-  p = p * r + 1.0 / 120.0;
-  p = p * r + 1.0 / 24.0;
-  p = p * r + 1.0 / 6.0;
-  p = p * r + 0.5;
-  p = p * r + 1.0;
-  p = p * r + 1.0;
-  const double e = p * s.pow2n * static_cast<double>(z >= kMin);
-  return z > kMax ? bit_cast<double>(int64_t{0x7ff0000000000000}) : e;
+// e^z for float or double: the range reduction above, e^r by its Taylor polynomial of degree 7 (float) or 13
+// (double), whose truncation is below half an ulp, times 2^n. Branch-free. Accuracy: within 2 ulp
+// (tests/cpp/test_math.cpp). Results below ~1e-38 (float) or ~1e-307 (double) are flushed to 0 (z below -87 or
+// -708; -inf gives 0), z above 88 or 709 gives +inf, NaN gives NaN.
+template <typename T>
+DF_FORCE_INLINE T exp_poly(T z) {
+  using L = exp_detail::Layout<T>;
+  const T zc = z < L::kMin ? L::kMin : (z > L::kMax ? L::kMax : z);
+  const exp_detail::Ln2Split<T> s = exp_detail::split_ln2(zc);
+  const T p = exp_detail::inv_factorial_series<0, L::kDegree + 1>(s.r);
+  const T e = p * s.pow2n * static_cast<T>(z >= L::kMin);  // a product, not a branch; NaN stays NaN
+  const T inf = bit_cast<T>(static_cast<typename L::Int>(typename L::Int{2 * L::kBias + 1} << L::kMantissa));
+  return z > L::kMax ? inf : e;
 }
 
 // log x for float x >= 0 (denormals included): Cephes' single-precision approximation, < 2 ulp. log 0 = -inf,

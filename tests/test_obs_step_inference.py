@@ -15,6 +15,7 @@ from test_rssm import D, S, assert_states_close, model, sequence
 import dreamer_fast.rssm as rssm_module
 from dreamer_fast import RSSMState
 from dreamer_fast.ops.obs_step_inference import obs_step_inference
+from dreamer_fast.reference.obs_step_inference import obs_step_inference_ref
 from dreamer_fast.reference.philox import draw_seed
 
 
@@ -304,3 +305,20 @@ def test_bf16_weights_cuda_equals_cpu(with_prior):
                                                          with_prior)
     for a, b in zip(cpu, cuda):
         torch.testing.assert_close(b.cpu(), a, **tol(torch.float32))
+
+
+@pytest.mark.parametrize("with_prior", [True, False])
+def test_philox_and_bf16_weights_equal_the_reference_twin(with_prior):
+    """The op and dreamer_fast.reference.obs_step_inference_ref draw the same Philox seed from equally seeded
+    generators, and read bfloat16 weight copies as the same rounded values."""
+    _, args, _ = op_args(B=3, dtype=torch.float32)
+    layers = {name: (w.detach().to(torch.bfloat16), b.detach()) for name, (w, b) in args[5].items()}
+    args = (*args[:5], layers, *args[6:])
+    with torch.no_grad():
+        got = obs_step_inference(*args, unimix=0.01, generator=torch.Generator().manual_seed(11),
+                                 with_prior=with_prior)
+        want = obs_step_inference_ref(*args, unimix=0.01, generator=torch.Generator().manual_seed(11),
+                                      with_prior=with_prior)
+    assert torch.equal(got[1], want[1])  # the one-hot samples: the same draws
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **tol(torch.float32))

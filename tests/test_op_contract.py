@@ -43,6 +43,7 @@ from dreamer_fast.reference import (
     straight_through_categorical_ref,
 )
 from dreamer_fast.reference.linear import linear_ref
+from dreamer_fast.reference.obs_step_inference import obs_step_inference_ref
 
 CPU_NS = pytest.param(torch.ops.dreamer_fast, id="cpu-kernel")
 EMU_NS = pytest.param(torch.ops.dreamer_fast_emu, id="emulated-cuda-kernel")
@@ -946,6 +947,24 @@ OBSERVE_SEQUENCE = OpCase(
 # ---- obs_step_inference ----------------------------------------------------------------------------------------------
 
 
+def obs_step_on(device, args, noise):
+    """op_args' (args, noise) on `device` (the layers' weights and biases included)."""
+    move = lambda t: t.to(device)  # noqa: E731
+    layers = {name: (move(w), move(b)) for name, (w, b) in args[5].items()}
+    return (*map(move, args[:5]), layers, *map(move, args[6:])), move(noise)
+
+
+def obs_step_sample(B, unimix, with_prior):
+    def make(device, dtype):
+        _, args, noise = op_args(B=B, dtype=dtype)
+        args, noise = obs_step_on(device, args, noise)
+        keep = torch.ones(B, dtype=dtype, device=device)
+        keep[0] = 0  # the first row starts from the initial state
+        return (*args[:4], keep, *args[5:]), dict(noise=noise, unimix=unimix, with_prior=with_prior)
+
+    return Sample(f"B{B}-u{unimix}-{'prior' if with_prior else 'posterior'}", make, torch.no_grad)
+
+
 def obs_step_opcheck(device):
     _, args, noise = op_args()
     flat = [t.detach() for t in flat_args(args)]
@@ -1000,10 +1019,11 @@ def int64_scalar():
 OBS_STEP_INFERENCE = OpCase(
     name="obs_step_inference",
     op=obs_step_inference,
-    reference=None,  # the reference is RSSM.obs_step: tests/test_obs_step_inference.py compares whole rollouts
+    reference=obs_step_inference_ref,
     input_names=(),
-    output_names=(),
-    samples=[],
+    output_names=("deter", "post sample", "post logits", "prior probs", "prior logits"),
+    samples=[obs_step_sample(B, unimix, with_prior) for B in (1, 3) for unimix in (0.0, 0.01)
+             for with_prior in (True, False)],
     gradchecks=[],  # an inference op: no autograd
     opchecks=[Opcheck("schema-and-fake", obs_step_opcheck)],
     opcheck_devices=("cpu",),

@@ -66,9 +66,9 @@ def set_cpu_gemm(mode: str) -> str:
     """Choose the library for the fused backend's float32 GEMMs on the CPU; returns the previous mode. Process-wide.
 
     Concerns observe's per-step GEMMs (B rows, the weights packed once per sequence; bfloat16 ones too under oneDNN on
-    CPUs where oneDNN runs bf16), the acting step's above 6 rows (up to 6, e.g. B = 1, its float32 layers are our own
-    GEMV kernel), and the :func:`dreamer_fast.linear` op's products from 64 x 256 x 256 (the networks' Linear layers,
-    imagination's RSSM layers, observe's weight gradients; smaller ones stay on ATen).
+    CPUs where oneDNN runs bf16), and the products of the :func:`dreamer_fast.linear` op and of the acting step from
+    64 x 256 x 256 (the networks' Linear layers, imagination's RSSM layers, observe's weight gradients; smaller ones
+    stay on ATen, and those of at most 6 rows, e.g. acting at B = 1, are our own GEMV kernel).
     ``"auto"`` (the default, or ``$DREAMER_FAST_CPU_GEMM``): MKL on Intel CPUs, where MKL runs its widest kernels;
     oneDNN elsewhere, where MKL takes its AVX2 code (measured on an AMD EPYC Zen 4, 2 threads: oneDNN 0.68-0.84x MKL's
     time at the agent's GEMMs, 0.54-0.99x under the AVX2 profile). ``"mkl"`` / ``"onednn"`` force one; ``"aten"``

@@ -1,6 +1,6 @@
-// Which library runs the fused backend's float32 GEMMs on the CPU: observe's per-step GEMMs at B = 16, the acting
-// step's above 6 rows (below, it is our GEMV kernel, cpu/gemv.h), and dreamer_fast::linear's products from
-// 64 x 256 x 256 (linear() below): MKL or oneDNN, both inside torch, or ATen's public addmm/mm.
+// Which library runs the fused backend's float32 GEMMs on the CPU: observe's per-step GEMMs at B = 16, and the
+// products of dreamer_fast::linear and of the acting step from 64 x 256 x 256 (linear() below; at most 6 rows they
+// are our GEMV kernel, cpu/gemv.h): MKL or oneDNN, both inside torch, or ATen's public addmm/mm.
 //
 // The rule ("auto"), from the CPU's features (cpu/features.h), not from a timing, so a run's numbers do not depend on
 // a race: MKL where it runs its widest kernels (Intel CPUs: AVX-512, AMX), oneDNN elsewhere (on other vendors MKL

@@ -64,22 +64,14 @@ struct Layout<double> {
   static constexpr double kMin = -708.0, kMax = 709.0;
 };
 
-// 1 / n! for n = 0..14.
-constexpr double kInvFactorial[] = {1.0,
-                                    1.0,
-                                    1.0 / 2,
-                                    1.0 / 6,
-                                    1.0 / 24,
-                                    1.0 / 120,
-                                    1.0 / 720,
-                                    1.0 / 5040,
-                                    1.0 / 40320,
-                                    1.0 / 362880,
-                                    1.0 / 3628800,
-                                    1.0 / 39916800,
-                                    1.0 / 479001600,
-                                    1.0 / 6227020800.0,
-                                    1.0 / 87178291200.0};
+// 1 / n!, a compile-time scalar (device code may read constexpr scalars, not arrays).
+DF_HOST_DEVICE constexpr double inv_factorial(int n) {
+  double f = 1;
+  for (int i = 2; i <= n; ++i) f *= i;
+  return 1 / f;
+}
+template <int N>
+inline constexpr double kInvFactorial = inv_factorial(N);
 
 // Σ_{i=0..N-1} r^i / (kFirst + i)!, in Horner form, unrolled at compile time (the fold runs i = N-1 down to 0; the
 // first step is exactly 1 / (kFirst + N - 1)!).
@@ -87,7 +79,7 @@ template <int kFirst, typename T, int... I>
 DF_FORCE_INLINE T inv_factorial_series(T r, std::integer_sequence<int, I...>) {
   constexpr int kLast = kFirst + static_cast<int>(sizeof...(I)) - 1;
   T p = T(0);
-  ((p = p * r + static_cast<T>(kInvFactorial[kLast - I])), ...);
+  ((p = p * r + static_cast<T>(kInvFactorial<kLast - I>)), ...);
   return p;
 }
 

@@ -1,5 +1,5 @@
 """The row of the op contract table (tests/test_op_contract.py): what one OpCase holds, and the small pieces the rows
-share. This module is no test module of its own."""
+share. Each op's row sits at the end of that op's tests/test_<op>.py; this module is no test module of its own."""
 
 from __future__ import annotations
 

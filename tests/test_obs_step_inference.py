@@ -26,7 +26,8 @@ def rollout(m, backend, embed, action, is_first, noise):
     state, posts, priors = m.initial(embed.shape[1]), [], []
     with torch.no_grad():
         for t in range(embed.shape[0]):
-            state, prior = m.obs_step(state, action[t], embed[t], is_first[t], noise=None if noise is None else noise[t])
+            step_noise = None if noise is None else noise[t]
+            state, prior = m.obs_step(state, action[t], embed[t], is_first[t], noise=step_noise)
             posts.append(state)
             priors.append(prior)
     return RSSMState.stack(posts), RSSMState.stack(priors)

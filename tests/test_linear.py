@@ -197,8 +197,8 @@ CASE = OpCase(
     reference=linear_ref,
     input_names=("x", "weight", "bias"),
     output_names=("y",),
-    # Rows 1 and 6: our GEMV; 7: the GEMM library below oneDNN's sizes; 800 x 290 -> 270: oneDNN where selected. Odd
-    # sizes give the GEMV's block tails.
+    # Rows 1 and 6: the extension's GEMV; 7: the GEMM library below oneDNN's sizes; 800 x 290 -> 270: oneDNN where
+    # selected. Odd sizes give the GEMV's block tails.
     samples=[linear_sample(gemm, M, K, N, with_bias) for gemm in GEMMS
              for M, K, N in [(1, 33, 17), (6, 70, 41), (7, 33, 17), (800, 290, 270)] for with_bias in [True, False]],
     close=linear_close,

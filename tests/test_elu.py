@@ -8,9 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import kernel_namespaces, tol
+from op_contract import Bad, CppCheck, Gradcheck, OpCase, Opcheck, Sample
 
 import dreamer_fast as df
 from dreamer_fast import nets
+from dreamer_fast.reference import elu_ref
 
 pytestmark = pytest.mark.skipif(not df.has_kernel("elu", "cpu"), reason="the compiled extension is not loaded")
 
@@ -132,3 +134,72 @@ def test_backend_selection_and_layer(monkeypatch):
     monkeypatch.setenv("DREAMER_FAST_BACKEND", "reference")
     z = y.clone()
     assert nets.ELU()(z) is z  # in place
+
+
+# ---- the op contract row (checked by tests/test_op_contract.py) ------------------------------------------------------
+
+
+def elu_fused(x):
+    return df.elu(x, backend="fused")
+
+
+def elu_gradcheck(device):
+    x = sample((6, 5), device, torch.float64, requires_grad=True)
+    x = x.detach().masked_fill(x.detach().abs() < 1e-3, 0.5).requires_grad_()  # away from the kink at 0
+    return [(elu_fused, (x,))]
+
+
+def elu_opcheck(device):
+    x = sample((4, 7), device, torch.float32)
+    return [(torch.ops.dreamer_fast.elu.default, (sample((4, 7), device, torch.float32, True),), {}),
+            (torch.ops.dreamer_fast.elu_backward.default, (torch.randn_like(x), F.elu(x)), {})]
+
+
+def elu_compile():
+    def loss(t):
+        return elu_fused(t).square().mean()
+
+    return loss, (sample((16, 33), "cpu", torch.float32, requires_grad=True),)
+
+
+def elu_bad(mutate):
+    return lambda: elu_fused(mutate(torch.randn(3, 4)))
+
+
+def elu_cpp_backward(mutate):
+    def call(ns):
+        out = F.elu(torch.randn(4, 6))
+        ns.elu_backward(*mutate(out))
+
+    return call
+
+
+CASE = OpCase(
+    name="elu",
+    op=elu_fused,
+    reference=elu_ref,
+    input_names=("x",),
+    output_names=("y",),
+    samples=[Sample("x".join(map(str, shape)),
+                    lambda device, dtype, shape=shape: ((sample(shape, device, dtype, requires_grad=True),), {}))
+             for shape in [(7,), (3, 5), (2, 3, 4, 5), (800, 13)]],
+    gradchecks=[Gradcheck("6x5-away-from-0", elu_gradcheck)],
+    opchecks=[Opcheck("forward-backward", elu_opcheck)],
+    compile_loss=elu_compile,
+    bad_inputs=[
+        Bad("int dtype", elu_bad(lambda x: x.long()), TypeError, "`x` must be float32, float64, float16 or bfloat16"),
+        Bad("bool", elu_bad(lambda x: x > 0), TypeError, "`x` must be float32"),
+        Bad("not a tensor", elu_bad(lambda x: 1.5), TypeError, "`x` must be a torch.Tensor"),
+    ],
+    cpp_checks=[
+        CppCheck("x non-contiguous", lambda ns: ns.elu(torch.randn(4, 6).t()), "`x` must be contiguous"),
+        CppCheck("x int", lambda ns: ns.elu(torch.randn(4, 6).int()), "`x` must be float32"),
+        CppCheck("backward grad shape", elu_cpp_backward(lambda out: (torch.randn(4, 5), out)),
+                 "`grad` must have shape"),
+        CppCheck("backward grad dtype", elu_cpp_backward(lambda out: (torch.randn(4, 6, dtype=torch.float64), out)),
+                 "`grad` must have the dtype of `out`"),
+        CppCheck("backward out non-contiguous", elu_cpp_backward(lambda out: (torch.randn(6, 4), out.t())),
+                 "`out` must be contiguous"),
+    ],
+    marks=(pytestmark,),
+)

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 from conftest import emulator_schedule, kernel_namespaces, tol
+from op_contract import Bad, CppCheck, Gradcheck, OpCase, Opcheck, Sample, literal
 
 import dreamer_fast as df
 from dreamer_fast.reference import kl_balance_ref
@@ -282,3 +283,142 @@ def test_backend_selection(monkeypatch):
     ref = df.kl_balance(post, prior)
     assert type(ref[1].grad_fn).__name__.startswith("Sum")  # the reference's last op, not the fused op's node
     assert_close(ref, fused(post, prior), torch.float32, "value")
+
+
+# ---- the op contract row (checked by tests/test_op_contract.py) ------------------------------------------------------
+
+
+def kl_balance_sample(shape, unimix, free, free_avg):
+    def build(device, dtype):
+        return (*make(shape, device, dtype, requires_grad=True), 0.8, free, free_avg, unimix), {}
+
+    return Sample(f"{'x'.join(map(str, shape))}-u{unimix}-free{free}-{'avg' if free_avg else 'each'}", build)
+
+
+def kl_balance_values(out, ref, dtype, args, kwargs):
+    """A scalar loss and kl of shape [...] (the logits' leading dims), both in the logits' dtype, within tol(dtype)."""
+    assert out[0].shape == () and out[1].shape == args[0].shape[:-2]
+    assert out[0].dtype == out[1].dtype == dtype
+    for name, a, b in zip(("loss", "kl"), out, ref):
+        torch.testing.assert_close(a, b, **tol(dtype), msg=lambda m, n=name: f"value {n}: {m}")
+
+
+def kl_balance_gradcheck(unimix):
+    """kl is an ordinary function of both logits. The loss is not (its gradient stops at sg()), except where the
+    stopped side is constant: balance 0 is a plain function of post, balance 1 of prior."""
+
+    def build(device):
+        post, prior = make((4, 2, 3), device, torch.float64, requires_grad=True)
+        checks = [(lambda x, y: fused(x, y, 0.8, 0.0, True, unimix)[1], (post, prior))]
+        kl = fused(post, prior, unimix=unimix)[1].detach().sort().values
+        for free, free_avg in ((0.0, True), (kl.mean().item() - 0.1, True), ((kl[1] + kl[2]).item() / 2, False)):
+            args = (free, free_avg, unimix)
+            checks.append((lambda x, args=args: fused(x, prior.detach(), 0.0, *args)[0], (post,)))
+            checks.append((lambda y, args=args: fused(post.detach(), y, 1.0, *args)[0], (prior,)))
+        return checks
+
+    return Gradcheck(f"u{unimix}", build)
+
+
+def kl_balance_opcheck(device):
+    post, prior = make((4, 3, 5), device, torch.float32, requires_grad=True)
+    op = torch.ops.dreamer_fast.kl_balance.default
+    return [(op, (post, prior, 0.8, 0.0, True, 0.0), {}), (op, (post, prior, 0.3, 0.5, False, 0.01), {})]
+
+
+def kl_balance_compile():
+    def loss(x, y):
+        value, kl = df.kl_balance(x, y, 0.8, 0.1, True, 0.01, backend="fused")
+        return value + 0.1 * kl.square().mean()
+
+    return loss, tuple(make((6, 4, 8, 16), requires_grad=True))
+
+
+def kl_balance_bad(mutate):
+    return lambda: fused(*mutate(*make((3, 4, 5))))
+
+
+def kl_balance_bad_scalar(name, value):
+    def call():
+        kwargs = dict(balance=0.8, free=0.0, free_avg=True, unimix=0.0)
+        kwargs[name] = value
+        fused(*make((3, 4, 5)), **kwargs)
+
+    return Bad(f"{name}={value}", call, (ValueError, TypeError), f"`{name}`")
+
+
+def kl_balance_cpp(mutate, *scalars):
+    return lambda ns: ns.kl_balance(*mutate(*make((3, 4, 5))), *(scalars or (0.8, 0.0, True, 0.0)))
+
+
+def kl_balance_cpp_backward(mutate):
+    def call(ns):
+        x, y = make((3, 4, 5))
+        _, kl = ns.kl_balance(x, y, 0.8, 0.0, True, 0.0)
+        ns.kl_balance_backward(*mutate(torch.tensor(1.0), kl, x, y), 0.8, 0.0, True, 0.0)
+
+    return call
+
+
+CASE = OpCase(
+    name="kl_balance",
+    op=fused,
+    reference=kl_balance_ref,
+    input_names=("post", "prior"),
+    output_names=("loss", "kl"),
+    samples=[kl_balance_sample(shape, unimix, free, free_avg)
+             for shape in [(1, 1, 1), (3, 4, 5), (2, 3, 8, 32), (5, 9, 40)] for unimix in [0.0, 0.01]
+             for free, free_avg in [(0.0, True), (1.0, True), (2.0, False)]],
+    check_values=kl_balance_values,
+    gradchecks=[kl_balance_gradcheck(unimix) for unimix in [0.0, 0.1]],
+    opchecks=[Opcheck("balance-free-unimix", kl_balance_opcheck)],
+    compile_loss=kl_balance_compile,
+    bad_inputs=[
+        Bad("1-dim", kl_balance_bad(lambda x, y: (x[0, 0], y[0, 0])), ValueError,
+            literal("`post_logits` must be [..., S, K] (at least 2 dims)")),
+        Bad("prior shape", kl_balance_bad(lambda x, y: (x, y[:, :, :-1])), ValueError,
+            literal("`prior_logits` must have shape")),
+        Bad("K = 0", kl_balance_bad(lambda x, y: (x[..., :0], y[..., :0])), ValueError,
+            literal("`post_logits` must have at least one class")),
+        Bad("int dtype", kl_balance_bad(lambda x, y: (x.long(), y.long())), TypeError,
+            literal("`post_logits` must be float32 or float64")),
+        Bad("half on cpu", kl_balance_bad(lambda x, y: (x.half(), y.half())), TypeError, literal("CUDA only")),
+        Bad("mixed dtype", kl_balance_bad(lambda x, y: (x, y.double())), TypeError,
+            literal("`prior_logits` has dtype torch.float64")),
+        Bad("mixed device", kl_balance_bad(lambda x, y: (x, y.to("meta"))), ValueError,
+            literal("`prior_logits` is on meta")),
+        Bad("post not a tensor", kl_balance_bad(lambda x, y: (x.tolist(), y)), TypeError,
+            literal("`post_logits` must be a torch.Tensor")),
+        Bad("prior not a tensor", kl_balance_bad(lambda x, y: (x, 0.0)), TypeError,
+            literal("`prior_logits` must be a torch.Tensor")),
+        *(kl_balance_bad_scalar(name, value) for name, value in [
+            ("balance", -0.1), ("balance", 1.5), ("balance", float("nan")), ("balance", "0.8"),
+            ("free", -1.0), ("free", float("inf")), ("free", float("nan")), ("free", None),
+            ("unimix", -0.01), ("unimix", 1.01), ("unimix", float("nan")),
+            ("free_avg", 1), ("free_avg", "yes"),
+        ]),
+    ],
+    cpp_checks=[
+        CppCheck("prior shape", kl_balance_cpp(lambda x, y: (x, y[:2])), "`prior_logits` must have shape"),
+        CppCheck("prior dtype", kl_balance_cpp(lambda x, y: (x, y.double())), "`prior_logits` must have the dtype"),
+        CppCheck("1-dim", kl_balance_cpp(lambda x, y: (x[0, 0], y[0, 0])), "`post_logits` must be \\[..., S, K\\]"),
+        CppCheck("K = 0", kl_balance_cpp(lambda x, y: (x[..., :0], y[..., :0])),
+                 "`post_logits` must have at least one class"),
+        CppCheck("int dtype", kl_balance_cpp(lambda x, y: (x.long(), y.long())),
+                 "`post_logits` must be float32 or float64"),
+        CppCheck("non-contiguous", kl_balance_cpp(lambda x, y: (x.transpose(0, 1), y.transpose(0, 1))),
+                 "`post_logits` must be contiguous"),
+        CppCheck("balance", kl_balance_cpp(lambda x, y: (x, y), 1.2, 0.0, True, 0.0), "`balance` must be"),
+        CppCheck("free inf", kl_balance_cpp(lambda x, y: (x, y), 0.8, math.inf, True, 0.0), "`free` must be"),
+        CppCheck("free < 0", kl_balance_cpp(lambda x, y: (x, y), 0.8, -1.0, True, 0.0), "`free` must be"),
+        CppCheck("unimix", kl_balance_cpp(lambda x, y: (x, y), 0.8, 0.0, True, -0.5), "`unimix` must be"),
+        CppCheck("backward grad_loss shape", kl_balance_cpp_backward(lambda g, kl, x, y: (g[None], kl, x, y, kl)),
+                 "`grad_loss` must have shape"),
+        CppCheck("backward grad_kl shape", kl_balance_cpp_backward(lambda g, kl, x, y: (g, kl[:2], x, y, kl)),
+                 "`grad_kl` must have shape"),
+        CppCheck("backward kl dtype", kl_balance_cpp_backward(lambda g, kl, x, y: (g, kl, x, y, kl.double())),
+                 "`kl` must have the dtype"),
+        CppCheck("backward grad_loss dtype", kl_balance_cpp_backward(lambda g, kl, x, y: (g.double(), kl, x, y, kl)),
+                 "`grad_loss` must have the dtype"),
+    ],
+)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import kernel_namespaces, tol
+from op_contract import Bad, CppCheck, Gradcheck, OpCase, Opcheck, Sample, literal
 
 import dreamer_fast as df
 from dreamer_fast.reference import lambda_return_ref
@@ -122,3 +123,76 @@ def test_backend_selection(monkeypatch):
     out = df.lambda_return(*inputs)
     assert out.grad_fn is None or "Stack" in type(out.grad_fn).__name__
     torch.testing.assert_close(out, df.lambda_return(*inputs, backend="fused"))
+
+
+# ---- the op contract row (checked by tests/test_op_contract.py) ------------------------------------------------------
+
+
+def lambda_return_fused(*args, **kwargs):
+    return df.lambda_return(*args, **kwargs, backend="fused")
+
+
+def lambda_return_sample(T, B, lam):
+    return Sample(f"{T}x{B}-lam{lam}",
+                  lambda device, dtype: ((*make(T, B, device, dtype, requires_grad=True), lam), {}))
+
+
+def lambda_return_bad(mutate):
+    return lambda: lambda_return_fused(*mutate(*make(5, 4, "cpu", torch.float32)))
+
+
+def lambda_return_cpp(mutate):
+    return lambda ns: ns.lambda_return(*mutate(*make(5, 4, "cpu", torch.float32)), 0.9)
+
+
+def lambda_return_compile():
+    def loss(*x):
+        return lambda_return_fused(*x, 0.95).square().mean()
+
+    return loss, tuple(make(15, 64, "cpu", torch.float32, requires_grad=True))
+
+
+CASE = OpCase(
+    name="lambda_return",
+    op=lambda_return_fused,
+    reference=lambda_return_ref,
+    input_names=("reward", "value", "discount", "bootstrap"),
+    output_names=("return",),
+    samples=[lambda_return_sample(T, B, lam)
+             for T, B in [(1, 1), (2, 3), (15, 800), (50, 16), (7, 1030)] for lam in [0.0, 0.95, 1.0]],
+    gradchecks=[Gradcheck("T5-B4", lambda device: [
+        (lambda *x: lambda_return_fused(*x, 0.9), tuple(make(5, 4, device, torch.float64, True)))])],
+    opchecks=[Opcheck("T6-B5", lambda device: [
+        (torch.ops.dreamer_fast.lambda_return.default,
+         (*make(6, 5, device, torch.float32, requires_grad=True), 0.95), {})])],
+    compile_loss=lambda_return_compile,
+    bad_inputs=[
+        Bad("reward", lambda_return_bad(lambda r, v, d, b: (r[0], v, d, b)), ValueError,
+            literal("`reward` must be [T, B]")),
+        Bad("value", lambda_return_bad(lambda r, v, d, b: (r, v[:, :-1], d, b)), ValueError,
+            literal("`value` must have shape [T, B]")),
+        Bad("discount", lambda_return_bad(lambda r, v, d, b: (r, v, d[1:], b)), ValueError,
+            literal("`discount` must have shape")),
+        Bad("bootstrap", lambda_return_bad(lambda r, v, d, b: (r, v, d, b[:-1])), ValueError,
+            literal("`bootstrap` must have shape [B]")),
+        Bad("int dtype", lambda_return_bad(lambda r, v, d, b: (r.long(), v, d, b)), TypeError,
+            literal("`reward` must be float32 or float64")),
+        Bad("half on cpu", lambda_return_bad(lambda r, v, d, b: (r.half(), v.half(), d.half(), b.half())), TypeError,
+            literal("CUDA only")),
+        Bad("mixed dtype", lambda_return_bad(lambda r, v, d, b: (r, v.double(), d, b)), TypeError,
+            literal("`value` has dtype torch.float64")),
+        Bad("mixed device", lambda_return_bad(lambda r, v, d, b: (r, v, d, b.to("meta"))), ValueError,
+            literal("`bootstrap` is on meta")),
+        Bad("not a tensor", lambda_return_bad(lambda r, v, d, b: (r, v, 0.99, b)), TypeError,
+            literal("`discount` must be a torch.Tensor")),
+        *(Bad(f"lam={lam}", lambda lam=lam: df.lambda_return(*make(3, 2, "cpu", torch.float32), lam),
+              (ValueError, TypeError), "`lam`")
+          for lam in [-0.1, 1.5, float("nan"), "0.9"]),
+    ],
+    cpp_checks=[
+        CppCheck("bootstrap shape", lambda_return_cpp(lambda r, v, d, b: (r, v, d, b[:-1])),
+                 "`bootstrap` must have shape"),
+        CppCheck("value dtype", lambda_return_cpp(lambda r, v, d, b: (r, v.double(), d, b)),
+                 "`value` must have the dtype"),
+    ],
+)

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import assert_close_to_scale, cpu_gemm_library, tol
+from op_contract import CPU_NS, Bad, CppCheck, Gradcheck, OpCase, Opcheck, Sample
 
 import dreamer_fast as df
 from dreamer_fast import nets
@@ -128,3 +129,114 @@ def test_linear_layer(monkeypatch):
     assert nets.Linear(12, 5, backend="reference")(x).grad_fn.name() == "AddmmBackward0"
     monkeypatch.setenv("DREAMER_FAST_BACKEND", "reference")
     assert nets.Linear(12, 5)(x).grad_fn.name() == "AddmmBackward0"
+
+
+# ---- the op contract row (checked by tests/test_op_contract.py) ------------------------------------------------------
+
+
+def linear_fused(*args):
+    return linear(*args, backend="fused")
+
+
+def linear_close(got, want, **kw):
+    """The tolerance scales with the values (a dW summed over 800 rows is ~30 here)."""
+    assert_close_to_scale(got, want, **kw)
+
+
+def linear_sample(gemm, M, K, N, with_bias):
+    def build(device, dtype):
+        bias = make((N,), device, dtype, 2) if with_bias else None
+        return (make((M, K), device, dtype, 0), make((N, K), device, dtype, 1), bias), {}
+
+    return Sample(f"{gemm}-{M}x{K}x{N}-{'bias' if with_bias else 'no-bias'}", build,
+                  lambda: cpu_gemm_library(gemm))
+
+
+def linear_gradcheck(device):
+    args = (make((5, 7), device, torch.float64, 0), make((4, 7), device, torch.float64, 1),
+            make((4,), device, torch.float64, 2))
+    return [(linear_fused, args)]
+
+
+def linear_opcheck(gemm):
+    def build(device):
+        x, w, b = (make((8, 5), device, torch.float32, 0), make((3, 5), device, torch.float32, 1),
+                   make((3,), device, torch.float32, 2))
+        views = (make((5, 8), device, torch.float32, 3).t(), make((5, 3), device, torch.float32, 4).t(),
+                 None)  # the backward's transposed operands
+        return [(torch.ops.dreamer_fast.linear.default, (x, w, b), {}),
+                (torch.ops.dreamer_fast.linear.default, views, {})]
+
+    return Opcheck(gemm, build, lambda: cpu_gemm_library(gemm))
+
+
+def linear_compile():
+    def loss(*a):
+        return linear_fused(*a).square().mean()
+
+    return loss, (make((16, 33), "cpu", torch.float32, 0), make((8, 33), "cpu", torch.float32, 1),
+                  make((8,), "cpu", torch.float32, 2))
+
+
+def linear_bad(**change):
+    def call():
+        args = dict(x=torch.randn(4, 6), weight=torch.randn(3, 6), bias=torch.randn(3))
+        args.update({name: new() for name, new in change.items()})
+        linear_fused(args["x"], args["weight"], args["bias"])
+
+    return call
+
+
+def linear_cpp(x, weight, bias):
+    return lambda ns: ns.linear(x(), weight(), bias())
+
+
+CASE = OpCase(
+    name="linear",
+    op=linear_fused,
+    reference=linear_ref,
+    input_names=("x", "weight", "bias"),
+    output_names=("y",),
+    # Rows 1 and 6: the extension's GEMV; 7: the GEMM library below oneDNN's sizes; 800 x 290 -> 270: oneDNN where
+    # selected. Odd sizes give the GEMV's block tails.
+    samples=[linear_sample(gemm, M, K, N, with_bias) for gemm in GEMMS
+             for M, K, N in [(1, 33, 17), (6, 70, 41), (7, 33, 17), (800, 290, 270)] for with_bias in [True, False]],
+    close=linear_close,
+    gradchecks=[Gradcheck("5x7x4-bias", linear_gradcheck, gradgrad=True)],
+    opchecks=[linear_opcheck(gemm) for gemm in GEMMS],
+    compile_loss=linear_compile,
+    bad_inputs=[
+        Bad("int x", linear_bad(x=lambda: torch.ones(4, 6, dtype=torch.long)), TypeError,
+            "`x` must be float32, float64"),
+        Bad("weight dtype", linear_bad(weight=lambda: torch.randn(3, 6, dtype=torch.float64)), TypeError,
+            "`weight` has dtype torch.float64"),
+        Bad("bias dtype", linear_bad(bias=lambda: torch.randn(3, dtype=torch.float64)), TypeError,
+            "`bias` has dtype torch.float64"),
+        Bad("weight 1-d", linear_bad(weight=lambda: torch.randn(6)), ValueError,
+            r"`weight` must be \[N, K\] with K = x.shape\[-1\] = 6"),
+        Bad("weight K", linear_bad(weight=lambda: torch.randn(3, 5)), ValueError,
+            r"`weight` must be \[N, K\] with K = x.shape\[-1\] = 6"),
+        Bad("bias shape", linear_bad(bias=lambda: torch.randn(4)), ValueError, r"`bias` must have shape \[N\] = \[3\]"),
+        Bad("x 0-d", linear_bad(x=lambda: torch.tensor(1.0)), ValueError, "`x` must be"),
+        Bad("weight device", linear_bad(weight=lambda: torch.randn(3, 6, device="meta")), ValueError,
+            "`weight` is on meta"),
+        Bad("not a tensor", linear_bad(bias=lambda: [0.0, 1.0, 2.0]), TypeError, "`bias` must be a torch.Tensor"),
+    ],
+    cpp_checks=[
+        CppCheck("x 3-d", linear_cpp(lambda: torch.randn(2, 4, 6), lambda: torch.randn(3, 6), lambda: None),
+                 r"`x` must be \[M, K\]", (CPU_NS,)),
+        CppCheck("weight dtype",
+                 linear_cpp(lambda: torch.randn(4, 6), lambda: torch.randn(3, 6, dtype=torch.float64), lambda: None),
+                 "`weight` must have the dtype of `x`", (CPU_NS,)),
+        CppCheck("weight K", linear_cpp(lambda: torch.randn(4, 6), lambda: torch.randn(3, 5), lambda: None),
+                 r"`weight` must be \[N, K\] with K = x.size\(1\) = 6", (CPU_NS,)),
+        CppCheck("bias shape", linear_cpp(lambda: torch.randn(4, 6), lambda: torch.randn(3, 6), lambda: torch.randn(2)),
+                 "`bias` must have shape", (CPU_NS,)),
+        CppCheck("bias non-contiguous",
+                 linear_cpp(lambda: torch.randn(4, 6), lambda: torch.randn(3, 6), lambda: torch.randn(3, 2)[:, 0]),
+                 "`bias` must be contiguous", (CPU_NS,)),
+        CppCheck("x int", linear_cpp(lambda: torch.randn(4, 6).int(), lambda: torch.randn(3, 6).int(), lambda: None),
+                 "`x` must be float32", (CPU_NS,)),
+    ],
+    marks=(pytestmark,),
+)

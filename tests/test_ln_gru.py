@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import emulator_schedule, kernel_namespaces, tol
+from op_contract import CPU_NS, Bad, CppCheck, Gradcheck, OpCase, Opcheck, Sample, literal
 
 import dreamer_fast as df
 from dreamer_fast.reference import ln_gru_ref
@@ -196,3 +197,102 @@ def test_emulated_cuda_kernels_are_schedule_independent():
         got = run()
     for i, (a, b) in enumerate(zip(got, want)):
         assert torch.equal(a, b), f"output {i} depends on the emulator's schedule"
+
+
+# ---- the op contract row (checked by tests/test_op_contract.py) ------------------------------------------------------
+
+
+def ln_gru_fused(*args):
+    return df.ln_gru(*args, backend="fused")
+
+
+def ln_gru_compile():
+    def loss(*x):
+        return ln_gru_fused(*x).square().mean()
+
+    return loss, tuple(make(16, 12, "cpu", torch.float32, requires_grad=True))
+
+
+def ln_gru_bad(mutate):
+    return lambda: ln_gru_fused(*mutate(*make(5, 4, "cpu", torch.float32)))
+
+
+def ln_gru_cpp(mutate):
+    return lambda ns: ns.ln_gru(*mutate(*make(5, 4, "cpu", torch.float32)), 1e-3)
+
+
+def ln_gru_cpp_backward(mutate):
+    def call(ns):
+        g, h, w, b = make(5, 4, "cpu", torch.float32)
+        out, mean, rstd = ns.ln_gru(g, h, w, b, 1e-3)
+        ns.ln_gru_backward(*mutate(out, g, h, w, b, mean, rstd))
+
+    return call
+
+
+CASE = OpCase(
+    name="ln_gru",
+    op=ln_gru_fused,
+    reference=ln_gru_ref,
+    input_names=("gates", "deter", "weight", "bias"),
+    output_names=("deter",),
+    samples=[Sample(f"{B}x{D}", lambda device, dtype, B=B, D=D: (tuple(make(B, D, device, dtype, True)), {}))
+             for B, D in [(1, 1), (3, 16), (16, 600), (70, 5), (0, 4)]],
+    gradchecks=[Gradcheck("B4-D5", lambda device: [
+        (ln_gru_fused, tuple(make(4, 5, device, torch.float64, requires_grad=True)))])],
+    opchecks=[Opcheck("B6-D5", lambda device: [
+        (torch.ops.dreamer_fast.ln_gru.default, (*make(6, 5, device, torch.float32, True), 1e-3), {})])],
+    compile_loss=ln_gru_compile,
+    bad_inputs=[
+        Bad("gates 1d", ln_gru_bad(lambda g, h, w, b: (g[0], h, w, b)), ValueError,
+            literal("`gates` must be [B, 3*D]")),
+        Bad("gates not 3D", ln_gru_bad(lambda g, h, w, b: (g[:, :-1], h, w, b)), ValueError,
+            literal("`gates` must be [B, 3*D]")),
+        Bad("deter", ln_gru_bad(lambda g, h, w, b: (g, h[:, :-1], w, b)), ValueError,
+            literal("`deter` must have shape [B, D]")),
+        Bad("deter batch", ln_gru_bad(lambda g, h, w, b: (g, h[1:], w, b)), ValueError,
+            literal("`deter` must have shape [B, D]")),
+        Bad("weight", ln_gru_bad(lambda g, h, w, b: (g, h, w[:-1], b)), ValueError,
+            literal("`weight` must have shape [3*D]")),
+        Bad("bias", ln_gru_bad(lambda g, h, w, b: (g, h, w, b[None])), ValueError,
+            literal("`bias` must have shape [3*D]")),
+        Bad("int dtype", ln_gru_bad(lambda g, h, w, b: (g.long(), h, w, b)), TypeError,
+            literal("`gates` must be float32 or float64")),
+        Bad("half on cpu", ln_gru_bad(lambda g, h, w, b: (g.half(), h.half(), w.half(), b.half())), TypeError,
+            literal("CUDA only")),
+        Bad("mixed dtype", ln_gru_bad(lambda g, h, w, b: (g, h.double(), w, b)), TypeError,
+            literal("`deter` has dtype torch.float64")),
+        Bad("bf16 gates, f64 state", ln_gru_bad(lambda g, h, w, b: (g.bfloat16(), h.double(), w.double(), b.double())),
+            TypeError, literal("`gates` must be float32 or float64")),
+        Bad("bf16 gates, bf16 weight", ln_gru_bad(lambda g, h, w, b: (g.bfloat16(), h, w.bfloat16(), b)), TypeError,
+            literal("`weight` has dtype torch.bfloat16 but `deter` has torch.float32")),
+        Bad("bf16 gates, deter elsewhere", ln_gru_bad(lambda g, h, w, b: (g.bfloat16(), h.to("meta"), w, b)),
+            ValueError, literal("`deter` is on meta")),
+        Bad("mixed device", ln_gru_bad(lambda g, h, w, b: (g, h, w, b.to("meta"))), ValueError,
+            literal("`bias` is on meta")),
+        Bad("not a tensor", ln_gru_bad(lambda g, h, w, b: (g, h, 1.0, b)), TypeError,
+            literal("`weight` must be a torch.Tensor")),
+        *(Bad(f"eps={eps}", lambda eps=eps: df.ln_gru(*make(3, 2, "cpu", torch.float32), eps),
+              (ValueError, TypeError), "`eps`")
+          for eps in [-1e-3, float("nan"), "1e-3"]),
+    ],
+    cpp_checks=[
+        CppCheck("deter shape", ln_gru_cpp(lambda g, h, w, b: (g, h[:, 1:].contiguous(), w, b)),
+                 "`deter` must have shape"),
+        CppCheck("bias dtype", ln_gru_cpp(lambda g, h, w, b: (g, h, w, b.double())), "`bias` must have the dtype"),
+        CppCheck("bf16 gates, bf16 weight", ln_gru_cpp(lambda g, h, w, b: (g.bfloat16(), h, w.bfloat16(), b)),
+                 "`weight` must have the dtype of `deter`"),
+        # The CPU kernels: low-precision gates only beside a float32 state.
+        CppCheck("bf16 gates, bf16 state",
+                 ln_gru_cpp(lambda g, h, w, b: (g.bfloat16(), h.bfloat16(), w.bfloat16(), b.bfloat16())),
+                 "`gates` must be float32 or float64", (CPU_NS,)),
+        CppCheck("gates shape", ln_gru_cpp(lambda g, h, w, b: (g[:, 1:].contiguous(), h, w, b)),
+                 r"`gates` must be \[B, 3\*D\]"),
+        CppCheck("backward rstd shape",
+                 ln_gru_cpp_backward(lambda out, g, h, w, b, mean, rstd: (out, g, h, w, b, mean, rstd[1:])),
+                 "`rstd` must have shape"),
+        CppCheck("backward grad shape",
+                 ln_gru_cpp_backward(lambda out, g, h, w, b, mean, rstd: (out[1:], g, h, w, b, mean, rstd)),
+                 "`grad` must have shape"),
+    ],
+)

@@ -10,6 +10,7 @@ import re
 import pytest
 import torch
 from conftest import tol
+from op_contract import CPU_NS, Bad, CppCheck, OpCase, Opcheck, Sample, literal
 from test_rssm import D, S, assert_states_close, model, sequence
 
 import dreamer_fast.rssm as rssm_module
@@ -25,7 +26,8 @@ def rollout(m, backend, embed, action, is_first, noise):
     state, posts, priors = m.initial(embed.shape[1]), [], []
     with torch.no_grad():
         for t in range(embed.shape[0]):
-            state, prior = m.obs_step(state, action[t], embed[t], is_first[t], noise=None if noise is None else noise[t])
+            step_noise = None if noise is None else noise[t]
+            state, prior = m.obs_step(state, action[t], embed[t], is_first[t], noise=step_noise)
             posts.append(state)
             priors.append(prior)
     return RSSMState.stack(posts), RSSMState.stack(priors)
@@ -322,3 +324,117 @@ def test_philox_and_bf16_weights_equal_the_reference_twin(with_prior):
     assert torch.equal(got[1], want[1])  # the one-hot samples: the same draws
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, **tol(torch.float32))
+
+
+# ---- the op contract row (checked by tests/test_op_contract.py) ------------------------------------------------------
+
+
+def obs_step_on(device, args, noise):
+    """op_args' (args, noise) on `device` (the layers' weights and biases included)."""
+    move = lambda t: t.to(device)  # noqa: E731
+    layers = {name: (move(w), move(b)) for name, (w, b) in args[5].items()}
+    return (*map(move, args[:5]), layers, *map(move, args[6:])), move(noise)
+
+
+def obs_step_sample(B, unimix, with_prior):
+    def build(device, dtype):
+        _, args, noise = op_args(B=B, dtype=dtype)
+        args, noise = obs_step_on(device, args, noise)
+        keep = torch.ones(B, dtype=dtype, device=device)
+        keep[0] = 0  # the first row starts from the initial state
+        return (*args[:4], keep, *args[5:]), dict(noise=noise, unimix=unimix, with_prior=with_prior)
+
+    return Sample(f"B{B}-u{unimix}-{'prior' if with_prior else 'posterior'}", build, torch.no_grad)
+
+
+def obs_step_opcheck(device):
+    _, args, noise = op_args()
+    flat = [t.detach() for t in flat_args(args)]
+    return [(torch.ops.dreamer_fast.obs_step_inference.default,
+             (*flat, noise, torch.zeros((), dtype=torch.int64), 0.0, 1e-3),
+             dict(test_utils=("test_schema", "test_faketensor")))]
+
+
+def obs_step_swap(i, value):
+    return lambda args: (*args[:i], value(args[i]), *args[i + 1:])
+
+
+def obs_step_layer(name, which, value):
+    def change(args):
+        layers = dict(args[5])
+        pair = list(layers[name])
+        pair[which] = value(pair[which])
+        layers[name] = tuple(pair)
+        return (*args[:5], layers, *args[6:])
+
+    return change
+
+
+def obs_step_bad(change):
+    def call():
+        _, args, noise = op_args()
+        with torch.no_grad():
+            obs_step_inference(*change(args), noise=noise)
+
+    return call
+
+
+def obs_step_cpp(change_flat, seed):
+    def call(ns):
+        _, args, noise = op_args()
+        with torch.no_grad():
+            ns.obs_step_inference(*change_flat(flat_args(args)), noise, seed(), 0.0, 1e-3)
+
+    return call
+
+
+def obs_step_bad_w_gru(flat):
+    flat = list(flat)
+    flat[7] = flat[7][:, 1:]  # w_gru
+    return flat
+
+
+def int64_scalar():
+    return torch.zeros((), dtype=torch.int64)
+
+
+CASE = OpCase(
+    name="obs_step_inference",
+    op=obs_step_inference,
+    reference=obs_step_inference_ref,
+    input_names=(),
+    output_names=("deter", "post sample", "post logits", "prior probs", "prior logits"),
+    samples=[obs_step_sample(B, unimix, with_prior) for B in (1, 3) for unimix in (0.0, 0.01)
+             for with_prior in (True, False)],
+    gradchecks=[],  # an inference op: no autograd
+    opchecks=[Opcheck("schema-and-fake", obs_step_opcheck)],
+    opcheck_devices=("cpu",),
+    bad_inputs=[
+        Bad("deter-3d", obs_step_bad(obs_step_swap(0, lambda t: t[None])), ValueError,
+            literal("`deter` must be [B, D]")),
+        Bad("deter-int", obs_step_bad(obs_step_swap(0, lambda t: t.long())), TypeError,
+            literal("`deter` must be float32 or float64")),
+        Bad("stoch-batch", obs_step_bad(obs_step_swap(1, lambda t: t[:1])), ValueError,
+            literal("`stoch` must have shape [B, S, K]")),
+        Bad("action-dtype", obs_step_bad(obs_step_swap(2, lambda t: t.float())), TypeError,
+            literal("`action` has dtype torch.float32")),
+        Bad("embed-batch", obs_step_bad(obs_step_swap(3, lambda t: t[:1])), ValueError,
+            literal("`embed` must have shape [B, E]")),
+        Bad("keep-shape", obs_step_bad(obs_step_swap(4, lambda t: t[:, None])), ValueError,
+            literal("`keep` must have shape [B]")),
+        Bad("layers-missing", obs_step_bad(obs_step_swap(5, lambda d: {k: v for k, v in d.items() if k != "gru"})),
+            ValueError, literal("`layers` must map")),
+        Bad("gru-weight", obs_step_bad(obs_step_layer("gru", 0, lambda w: w[:, 1:])), ValueError,
+            literal("`layers['gru'] weight` must have shape")),
+        Bad("post-bias", obs_step_bad(obs_step_layer("post_logits", 1, lambda b: b[1:])), ValueError,
+            literal("`layers['post_logits'] bias`")),
+        Bad("ln_w", obs_step_bad(obs_step_swap(6, lambda t: t[1:])), ValueError,
+            literal("`ln_w` must have shape [3*D]")),
+    ],
+    cpp_checks=[
+        CppCheck("w_gru shape", obs_step_cpp(obs_step_bad_w_gru, int64_scalar),
+                 r"`w_gru` must have shape \[3\*D, H \+ D\]", (CPU_NS,)),
+        CppCheck("seed dtype", obs_step_cpp(list, lambda: int64_scalar().double()),
+                 "`seed` must be a one-element int64 CPU tensor", (CPU_NS,)),
+    ],
+)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import assert_close_to_scale, cpu_gemm_library, tol
+from op_contract import CPU_NS, Bad, CppCheck, Gradcheck, OpCase, Opcheck, Sample, literal
 
 from dreamer_fast.ops.observe_sequence import observe_sequence
 from dreamer_fast.reference import observe_sequence_ref
@@ -155,3 +156,170 @@ def test_gemm_dtype_rounds_the_gemms_only():
         inside = raw(torch.ops.dreamer_fast, inputs, noise)
     assert all(torch.equal(a, b) for a, b in zip(inside, full))
 
+
+# ---- the op contract row (checked by tests/test_op_contract.py) ------------------------------------------------------
+
+
+def observe_sequence_fused(*args, **kwargs):
+    return observe_sequence(*args, **kwargs, backend="fused")
+
+
+def observe_sequence_sample(unimix):
+    def build(device, dtype):
+        inputs, noise = make(T=12, B=4, dtype=dtype, device=device)
+        return tuple(requiring_grad(inputs).values()), {"noise": noise, "unimix": unimix}
+
+    return Sample(f"T12-B4-u{unimix}", build)
+
+
+def observe_sequence_values(out, ref, dtype, args, kwargs):
+    """The same samples (the same categorical draws), and deters, samples and logits within tol(dtype)."""
+    assert torch.equal(out[1].detach(), ref[1].detach()), "samples differ"
+    for name, a, b in zip(("deters", "samples", "logits"), out, ref):
+        torch.testing.assert_close(a, b, **tol(dtype), msg=lambda m, n=name: f"{n}: {m}")
+
+
+def observe_sequence_grad_tol(dtype):
+    """float32 gradients summed over T steps of the recurrence: looser than tol(float32)."""
+    return dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else tol(dtype)
+
+
+def observe_sequence_gradcheck_through_time(resets):
+    """K = 1: the sample is constant (its straight-through gradient is zero, the true one), so finite differences
+    check the whole recurrence over T steps, resets included."""
+
+    def build(device):
+        inputs, noise = make(T=5, B=2, D=3, H=2, S=2, K=1, device=device, resets=resets)
+        fixed = {n: t for n, t in inputs.items() if n not in DIFFERENTIABLE}
+
+        def f(*xs):
+            return observe_sequence_fused(**fixed, **dict(zip(DIFFERENTIABLE, xs)), noise=noise)
+
+        return [(f, tuple(inputs[n].requires_grad_() for n in DIFFERENTIABLE))]
+
+    return Gradcheck(f"through-time-{'resets' if resets else 'no-resets'}", build)
+
+
+def observe_sequence_gradcheck_one_step_categorical(device):
+    """K > 1, one step: deters and logits do not depend on the sample drawn, so their gradients are exact."""
+    inputs, noise = make(T=1, B=3, D=3, H=2, S=2, K=3, device=device, resets=False)
+    fixed = {n: t for n, t in inputs.items() if n not in DIFFERENTIABLE}
+
+    def f(*xs):
+        deters, _, logits = observe_sequence_fused(**fixed, **dict(zip(DIFFERENTIABLE, xs)), noise=noise, unimix=0.1)
+        return deters, logits
+
+    return [(f, tuple(inputs[n].requires_grad_() for n in DIFFERENTIABLE))]
+
+
+def observe_sequence_opcheck(device):
+    inputs, noise = make(T=4, B=2, D=3, H=2, S=2, K=3, device=device)
+    args = tuple(requiring_grad(inputs).values())
+    seeds = torch.arange(4, dtype=torch.int64)
+    op = torch.ops.dreamer_fast.observe_sequence.default
+    return [(op, (*args, noise, seeds, 0.01, 1e-3, None), {}), (op, (*args, None, seeds, 0.0, 1e-3, None), {})]
+
+
+def observe_sequence_small():
+    return make(T=4, B=2, D=3, H=2, S=2, K=3)
+
+
+# The wrapper's and the C++ kernel's messages for the same bad input: (id, changed inputs, Python exception, message).
+OBSERVE_SEQUENCE_BAD = [
+    ("w_gru shape", lambda i, n: dict(w_gru=i["w_gru"][:, 1:]), ValueError,
+     "`w_gru` must have shape [3*D, H+D] = [9, 5], got [9, 4]"),
+    ("emb_proj T", lambda i, n: dict(emb_proj=i["emb_proj"][1:]), ValueError,
+     "`emb_proj` must have shape [T, B, H] = [4, 2, 2], got [3, 2, 2]"),
+    ("keep shape", lambda i, n: dict(keep=i["keep"][:, :1]), ValueError,
+     "`keep` must have shape [T, B] = [4, 2], got [4, 1]"),
+    ("b_post shape", lambda i, n: dict(b_post=i["b_post"][1:]), ValueError,
+     "`b_post` must have shape [S*K] = [6], got [5]"),
+    ("ln_w dtype", lambda i, n: dict(ln_w=i["ln_w"].float()), TypeError, "`ln_w`"),
+    ("w_post dtype", lambda i, n: dict(w_post=i["w_post"].float()), TypeError, "`w_post`"),
+    ("noise shape", lambda i, n: dict(noise=n[..., :1]), ValueError,
+     "`noise` must have shape [T, B, S] = [4, 2, 2], got [4, 2, 1]"),
+    ("deter0 int", lambda i, n: dict(deter0=i["deter0"].long()), TypeError, "`deter0` must be float32"),
+    ("act_proj 2d", lambda i, n: dict(act_proj=i["act_proj"][0]), ValueError, "`act_proj` must be [T, B, H]"),
+]
+
+
+def observe_sequence_bad(change):
+    def call():
+        inputs, noise = observe_sequence_small()
+        observe_sequence_fused(**{**inputs, "noise": noise, **change(inputs, noise)})
+
+    return call
+
+
+def observe_sequence_cpp(change):
+    def call(ns):
+        inputs, noise = observe_sequence_small()
+        args = {**inputs, "noise": noise, **change(inputs, noise)}
+        noise = args.pop("noise")
+        raw(ns, args, noise)
+
+    return call
+
+
+def observe_sequence_cpp_scalars(seeds, unimix, gemm_dtype):
+    def call(ns):
+        inputs, noise = make(T=4, B=2)
+        ns.observe_sequence(*inputs.values(), noise, seeds(), unimix, 1e-3, gemm_dtype)
+
+    return call
+
+
+def observe_sequence_cpp_backward(ns):
+    inputs, noise = make(T=3, B=2)
+    fwd = ns.observe_sequence_forward(*inputs.values(), noise, torch.zeros(3, dtype=torch.int64), 0.0, 1e-3, None)
+    deters, samples, logits, x, gates, mean, rstd, y, probs = fwd
+    i = inputs
+    ns.observe_sequence_backward(
+        torch.zeros_like(deters), torch.zeros_like(samples)[:, :1], torch.zeros_like(logits), i["keep"],
+        i["deter0"], i["stoch0"], i["w_stoch_in"], i["w_gru"], i["ln_w"], i["ln_b"], i["w_deter_out"],
+        i["w_post"], deters, samples, x, gates, mean, rstd, y, probs, 0.0)
+
+
+def observe_sequence_bad_gemm_dtype():
+    inputs, noise = make(T=4, B=2)
+    observe_sequence_fused(*inputs.values(), noise=noise, gemm_dtype=torch.int32)
+
+
+def int64(*shape):
+    return lambda: torch.zeros(*shape, dtype=torch.int64)
+
+
+CASE = OpCase(
+    name="observe_sequence",
+    op=observe_sequence_fused,
+    reference=observe_sequence_ref,
+    input_names=NAMES,
+    output_names=("deters", "samples", "logits"),
+    samples=[observe_sequence_sample(unimix) for unimix in [0.0, 0.01]],
+    check_values=observe_sequence_values,
+    grad_tol=observe_sequence_grad_tol,
+    grads_nonzero=True,
+    gradchecks=[*(observe_sequence_gradcheck_through_time(resets) for resets in [True, False]),
+                Gradcheck("one-step-categorical", observe_sequence_gradcheck_one_step_categorical)],
+    opchecks=[Opcheck("noise-and-seeds", observe_sequence_opcheck)],
+    bad_inputs=[
+        *(Bad(name, observe_sequence_bad(change), exc, "observe_sequence: " + literal(message))
+          for name, change, exc, message in OBSERVE_SEQUENCE_BAD),
+        Bad("gemm_dtype int", observe_sequence_bad_gemm_dtype, TypeError,
+            literal("observe_sequence: `gemm_dtype` must be a floating-point torch.dtype")),
+    ],
+    cpp_checks=[
+        *(CppCheck(name, observe_sequence_cpp(change), "observe_sequence: " + literal(message), (CPU_NS,))
+          for name, change, _, message in OBSERVE_SEQUENCE_BAD),
+        CppCheck("seeds dtype", observe_sequence_cpp_scalars(lambda: torch.zeros(4), 0.0, None),
+                 "observe_sequence: `seeds` must be an int64 CPU tensor", (CPU_NS,)),
+        CppCheck("seeds shape", observe_sequence_cpp_scalars(int64(3), 0.0, None),
+                 r"observe_sequence: `seeds` must have shape \[T\] = \[4\], got \[3\]", (CPU_NS,)),
+        CppCheck("unimix", observe_sequence_cpp_scalars(int64(4), 2.0, None),
+                 r"observe_sequence: `unimix` must be in \[0, 1\], got 2", (CPU_NS,)),
+        CppCheck("gemm_dtype int", observe_sequence_cpp_scalars(int64(4), 0.0, torch.int32),
+                 "observe_sequence: `gemm_dtype` must be a floating-point dtype", (CPU_NS,)),
+        CppCheck("backward grad_samples shape", observe_sequence_cpp_backward,
+                 "observe_sequence_backward: `grad_samples` must have shape", (CPU_NS,)),
+    ],
+)

@@ -5,10 +5,12 @@ the draw rule and other semantics, layouts, half precision, the seed's device an
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import pytest
 import torch
 from conftest import CUDA, emulator_schedule, kernel_namespaces, tol
+from op_contract import Bad, CppCheck, Gradcheck, OpCase, Opcheck, Sample, literal
 
 import dreamer_fast as df
 from dreamer_fast.reference import straight_through_categorical_ref
@@ -333,3 +335,151 @@ def test_reference_backend_gives_the_same_samples(monkeypatch):
     ref = OP(logits, 0.01, generator=torch.Generator().manual_seed(4))
     assert torch.equal(fused[0], ref[0])
     torch.testing.assert_close(fused[1], ref[1], **tol(torch.float64))
+
+
+# ---- the op contract row (checked by tests/test_op_contract.py) ------------------------------------------------------
+
+
+def categorical_fused(*args, **kwargs):
+    return df.straight_through_categorical(*args, **kwargs, backend="fused")
+
+
+def categorical_sample(shape, unimix):
+    def build(device, dtype):
+        logits, noise = make(shape, dtype, device, requires_grad=True)
+        return (logits, unimix), {"noise": noise}
+
+    return Sample(f"{'x'.join(map(str, shape))}-u{unimix}", build)
+
+
+def categorical_values(out, ref, dtype, args, kwargs):
+    """probs within tol(dtype); the one-hot samples equal (away from class boundaries in float32)."""
+    (sample, probs), (ref_sample, ref_probs) = out, ref
+    torch.testing.assert_close(probs, ref_probs, **tol(dtype))
+    assert_samples_equal(sample, ref_sample, ref_probs, kwargs["noise"])
+
+
+def categorical_gradcheck(unimix):
+    """gradcheck on probs (the sample's gradient is, by design, not the derivative of its value)."""
+
+    def build(device):
+        logits, noise = make((4, 3, 6), torch.float64, device, requires_grad=True)
+        return [(lambda x: categorical_fused(x, unimix, noise=noise)[1], (logits,))]
+
+    return Gradcheck(f"probs-u{unimix}", build)
+
+
+def categorical_opcheck(with_noise):
+    def build(device):
+        logits, noise = make((5, 3, 8), torch.float32, device, requires_grad=True)
+        args = (logits, noise, seed_tensor(0), 0.01) if with_noise else (logits, None, seed_tensor(99), 0.01)
+        return [(torch.ops.dreamer_fast.straight_through_categorical.default, args, {})]
+
+    return Opcheck("noise" if with_noise else "seed", build)
+
+
+def categorical_compile():
+    logits, _ = make((64, 32), requires_grad=True)
+    w = torch.randn(64, 32)
+
+    def loss(x):
+        sample, probs = categorical_fused(x, 0.01)
+        return (sample * w).sum() + probs.square().sum()
+
+    return loss, (logits,)
+
+
+def categorical_bad(mutate):
+    def call():
+        logits, kwargs = mutate(*make((6, 4)))
+        categorical_fused(logits, **kwargs)
+
+    return call
+
+
+def categorical_cpp(mutate):
+    return lambda ns: ns.straight_through_categorical(*mutate(*make((5, 5))))
+
+
+def categorical_cpp_backward(mutate):
+    def call(ns):
+        probs = make((5, 4))[0].softmax(-1)
+        ns.straight_through_categorical_backward(*mutate(probs))
+
+    return call
+
+
+CASE = OpCase(
+    name="straight_through_categorical",
+    op=categorical_fused,
+    reference=straight_through_categorical_ref,
+    input_names=("logits",),
+    output_names=("sample", "probs"),
+    samples=[categorical_sample(shape, unimix) for shape in [(1, 1), (7, 2), (4, 5, 32), (3, 40), (2, 3, 70), (33, 32)]
+             for unimix in [0.0, 0.01, 0.5]],
+    check_values=categorical_values,
+    gradchecks=[categorical_gradcheck(unimix) for unimix in [0.0, 0.3]],
+    opchecks=[categorical_opcheck(with_noise) for with_noise in [True, False]],
+    compile_loss=categorical_compile,
+    bad_inputs=[
+        Bad("logits not a tensor", categorical_bad(lambda x, n: ([[0.0, 1.0]], {})), TypeError,
+            literal("`logits` must be a torch.Tensor")),
+        Bad("logits int", categorical_bad(lambda x, n: (x.long(), {})), TypeError,
+            literal("`logits` must be float32 or float64")),
+        Bad("half on cpu", categorical_bad(lambda x, n: (x.half(), {})), TypeError, literal("CUDA only")),
+        Bad("logits 0-dim", categorical_bad(lambda x, n: (x[0, 0], {})), ValueError,
+            literal("`logits` must be [..., K]")),
+        Bad("K = 0", categorical_bad(lambda x, n: (x[:, :0], {})), ValueError, literal("`logits` must have K >= 1")),
+        Bad("noise not a tensor", categorical_bad(lambda x, n: (x, {"noise": 0.5})), TypeError,
+            literal("`noise` must be a torch.Tensor")),
+        Bad("noise shape", categorical_bad(lambda x, n: (x, {"noise": n[:-1]})), ValueError,
+            literal("`noise` must have shape logits.shape[:-1]")),
+        Bad("noise with K", categorical_bad(lambda x, n: (x, {"noise": x})), ValueError,
+            literal("`noise` must have shape")),
+        Bad("noise dtype", categorical_bad(lambda x, n: (x, {"noise": n.double()})), TypeError,
+            literal("`noise` has dtype torch.float64")),
+        Bad("noise device", categorical_bad(lambda x, n: (x, {"noise": n.to("meta")})), ValueError,
+            literal("`noise` is on meta")),
+        Bad("unimix < 0", categorical_bad(lambda x, n: (x, {"unimix": -0.1})), ValueError,
+            literal("`unimix` must be in [0.0, 1.0]")),
+        Bad("unimix > 1", categorical_bad(lambda x, n: (x, {"unimix": 1.5})), ValueError,
+            literal("`unimix` must be in")),
+        Bad("unimix nan", categorical_bad(lambda x, n: (x, {"unimix": float("nan")})), ValueError,
+            literal("`unimix` must be in")),
+        Bad("unimix str", categorical_bad(lambda x, n: (x, {"unimix": "0.1"})), TypeError,
+            literal("`unimix` must be a number")),
+        Bad("generator type", categorical_bad(lambda x, n: (x, {"generator": 3})), TypeError,
+            literal("`generator` must be a torch.Generator")),
+        Bad("generator device",
+            categorical_bad(
+                lambda x, n: (x, {"generator": mock.Mock(spec=torch.Generator, device=torch.device("cuda"))})),
+            ValueError, literal("`generator` must be a CPU torch.Generator")),
+    ],
+    cpp_checks=[
+        CppCheck("seed dtype", categorical_cpp(lambda x, n: (x, None, torch.tensor(1.0), 0.1)),
+                 "`seed` must be a one-element int64 tensor"),
+        CppCheck("seed shape", categorical_cpp(lambda x, n: (x, None, torch.tensor([1, 2]), 0.1)),
+                 "`seed` must be a one-element int64 tensor"),
+        CppCheck("noise shape", categorical_cpp(lambda x, n: (x, n[1:], seed_tensor(), 0.1)),
+                 "`noise` must have shape"),
+        CppCheck("noise dtype", categorical_cpp(lambda x, n: (x, n.double(), seed_tensor(), 0.1)),
+                 "`noise` must have the dtype of `logits`"),
+        CppCheck("logits dtype", categorical_cpp(lambda x, n: (x.long(), None, seed_tensor(), 0.1)),
+                 "`logits` must be float32 or float64"),
+        CppCheck("logits 0-dim", categorical_cpp(lambda x, n: (x[0, 0], None, seed_tensor(), 0.1)),
+                 "`logits` must be \\[..., K\\]"),
+        CppCheck("K = 0", categorical_cpp(lambda x, n: (x[:, :0].contiguous(), None, seed_tensor(), 0.1)),
+                 "`logits` must have K >= 1"),
+        CppCheck("non-contiguous", categorical_cpp(lambda x, n: (x.t(), None, seed_tensor(), 0.1)),
+                 "`logits` must be contiguous"),
+        CppCheck("unimix", categorical_cpp(lambda x, n: (x, None, seed_tensor(), 1.5)),
+                 "`unimix` must be in \\[0, 1\\]"),
+        CppCheck("backward grad_sample shape", categorical_cpp_backward(lambda p: (p[1:], None, p, 0.1)),
+                 "`grad_sample` must have shape"),
+        CppCheck("backward grad_probs dtype", categorical_cpp_backward(lambda p: (None, p.double(), p, 0.1)),
+                 "`grad_probs` must have the dtype of `probs`"),
+        CppCheck("backward probs dtype", categorical_cpp_backward(lambda p: (None, None, p.long(), 0.1)),
+                 "`probs` must be float32 or float64"),
+        CppCheck("backward unimix", categorical_cpp_backward(lambda p: (p, None, p, -1.0)), "`unimix` must be in"),
+    ],
+)

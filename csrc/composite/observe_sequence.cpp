@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../checks/common.h"
@@ -217,6 +218,9 @@ Forward forward(const std::string& ns, const Args& a, bool save) {
   return out;
 }
 
+using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                         at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
 Grads backward(const std::string& ns, const at::Tensor& grad_deters, const at::Tensor& grad_samples,
                const at::Tensor& grad_logits, const at::Tensor& keep, const at::Tensor& deter0,
                const at::Tensor& stoch0, const at::Tensor& w_stoch_in, const at::Tensor& w_gru,
@@ -329,32 +333,24 @@ using T9 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor
 
 constexpr const char* kLibraries[] = {"dreamer_fast", "dreamer_fast_emu"};
 
-template <int kLib>
-T3 observe_kernel(const at::Tensor& act_proj, const at::Tensor& emb_proj, const at::Tensor& keep,
-                  const at::Tensor& deter0, const at::Tensor& stoch0, const at::Tensor& w_stoch_in,
-                  const at::Tensor& w_gru, const at::Tensor& b_gru, const at::Tensor& ln_w, const at::Tensor& ln_b,
-                  const at::Tensor& w_deter_out, const at::Tensor& w_post, const at::Tensor& b_post,
-                  const std::optional<at::Tensor>& noise, const at::Tensor& seeds, double unimix, double eps,
-                  std::optional<at::ScalarType> gemm_dtype) {
+// observe_sequence (kSave false: the three outputs, no intermediates kept) and observe_sequence_forward (kSave: the
+// outputs and what the backward needs).
+template <int kLib, bool kSave>
+std::conditional_t<kSave, T9, T3> forward_kernel(
+    const at::Tensor& act_proj, const at::Tensor& emb_proj, const at::Tensor& keep, const at::Tensor& deter0,
+    const at::Tensor& stoch0, const at::Tensor& w_stoch_in, const at::Tensor& w_gru, const at::Tensor& b_gru,
+    const at::Tensor& ln_w, const at::Tensor& ln_b, const at::Tensor& w_deter_out, const at::Tensor& w_post,
+    const at::Tensor& b_post, const std::optional<at::Tensor>& noise, const at::Tensor& seeds, double unimix,
+    double eps, std::optional<at::ScalarType> gemm_dtype) {
   Forward f = forward(kLibraries[kLib],
                       {act_proj, emb_proj, keep, deter0, stoch0, w_stoch_in, w_gru, b_gru, ln_w, ln_b, w_deter_out,
                        w_post, b_post, noise, seeds, unimix, eps, gemm_dtype},
-                      /*save=*/false);
-  return {f.deters, f.samples, f.logits};
-}
-
-template <int kLib>
-T9 forward_kernel(const at::Tensor& act_proj, const at::Tensor& emb_proj, const at::Tensor& keep,
-                  const at::Tensor& deter0, const at::Tensor& stoch0, const at::Tensor& w_stoch_in,
-                  const at::Tensor& w_gru, const at::Tensor& b_gru, const at::Tensor& ln_w, const at::Tensor& ln_b,
-                  const at::Tensor& w_deter_out, const at::Tensor& w_post, const at::Tensor& b_post,
-                  const std::optional<at::Tensor>& noise, const at::Tensor& seeds, double unimix, double eps,
-                  std::optional<at::ScalarType> gemm_dtype) {
-  Forward f = forward(kLibraries[kLib],
-                      {act_proj, emb_proj, keep, deter0, stoch0, w_stoch_in, w_gru, b_gru, ln_w, ln_b, w_deter_out,
-                       w_post, b_post, noise, seeds, unimix, eps, gemm_dtype},
-                      /*save=*/true);
-  return {f.deters, f.samples, f.logits, f.x, f.gates, f.mean, f.rstd, f.y, f.probs};
+                      kSave);
+  if constexpr (kSave) {
+    return {f.deters, f.samples, f.logits, f.x, f.gates, f.mean, f.rstd, f.y, f.probs};
+  } else {
+    return {f.deters, f.samples, f.logits};
+  }
 }
 
 template <int kLib>
@@ -371,8 +367,8 @@ Grads backward_kernel(const at::Tensor& grad_deters, const at::Tensor& grad_samp
 
 template <int kLib>
 void register_kernels(torch::Library& m) {
-  m.impl("observe_sequence", &observe_kernel<kLib>);
-  m.impl("observe_sequence_forward", &forward_kernel<kLib>);
+  m.impl("observe_sequence", &forward_kernel<kLib, false>);
+  m.impl("observe_sequence_forward", &forward_kernel<kLib, true>);
   m.impl("observe_sequence_backward", &backward_kernel<kLib>);
 }
 

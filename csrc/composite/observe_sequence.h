@@ -1,5 +1,6 @@
-// The whole-sequence RSSM observe (dreamer_fast::observe_sequence): declarations shared by its device-generic
-// forward/backward (csrc/composite/observe_sequence.cpp) and its autograd formula (csrc/autograd/observe_sequence.cpp).
+// The whole-sequence RSSM observe (dreamer_fast::observe_sequence): the recurrence and the types of its device-generic
+// forward/backward (csrc/composite/observe_sequence.cpp; the autograd formula, csrc/autograd/observe_sequence.cpp,
+// calls them through the dispatcher).
 //
 // The recurrence, for t = 0..T-1, with h = deter [B, D], z = stoch [B, S*K] (h, z = deter0, stoch0 before step 0):
 //   h, z      *= keep[t]                                     (is_first: back to the initial state, zeros)
@@ -59,17 +60,8 @@ struct Args {
 // "dreamer_fast_emu"). `save`: also return the intermediates (the autograd forward); otherwise they stay undefined.
 Forward forward(const std::string& ns, const Args& a, bool save);
 
-using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                         at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
-
-// Gradients of (act_proj, emb_proj, deter0, stoch0, w_stoch_in, w_gru, b_gru, ln_w, ln_b, w_deter_out, w_post,
-// b_post) from the outputs' gradients and what forward() saved.
-Grads backward(const std::string& ns, const at::Tensor& grad_deters, const at::Tensor& grad_samples,
-               const at::Tensor& grad_logits, const at::Tensor& keep, const at::Tensor& deter0,
-               const at::Tensor& stoch0, const at::Tensor& w_stoch_in, const at::Tensor& w_gru,
-               const at::Tensor& ln_w, const at::Tensor& ln_b, const at::Tensor& w_deter_out,
-               const at::Tensor& w_post, const at::Tensor& deters, const at::Tensor& samples, const at::Tensor& x,
-               const at::Tensor& gates, const at::Tensor& mean, const at::Tensor& rstd, const at::Tensor& y,
-               const at::Tensor& probs, double unimix);
+// backward(ns, the outputs' gradients, the inputs and what forward() saved): the gradients of (act_proj, emb_proj,
+// deter0, stoch0, w_stoch_in, w_gru, b_gru, ln_w, ln_b, w_deter_out, w_post, b_post); in observe_sequence.cpp, with
+// the op's argument order.
 
 }  // namespace dreamer_fast::observe_sequence

@@ -42,35 +42,11 @@ struct MathFor<float> {
   using type = FastMath;
 };
 
-// The row loops' arguments: gates x [B, 3D], deter h [B, D], the LayerNorm's weight w and bias b [3D], the row
-// statistics mean and rstd [B], and (backward) the gradient g of deter' [B, D]; outputs out = deter' [B, D] (forward),
-// dx [B, 3D] and dh [B, D] (backward). All contiguous; row `r` of each starts at r times its row length.
+// The row loops take dreamer_fast/ln_gru.h's argument structs with one type throughout.
 template <typename T>
-struct ForwardArgs {
-  const T* x;
-  const T* h;
-  const T* w;
-  const T* b;
-  T* out;
-  T* mean;
-  T* rstd;
-  int64_t D;
-  T eps;
-};
-
+using ForwardArgs = LnGruForward<T, T>;
 template <typename T>
-struct BackwardArgs {
-  const T* g;
-  const T* x;
-  const T* h;
-  const T* w;
-  const T* b;
-  const T* mean;
-  const T* rstd;
-  T* dx;
-  T* dh;
-  int64_t D;
-};
+using BackwardArgs = LnGruBackward<T, T>;
 
 // A task's sums of the weight and bias gradients (pw += Σ dy x̂, pb += Σ dy, each [3D]) and its scratch row dy [3D].
 template <typename T>
@@ -84,7 +60,7 @@ struct Partials {
 template <typename T>
 DF_FORCE_INLINE void forward_rows(const ForwardArgs<T>& a, int64_t r0, int64_t r1) {
   using M = typename MathFor<T>::type;
-  const T *x = a.x, *h = a.h, *w = a.w, *b = a.b;
+  const T *x = a.gates, *h = a.deter, *w = a.weight, *b = a.bias;
   T *out = a.out, *mean = a.mean, *rstd = a.rstd;
   const int64_t D = a.D;
   const T eps = a.eps;
@@ -117,8 +93,8 @@ DF_FORCE_INLINE void forward_rows(const ForwardArgs<T>& a, int64_t r0, int64_t r
 template <typename T>
 DF_FORCE_INLINE void backward_rows(const BackwardArgs<T>& a, const Partials<T>& p, int64_t r0, int64_t r1) {
   using M = typename MathFor<T>::type;
-  const T *g = a.g, *x = a.x, *h = a.h, *w = a.w, *b = a.b, *mean = a.mean, *rstd = a.rstd;
-  T *dx = a.dx, *dh = a.dh, *pw = p.pw, *pb = p.pb, *dy = p.dy;
+  const T *g = a.grad, *x = a.gates, *h = a.deter, *w = a.weight, *b = a.bias, *mean = a.mean, *rstd = a.rstd;
+  T *dx = a.d_gates, *dh = a.d_deter, *pw = p.pw, *pb = p.pb, *dy = p.dy;
   const int64_t D = a.D;
   const int64_t N = 3 * D;
   for (int64_t row = r0; row < r1; ++row) {
@@ -218,8 +194,8 @@ void forward_mixed(const at::Tensor& gates, const at::Tensor& deter, const at::T
     for (int64_t r = r0; r < r1; r += kRows) {
       const int64_t n = std::min(kRows, r1 - r);
       DF_CPU_DISPATCH(widen_row(x + r * N, rows.data(), n * N));
-      const ForwardArgs<float> chunk{rows.data(), h + r * D, w,      b, o + r * D,
-                                     mu + r,      rs + r,    D, static_cast<float>(eps)};
+      const ForwardArgs<float> chunk{rows.data(), h + r * D, w, b, o + r * D, mu + r, rs + r, n, D,
+                                     static_cast<float>(eps)};
       DF_CPU_DISPATCH(forward_rows_f32(chunk, 0, n));
     }
   });
@@ -247,7 +223,7 @@ void backward_mixed(const at::Tensor& grad, const at::Tensor& gates, const at::T
       for (int64_t r = k * kRowsPerBlock; r < std::min(B, (k + 1) * kRowsPerBlock); ++r) {
         DF_CPU_DISPATCH(widen_row(x + r * N, row.data(), N));
         const BackwardArgs<float> one{g + r * D, row.data(), h + r * D, w, b, mu + r, rs + r, d_row.data(),
-                                      dh + r * D, D};
+                                      dh + r * D, 1, D};
         DF_CPU_DISPATCH(backward_rows_f32(one, Partials<float>{pw, pw + N, dy.data()}, 0, 1));
         DF_CPU_DISPATCH(narrow_row(d_row.data(), dx + r * N, N));
       }
@@ -294,7 +270,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ln_gru(const at::Tensor& gates, c
     scalar_t* mu = mean.mutable_data_ptr<scalar_t>();
     scalar_t* rs = rstd.mutable_data_ptr<scalar_t>();
     const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, 3 * D));
-    const ForwardArgs<scalar_t> args{x, h, w, b, o, mu, rs, D, static_cast<scalar_t>(eps)};
+    const ForwardArgs<scalar_t> args{x, h, w, b, o, mu, rs, B, D, static_cast<scalar_t>(eps)};
     at::parallel_for(0, B, grain, [&](int64_t r0, int64_t r1) { forward_dispatch<scalar_t>(args, r0, r1); });
   });
   return {out, mean, rstd};
@@ -331,7 +307,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ln_gru_backward(
     const int64_t blocks = (B + kRowsPerBlock - 1) / kRowsPerBlock;
     // partial[k] = (Σ dy x̂, Σ dy) over the rows of block k, each [N]
     std::vector<scalar_t> partial(static_cast<size_t>(blocks) * 2 * N, scalar_t(0));
-    const BackwardArgs<scalar_t> args{g, x, h, w, b, mu, rs, dx, dh, D};
+    const BackwardArgs<scalar_t> args{g, x, h, w, b, mu, rs, dx, dh, B, D};
     const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, kRowsPerBlock * N));
     at::parallel_for(0, blocks, grain, [&](int64_t k0, int64_t k1) {
       std::vector<scalar_t> dy(N);

@@ -38,13 +38,19 @@ constexpr int64_t kMaxBlocks = 3;  // the emulator's tests use small shapes: mak
 #endif
 
 template <typename gate_t, typename scalar_t>
-__global__ void forward(const gate_t* __restrict__ x, const scalar_t* __restrict__ h,
-                        const scalar_t* __restrict__ w, const scalar_t* __restrict__ b, scalar_t* __restrict__ out,
-                        at::opmath_type<scalar_t>* __restrict__ mean, at::opmath_type<scalar_t>* __restrict__ rstd,
-                        int64_t B, int64_t D, double eps) {
+using ForwardParams = LnGruForward<gate_t, scalar_t, at::opmath_type<scalar_t>>;
+template <typename gate_t, typename scalar_t>
+using BackwardParams = LnGruBackward<gate_t, scalar_t, at::opmath_type<scalar_t>>;
+
+template <typename gate_t, typename scalar_t>
+__global__ void forward(const ForwardParams<gate_t, scalar_t> p) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t partial[kMaxWarps];
-  const int64_t N = 3 * D;
+  const gate_t* __restrict__ x = p.gates;
+  const scalar_t *__restrict__ h = p.deter, *__restrict__ w = p.weight, *__restrict__ b = p.bias;
+  scalar_t* __restrict__ out = p.out;
+  acc_t *__restrict__ mean = p.mean, *__restrict__ rstd = p.rstd;
+  const int64_t B = p.rows, D = p.D, N = 3 * D;
   for (int64_t row = blockIdx.x; row < B; row += gridDim.x) {
     const gate_t* xr = x + row * N;
     acc_t sum = 0;
@@ -55,7 +61,7 @@ __global__ void forward(const gate_t* __restrict__ x, const scalar_t* __restrict
       const acc_t d = static_cast<acc_t>(xr[j]) - m;
       ssd += d * d;
     }
-    const acc_t s = ln_rstd(block_sum(ssd, partial), N, static_cast<acc_t>(eps));
+    const acc_t s = ln_rstd(block_sum(ssd, partial), N, p.eps);
     if (threadIdx.x == 0) {
       mean[row] = m;
       rstd[row] = s;
@@ -71,16 +77,18 @@ __global__ void forward(const gate_t* __restrict__ x, const scalar_t* __restrict
   }
 }
 
+// dy [rows, 3D]: the gate values' gradients before the normalisation, for param_grad_partial.
 template <typename gate_t, typename scalar_t>
-__global__ void backward(const scalar_t* __restrict__ g, const gate_t* __restrict__ x,
-                         const scalar_t* __restrict__ h, const scalar_t* __restrict__ w,
-                         const scalar_t* __restrict__ b, const at::opmath_type<scalar_t>* __restrict__ mean,
-                         const at::opmath_type<scalar_t>* __restrict__ rstd, gate_t* __restrict__ dx,
-                         scalar_t* __restrict__ dh, at::opmath_type<scalar_t>* __restrict__ dy, int64_t B,
-                         int64_t D) {
+__global__ void backward(const BackwardParams<gate_t, scalar_t> p, at::opmath_type<scalar_t>* __restrict__ dy) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t partial[kMaxWarps];
-  const int64_t N = 3 * D;
+  const gate_t* __restrict__ x = p.gates;
+  const scalar_t *__restrict__ g = p.grad, *__restrict__ h = p.deter, *__restrict__ w = p.weight,
+                 *__restrict__ b = p.bias;
+  const acc_t *__restrict__ mean = p.mean, *__restrict__ rstd = p.rstd;
+  gate_t* __restrict__ dx = p.d_gates;
+  scalar_t* __restrict__ dh = p.d_deter;
+  const int64_t B = p.rows, D = p.D, N = 3 * D;
   for (int64_t row = blockIdx.x; row < B; row += gridDim.x) {
     const gate_t* xr = x + row * N;
     acc_t* dyr = dy + row * N;
@@ -180,10 +188,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ln_gru(const at::Tensor& gates, c
     using gate_t = decltype(gate_tag);
     using scalar_t = decltype(state_tag);
     using acc_t = at::opmath_type<scalar_t>;
+    const k::ForwardParams<gate_t, scalar_t> params{
+        gates.const_data_ptr<gate_t>(), deter.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+        bias.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), mean.mutable_data_ptr<acc_t>(),
+        rstd.mutable_data_ptr<acc_t>(), B, D, static_cast<acc_t>(eps)};
     launch("ln_gru.forward", k::forward<gate_t, scalar_t>, dim3(static_cast<unsigned>(std::min(B, k::kMaxBlocks))),
-           dim3(k::row_threads(D)), gates.const_data_ptr<gate_t>(), deter.const_data_ptr<scalar_t>(),
-           weight.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
-           mean.mutable_data_ptr<acc_t>(), rstd.mutable_data_ptr<acc_t>(), B, D, eps);
+           dim3(k::row_threads(D)), params);
   };
   if (ln_gru_mixed(gates, deter)) {
     AT_DISPATCH_REDUCED_FLOATING_TYPES(gates.scalar_type(), "ln_gru_cuda_mixed", [&] { run(scalar_t(), float()); });
@@ -215,13 +225,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ln_gru_backward(
     using scalar_t = decltype(state_tag);
     using acc_t = at::opmath_type<scalar_t>;
     const gate_t* x = gates.const_data_ptr<gate_t>();
+    const k::BackwardParams<gate_t, scalar_t> params{
+        grad.const_data_ptr<scalar_t>(), x, deter.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+        bias.const_data_ptr<scalar_t>(), mean.const_data_ptr<acc_t>(), rstd.const_data_ptr<acc_t>(),
+        d_gates.mutable_data_ptr<gate_t>(), d_deter.mutable_data_ptr<scalar_t>(), B, D};
     if (B > 0)
       launch("ln_gru.backward", k::backward<gate_t, scalar_t>,
-             dim3(static_cast<unsigned>(std::min(B, k::kMaxBlocks))), dim3(k::row_threads(D)),
-             grad.const_data_ptr<scalar_t>(), x, deter.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
-             bias.const_data_ptr<scalar_t>(), mean.const_data_ptr<acc_t>(), rstd.const_data_ptr<acc_t>(),
-             d_gates.mutable_data_ptr<gate_t>(), d_deter.mutable_data_ptr<scalar_t>(), dy.mutable_data_ptr<acc_t>(),
-             B, D);
+             dim3(static_cast<unsigned>(std::min(B, k::kMaxBlocks))), dim3(k::row_threads(D)), params,
+             dy.mutable_data_ptr<acc_t>());
     const int threads = static_cast<int>(std::min<int64_t>(k::kMaxThreads, (N + k::kWarp - 1) / k::kWarp * k::kWarp));
     // With B == 0 every chunk sums no rows, so the weight and bias gradients come out zero.
     launch("ln_gru.param_grad_partial", k::param_grad_partial<gate_t, scalar_t>,

@@ -32,6 +32,37 @@ DF_FORCE_INLINE float tanh_poly(float x) {
   return a < 0.625f ? small : (x < 0.0f ? -big : big);
 }
 
+// The arguments of the ln_gru kernels (CPU row loops and CUDA kernels): gates [rows, 3D] of type G, the state deter
+// [rows, D], the LayerNorm's weight and bias [3D] and deter' or its gradient [rows, D] of type T, the row statistics
+// mean and rstd [rows] of type A (float32 for half types). Row-major and contiguous.
+template <typename G, typename T, typename A = T>
+struct LnGruForward {
+  const G* gates;
+  const T* deter;
+  const T* weight;
+  const T* bias;
+  T* out;  // deter'
+  A* mean;
+  A* rstd;
+  int64_t rows, D;
+  A eps;
+};
+
+// grad = dL/d deter'; outputs d_gates and d_deter. The weight and bias gradients are summed over rows by the caller.
+template <typename G, typename T, typename A = T>
+struct LnGruBackward {
+  const T* grad;
+  const G* gates;
+  const T* deter;
+  const T* weight;
+  const T* bias;
+  const A* mean;
+  const A* rstd;
+  G* d_gates;
+  T* d_deter;
+  int64_t rows, D;
+};
+
 // The exp/tanh policies of the cell: StdMath is libm (host) or CUDA's (device); FastMath the float polynomials of
 // the CPU kernels' vectorised loops.
 struct StdMath {

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <utility>
 
@@ -45,23 +46,19 @@ DF_FORCE_INLINE To bit_cast(const From& from) {
 
 namespace exp_detail {
 
-// IEEE layout of the two precisions (the integer of the same size, mantissa bits, exponent bias) and exp's range:
-// 2^n stays a normal number for kMin <= z <= kMax.
+// What exp needs of float or double: the integer of the same size, mantissa bits and exponent bias of the IEEE
+// layout, the Taylor degree whose truncation is below half an ulp on |r| <= ln2 / 2, and the range of z in which
+// 2^n stays a normal number.
 template <typename T>
-struct Layout;
-template <>
-struct Layout<float> {
-  using Int = int32_t;
-  using UInt = uint32_t;
-  static constexpr int kMantissa = 23, kBias = 127, kDegree = 7;
-  static constexpr float kMin = -87.0f, kMax = 88.0f;
-};
-template <>
-struct Layout<double> {
-  using Int = int64_t;
-  using UInt = uint64_t;
-  static constexpr int kMantissa = 52, kBias = 1023, kDegree = 13;
-  static constexpr double kMin = -708.0, kMax = 709.0;
+struct Layout {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "exp_poly: float or double");
+  static constexpr bool kFloat = std::is_same_v<T, float>;
+  using Int = std::conditional_t<kFloat, int32_t, int64_t>;
+  using UInt = std::make_unsigned_t<Int>;
+  static constexpr int kMantissa = std::numeric_limits<T>::digits - 1;    // 23, 52
+  static constexpr int kBias = std::numeric_limits<T>::max_exponent - 1;  // 127, 1023
+  static constexpr int kDegree = kFloat ? 7 : 13;
+  static constexpr T kMin = kFloat ? T(-87) : T(-708), kMax = kFloat ? T(88) : T(709);
 };
 
 // 1 / n!, a compile-time scalar (device code may read constexpr scalars, not arrays).

@@ -44,9 +44,13 @@ int main() {
   EXPECT(exp_poly(0.0f) == 1.0f && exp_poly(-0.0f) == 1.0f && exp_poly(0.0) == 1.0 && exp_poly(-0.0) == 1.0);
   EXPECT(exp_poly(-100.0f) == 0.0f && exp_poly(-800.0) == 0.0);  // flushed below the range
   EXPECT(exp_poly(-inff) == 0.0f && exp_poly(-inf) == 0.0);
-  EXPECT(exp_poly(100.0f) == inff && exp_poly(800.0) == inf);  // overflow above the range
-  EXPECT(exp_poly(inff) == inff && exp_poly(inf) == inf);
+  EXPECT(exp_poly(100.0f) == exp_poly(88.0f) && exp_poly(800.0) == exp_poly(709.0));  // saturates above the range
+  EXPECT(exp_poly(inff) == exp_poly(88.0f) && exp_poly(inf) == exp_poly(709.0) && std::isfinite(exp_poly(inff)));
   EXPECT(std::isnan(exp_poly(nanf)) && std::isnan(exp_poly(nan)) && std::isnan(exp_poly(-nanf)));
+  // Without the upper clamp (z <= 0 promised): the same values where the promise holds, NaN kept
+  for (float z = -90.0f; z <= 0.0f; z += 0.173f) EXPECT(exp_poly<true>(z) == exp_poly(z));
+  for (double z = -720.0; z <= 0.0; z += 1.37) EXPECT(exp_poly<true>(z) == exp_poly(z));
+  EXPECT(exp_poly<true>(-inff) == 0.0f && std::isnan(exp_poly<true>(nanf)) && std::isnan(exp_poly<true>(nan)));
 
   // log: 2 ulp relative over the normal floats, absolute float precision near 1, denormals, special values
   double worst_log = 0, worst_log_abs = 0;

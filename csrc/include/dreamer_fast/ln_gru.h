@@ -38,12 +38,9 @@ DF_FORCE_INLINE float tanh_poly(float x) {
 template <typename G, typename T, typename A = T>
 struct LnGruForward {
   const G* gates;
-  const T* deter;
-  const T* weight;
-  const T* bias;
+  const T *deter, *weight, *bias;
   T* out;  // deter'
-  A* mean;
-  A* rstd;
+  A *mean, *rstd;
   int64_t rows, D;
   A eps;
 };
@@ -53,11 +50,8 @@ template <typename G, typename T, typename A = T>
 struct LnGruBackward {
   const T* grad;
   const G* gates;
-  const T* deter;
-  const T* weight;
-  const T* bias;
-  const A* mean;
-  const A* rstd;
+  const T *deter, *weight, *bias;
+  const A *mean, *rstd;
   G* d_gates;
   T* d_deter;
   int64_t rows, D;

@@ -70,19 +70,19 @@ DF_HOST_DEVICE constexpr double inv_factorial(int n) {
 template <int N>
 inline constexpr double kInvFactorial = inv_factorial(N);
 
-// Σ_{i=0..N-1} r^i / (kFirst + i)!, in Horner form, unrolled at compile time (the fold runs i = N-1 down to 0; the
-// first step is exactly 1 / (kFirst + N - 1)!).
+// Σ_{i=0..N-1} r^i / (kFirst + i)!, in Horner form, unrolled at compile time: p starts at the last coefficient and
+// the fold runs the N - 1 steps p = p r + 1 / (kFirst + j)! for j = kFirst + N - 2 down to kFirst.
 template <int kFirst, typename T, int... I>
 DF_FORCE_INLINE T inv_factorial_series(T r, std::integer_sequence<int, I...>) {
-  constexpr int kLast = kFirst + static_cast<int>(sizeof...(I)) - 1;
-  T p = T(0);
-  ((p = p * r + static_cast<T>(kInvFactorial<kLast - I>)), ...);
+  constexpr int kLast = kFirst + static_cast<int>(sizeof...(I));
+  T p = static_cast<T>(kInvFactorial<kLast>);
+  ((p = p * r + static_cast<T>(kInvFactorial<kLast - 1 - I>)), ...);
   return p;
 }
 
 template <int kFirst, int kTerms, typename T>
 DF_FORCE_INLINE T inv_factorial_series(T r) {
-  return inv_factorial_series<kFirst>(r, std::make_integer_sequence<int, kTerms>{});
+  return inv_factorial_series<kFirst>(r, std::make_integer_sequence<int, kTerms - 1>{});
 }
 
 // Range reduction for Layout<T>::kMin <= z <= kMax: z = n ln2 + r with n = round(z / ln2) and |r| <= ln2 / 2 (ln2
@@ -114,18 +114,19 @@ DF_FORCE_INLINE Ln2Split<T> split_ln2(T z) {
 }  // namespace exp_detail
 
 // e^z for float or double: the range reduction above, e^r by its Taylor polynomial of degree 7 (float) or 13
-// (double), whose truncation is below half an ulp, times 2^n. Branch-free. Accuracy: within 2 ulp
-// (tests/cpp/test_math.cpp). Results below ~1e-38 (float) or ~1e-307 (double) are flushed to 0 (z below -87 or
-// -708; -inf gives 0), z above 88 or 709 gives +inf, NaN gives NaN.
-template <typename T>
+// (double), whose truncation is below half an ulp, times 2^n. Branch-free (two selects and a product). Accuracy:
+// within 2 ulp (tests/cpp/test_math.cpp). Results below ~1e-38 (float) or ~1e-307 (double) are flushed to 0 (z below
+// -87 or -708; -inf gives 0); z above 88 or 709 (+inf included) saturates at e^88 or e^709, which is finite; NaN
+// gives NaN. kNonPositive: the caller guarantees z <= 0 or NaN (a softmax's logit - max), so the upper clamp, one
+// select per element, is left out.
+template <bool kNonPositive = false, typename T>
 DF_FORCE_INLINE T exp_poly(T z) {
   using L = exp_detail::Layout<T>;
-  const T zc = z < L::kMin ? L::kMin : (z > L::kMax ? L::kMax : z);
+  const T below = z < L::kMin ? L::kMin : z;
+  const T zc = kNonPositive ? below : (below > L::kMax ? L::kMax : below);
   const exp_detail::Ln2Split<T> s = exp_detail::split_ln2(zc);
   const T p = exp_detail::inv_factorial_series<0, L::kDegree + 1>(s.r);
-  const T e = p * s.pow2n * static_cast<T>(z >= L::kMin);  // a product, not a branch; NaN stays NaN
-  const T inf = bit_cast<T>(static_cast<typename L::Int>(typename L::Int{2 * L::kBias + 1} << L::kMantissa));
-  return z > L::kMax ? inf : e;
+  return p * s.pow2n * static_cast<T>(z >= L::kMin);  // a product, not a branch; NaN stays NaN
 }
 
 // log x for float x >= 0 (denormals included): Cephes' single-precision approximation, < 2 ulp. log 0 = -inf,
@@ -156,20 +157,20 @@ DF_FORCE_INLINE float log_poly(float x) {
 }
 
 // The exp and log of the CPU kernels' row loops: the polynomials for float on the host, libm (or CUDA's) otherwise.
+#ifdef __CUDA_ARCH__
+constexpr bool kFloatPolynomials = false;
+#else
+constexpr bool kFloatPolynomials = true;
+#endif
+
 template <typename T>
 DF_FORCE_INLINE T vexp(T x) {
-#ifndef __CUDA_ARCH__
-  if constexpr (std::is_same_v<T, float>) return exp_poly(x);
-#endif
-  return df_exp(x);
+  if constexpr (kFloatPolynomials && std::is_same_v<T, float>) return exp_poly(x); else return df_exp(x);
 }
 
 template <typename T>
 DF_FORCE_INLINE T vlog(T x) {
-#ifndef __CUDA_ARCH__
-  if constexpr (std::is_same_v<T, float>) return log_poly(x);
-#endif
-  return df_log(x);
+  if constexpr (kFloatPolynomials && std::is_same_v<T, float>) return log_poly(x); else return df_log(x);
 }
 
 }  // namespace dreamer_fast

@@ -52,7 +52,7 @@ DF_INLINE Mix<T> mix(T sum_exp, T unimix, int64_t K) {
 
 template <typename T>
 DF_INLINE T shifted_exp(T logit, T max_logit) {
-  return exp_poly(logit - max_logit);
+  return exp_poly</*kNonPositive=*/true>(logit - max_logit);
 }
 
 template <typename T>

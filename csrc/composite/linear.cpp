@@ -16,37 +16,17 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "../checks/common.h"
+#include "../checks/linear.h"
 #include "cpu_gemm.h"
 
 namespace dreamer_fast::linear_op {
 namespace {
 
-constexpr const char* kOp = "linear";
-
 using Tensor = at::Tensor;
 using OptTensor = std::optional<at::Tensor>;
 
-void check_args(const Tensor& x, const Tensor& weight, const OptTensor& bias) {
-  TORCH_CHECK(x.defined() && x.dim() == 2, kOp, ": `x` must be [M, K], got ",
-              x.defined() ? x.sizes() : at::IntArrayRef{});
-  TORCH_CHECK(weight.defined() && weight.dim() == 2, kOp, ": `weight` must be [N, K], got ",
-              weight.defined() ? weight.sizes() : at::IntArrayRef{});
-  check_float(kOp, "x", x, /*allow_half=*/true);
-  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), kOp, ": `weight` must have the dtype of `x` (",
-              x.scalar_type(), "), got ", weight.scalar_type());
-  TORCH_CHECK(weight.device() == x.device(), kOp, ": `weight` must be on the device of `x` (", x.device(), "), got ",
-              weight.device());
-  TORCH_CHECK(weight.size(1) == x.size(1), kOp, ": `weight` must be [N, K] with K = x.size(1) = ", x.size(1),
-              ", got ", weight.sizes());
-  if (bias) {
-    check_same(kOp, "bias", *bias, x, "x");
-    check_shape(kOp, "bias", *bias, {weight.size(0)});
-  }
-}
-
 Tensor kernel(const Tensor& x, const Tensor& weight, const OptTensor& bias) {
-  check_args(x, weight, bias);
+  check_linear_inputs(x, weight, bias);
   return cpu_gemm::linear(x, weight, bias);
 }
 

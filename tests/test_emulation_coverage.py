@@ -70,3 +70,16 @@ def test_gpu_check_cases_run_on_cpu(monkeypatch):
     rows = gpu_check.policy_step_rows(torch.device("cpu")) + gpu_check.agent_update_rows(torch.device("cpu"), "debug")
     assert len(rows) == len(calls) == 8 and all(ms == 1.0 for _, ms in rows)
     assert all(isinstance(metrics, dict) for metrics in calls[4:])  # train_step's metrics
+
+
+@pytest.mark.parametrize("namespace", ["dreamer_fast", "dreamer_fast_emu"])
+@pytest.mark.parametrize("device_type", ["cpu", "cuda"])
+def test_composites_run_where_the_kernels_they_call_do(namespace, device_type):
+    """A composite op (registered once, for every device) counts as a kernel on a device only where every kernel it
+    calls has one: dreamer_fast_emu has no CUDA kernels, so none of its composites is reported for CUDA."""
+    for op, calls in _backend._COMPOSITE_CALLS.items():
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"{namespace}::{op}", "CompositeExplicitAutograd")
+        expected = all(df.has_kernel(call, device_type, namespace=namespace) for call in calls)
+        assert df.has_kernel(op, device_type, namespace=namespace) == expected, (op, namespace, device_type)
+    if namespace == "dreamer_fast_emu" and device_type == "cuda":
+        assert not any(df.has_kernel(op, "cuda", namespace=namespace) for op in _backend._COMPOSITE_CALLS)

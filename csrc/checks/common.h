@@ -36,11 +36,8 @@ inline void check_same(const char* op, const char* name, const at::Tensor& t, co
 // `what` names the expected shape in the op's symbols ("[B, S, K]"); the message then gives both.
 inline void check_shape(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef expected,
                         const char* what = nullptr) {
-  if (what) {
-    TORCH_CHECK(t.sizes() == expected, op, ": `", name, "` must have shape ", what, " = ", expected, ", got ",
-                t.sizes());
-  }
-  TORCH_CHECK(t.sizes() == expected, op, ": `", name, "` must have shape ", expected, ", got ", t.sizes());
+  TORCH_CHECK(t.sizes() == expected, op, ": `", name, "` must have shape ", what ? what : "", what ? " = " : "",
+              expected, ", got ", t.sizes());
 }
 
 }  // namespace dreamer_fast

@@ -54,12 +54,9 @@ bool needs_reset(const Tensor& keep) {
   return !keep.is_cpu() || keep.ne(1).any().item<bool>();  // NaN != 1: a NaN keep multiplies too
 }
 
-// b + x W^T in x's dtype; W in x's dtype, or bfloat16 with a float32 x.
-Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) { return cpu_gemm::linear(x, w, b); }
-
-// linear, then ELU in place.
+// b + x W^T (cpu_gemm::linear: W in x's dtype, or bfloat16 with a float32 x), then ELU in place.
 Tensor linear_elu(const Tensor& x, const Tensor& w, const Tensor& b) {
-  Tensor y = linear(x, w, b);
+  Tensor y = cpu_gemm::linear(x, w, b);
   return at::elu_(y);
 }
 
@@ -90,11 +87,11 @@ Out kernel(const Tensor& deter, const Tensor& stoch, const Tensor& action, const
   }
   // Concatenations as the layers read them: at B = 1 a copy of a few KB, cheaper than a second GEMV call.
   const Tensor x = linear_elu(at::cat({z, a}, 1), w_img_in, b_img_in);
-  const Tensor gates = linear(at::cat({x, h}, 1), w_gru, b_gru);
+  const Tensor gates = cpu_gemm::linear(at::cat({x, h}, 1), w_gru, b_gru);
   const Tensor h_next = std::get<0>(ops.ln_gru.call(gates, h, ln_w.contiguous(), ln_b.contiguous(), eps));
 
   const Tensor y = linear_elu(at::cat({h_next, embed}, 1), w_obs_out, b_obs_out);
-  const Tensor post_logits = linear(y, w_post, b_post).view({s.B, s.S, s.K});
+  const Tensor post_logits = cpu_gemm::linear(y, w_post, b_post).view({s.B, s.S, s.K});
   const OptTensor noise_c = noise ? OptTensor(noise->contiguous()) : std::nullopt;
   const Tensor sample = std::get<0>(ops.sample.call(post_logits, noise_c, seed, unimix));
 
@@ -102,7 +99,7 @@ Out kernel(const Tensor& deter, const Tensor& stoch, const Tensor& action, const
     return {h_next, sample, post_logits, deter.new_empty({0}), deter.new_empty({0})};
   }
   const Tensor prior_logits =
-      linear(linear_elu(h_next, w_img_out, b_img_out), w_prior, b_prior).view({s.B, s.S, s.K});
+      cpu_gemm::linear(linear_elu(h_next, w_img_out, b_img_out), w_prior, b_prior).view({s.B, s.S, s.K});
   Tensor prior_probs = at::softmax(prior_logits, -1);
   if (unimix > 0) prior_probs.mul_(1 - unimix).add_(unimix / static_cast<double>(s.K));
   return {h_next, sample, post_logits, prior_probs, prior_logits};

@@ -38,12 +38,12 @@ def obs_step_inference_ref(
     last two are empty ``[0]``.
     """
 
-    def layer(name: str, prefix: torch.Tensor | None = None, suffix: torch.Tensor | None = None):
+    def layer(name: str, suffix: torch.Tensor | None = None):
+        """The layer `name` of ``x`` (concatenated with ``suffix``, the part its caller binds)."""
         weight, bias = layers[name]
 
         def apply(x: torch.Tensor) -> torch.Tensor:
-            parts = [t for t in (prefix, x, suffix) if t is not None]
-            inp = torch.cat(parts, -1) if len(parts) > 1 else x
+            inp = x if suffix is None else torch.cat([x, suffix], -1)
             return linear_ref(inp, weight.to(inp.dtype), bias)
 
         return apply

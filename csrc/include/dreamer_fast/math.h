@@ -97,7 +97,7 @@ struct Ln2Split {
 template <typename T>
 DF_FORCE_INLINE Ln2Split<T> split_ln2(T z) {
   using L = Layout<T>;
-  constexpr bool kFloat = std::is_same_v<T, float>;
+  constexpr bool kFloat = L::kFloat;
   const T log2e = kFloat ? T(1.44269504088896341f) : T(1.4426950408889634074);
   const T ln2_hi = kFloat ? T(0.693359375f) : T(6.93147180369123816490e-01);
   const T ln2_lo = kFloat ? T(-2.12194440e-4f) : T(1.90821492927058770002e-10);

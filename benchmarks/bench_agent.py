@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from dreamer_fast.agent import Agent
+from dreamer_fast.agent.agent import Agent
 from dreamer_fast.config import load_config
 from dreamer_fast.envs import ActionSpace
 

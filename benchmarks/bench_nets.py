@@ -1,5 +1,5 @@
 """The conv encoder and decoder over one Atari batch (B=16 x T=50 = 800 frames of 64x64, depth 48), forward+backward,
-float32: our modules (the encoder's last conv and the decoder's first transposed conv as GEMMs, `dreamer_fast.nets`)
+float32: our modules (the encoder's last conv and the decoder's first transposed conv as GEMMs, `dreamer_fast.agent.nets`)
 against the same parameters through the plain `nn.Conv2d` / `nn.ConvTranspose2d` layers (oneDNN), in one run.
 
 Run:  pytest benchmarks/bench_nets.py --benchmark-only --benchmark-columns=min,median,mean,rounds
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dreamer_fast.nets import ConvDecoder, ConvEncoder
+from dreamer_fast.agent.nets import ConvDecoder, ConvEncoder
 
 FRAMES, FEAT = 800, 600 + 32 * 32
 

@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import dreamer_fast as df
-from dreamer_fast import RSSM, RSSMState, nets
-from dreamer_fast import _rssm_reference as rssm_reference
+from dreamer_fast import RSSM, RSSMState
+from dreamer_fast.agent import nets
+from dreamer_fast.rssm import reference as rssm_reference
 
 ACTIONS, EMBED = 18, 1536
 COMPILE_BUDGET_S = 120.0

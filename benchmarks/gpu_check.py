@@ -212,7 +212,7 @@ def agent_update_rows(device: torch.device, preset: str = "atari") -> list[tuple
     script.)"""
     import numpy as np
 
-    from dreamer_fast.agent import Agent
+    from dreamer_fast.agent.agent import Agent
     from dreamer_fast.config import load_config
     from dreamer_fast.envs import ActionSpace
 

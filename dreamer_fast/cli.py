@@ -116,7 +116,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "eval":
         from dreamer_fast.envs import make_env
-        from dreamer_fast.evaluation import evaluate, load_agent
+        from dreamer_fast.training.evaluation import evaluate, load_agent
 
         if args.episodes < 1:
             raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
@@ -129,8 +129,8 @@ def _run(args: argparse.Namespace) -> int:
               f"({', '.join(f'{r:.1f}' for r in returns)})")
         return 0
 
-    from dreamer_fast.resume import read_run_config
-    from dreamer_fast.train import train
+    from dreamer_fast.training.resume import read_run_config
+    from dreamer_fast.training.loop import train
 
     overrides = _overrides(args)
     if args.resume:

@@ -17,12 +17,12 @@ import torch.nn.functional as F
 
 import dreamer_fast as df
 from conftest import assert_close_to_scale
-from dreamer_fast.agent import Agent
-from dreamer_fast.behavior import ActorCritic, actor_objective, critic_objective, return_weights
+from dreamer_fast.agent.agent import Agent
+from dreamer_fast.agent.behavior import ActorCritic, actor_objective, critic_objective, return_weights
 from dreamer_fast.config import load_config
-from dreamer_fast.nets import ELU, MLP, ActionHead, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, OneHotDist, \
+from dreamer_fast.agent.nets import ELU, MLP, ActionHead, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, OneHotDist, \
     TruncNormalDist, conv2d_as_gemm
-from dreamer_fast.world_model import WorldModel, gaussian_loss, soft_bce_with_logits
+from dreamer_fast.agent.world_model import WorldModel, gaussian_loss, soft_bce_with_logits
 
 IMAGE_SPACE = {"image": ((1, 64, 64), np.uint8)}
 VECTOR_SPACE = {"vector": ((3,), np.float32)}

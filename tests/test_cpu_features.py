@@ -125,7 +125,7 @@ def test_config_bf16_rejects_other_values():
 
 
 def test_train_prints_and_records_the_bf16_choice(tmp_path, capsys):
-    from dreamer_fast.train import train
+    from dreamer_fast.training.loop import train
 
     df.set_cpu_profile("avx2")  # the lowest class: auto must mean float32, whatever this CPU has
     train(load_config("debug", {"bf16": "auto", "steps": 120, "prefill": 100}), tmp_path, progress=False)

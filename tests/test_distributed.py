@@ -19,10 +19,10 @@ import torch.multiprocessing as mp
 from test_agent_models import random_batch
 from torch import nn
 
-from dreamer_fast.agent import Agent
-from dreamer_fast.checkpoint import load_checkpoint
+from dreamer_fast.agent.agent import Agent
+from dreamer_fast.training.checkpoint import load_checkpoint
 from dreamer_fast.config import load_config
-from dreamer_fast.distributed import Dist, wrap_agent
+from dreamer_fast.training.distributed import Dist, wrap_agent
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -95,13 +95,13 @@ class _OpsNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        from dreamer_fast.nets import MLP
+        from dreamer_fast.agent.nets import MLP
 
         self.mlp = MLP(5, 6, layers=2, units=16)
         self.cell = nn.Parameter(torch.randn(6, 12) * 0.3)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        from dreamer_fast._sequence_linear import SequenceLinear
+        from dreamer_fast.rssm.sequence_linear import SequenceLinear
 
         lin = SequenceLinear(self.cell[:, :6])
         h = self.mlp(x[0])

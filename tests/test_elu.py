@@ -11,7 +11,7 @@ from conftest import kernel_namespaces, tol
 from op_contract import Bad, CppCheck, Gradcheck, OpCase, Opcheck, Sample
 
 import dreamer_fast as df
-from dreamer_fast import nets
+from dreamer_fast.agent import nets
 from dreamer_fast.reference import elu_ref
 
 pytestmark = pytest.mark.skipif(not df.has_kernel("elu", "cpu"), reason="the compiled extension is not loaded")

@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 import yaml
 
-from dreamer_fast.checkpoint import load_checkpoint
+from dreamer_fast.training.checkpoint import load_checkpoint
 from dreamer_fast.cli import main
-from dreamer_fast.replay_chunks import list_chunks
+from dreamer_fast.training.replay_chunks import list_chunks
 
 ROOT = Path(__file__).resolve().parents[1]
 DEBUG = ["--config", "debug", "--no-progress"]

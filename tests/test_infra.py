@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from dreamer_fast.checkpoint import (
+from dreamer_fast.training.checkpoint import (
     FORMAT,
     CheckpointError,
     load_checkpoint,
@@ -22,9 +22,9 @@ from dreamer_fast.checkpoint import (
 )
 from dreamer_fast.config import Config, field_docs, load_config, preset_values, presets
 from dreamer_fast.envs import ActionSpace, make_env
-from dreamer_fast.logger import Logger, plot, read_metrics
-from dreamer_fast.replay import Replay
-from dreamer_fast.run_stats import MetricMeans
+from dreamer_fast.training.logger import Logger, plot, read_metrics
+from dreamer_fast.training.replay import Replay
+from dreamer_fast.training.run_stats import MetricMeans
 
 # ---------------------------------------------------------------------------------------------------- envs
 

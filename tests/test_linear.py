@@ -11,7 +11,7 @@ from conftest import assert_close_to_scale, cpu_gemm_library, tol
 from op_contract import CPU_NS, Bad, CppCheck, Gradcheck, OpCase, Opcheck, Sample
 
 import dreamer_fast as df
-from dreamer_fast import nets
+from dreamer_fast.agent import nets
 from dreamer_fast.ops.linear import linear
 from dreamer_fast.reference.linear import linear_ref
 

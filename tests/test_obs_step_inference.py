@@ -13,7 +13,7 @@ from conftest import tol
 from op_contract import CPU_NS, Bad, CppCheck, OpCase, Opcheck, Sample, literal
 from test_rssm import D, S, assert_states_close, model, sequence
 
-import dreamer_fast.rssm as rssm_module
+import dreamer_fast.rssm.module as rssm_module
 from dreamer_fast import RSSMState
 from dreamer_fast.ops.obs_step_inference import obs_step_inference
 from dreamer_fast.reference.obs_step_inference import obs_step_inference_ref

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import dreamer_fast as df
 from dreamer_fast import RSSMState
-from dreamer_fast import _rssm_reference as rssm_reference
+from dreamer_fast.rssm import reference as rssm_reference
 from dreamer_fast.reference import (
     elu_ref,
     kl_balance_ref,

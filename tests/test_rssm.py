@@ -442,7 +442,7 @@ def test_fused_weight_gradients_over_part_of_the_sequence_and_twice():
 def test_sequence_linear_under_autocast_matches_autocast_addmm(rows):
     """Under bf16 autocast: bf16 GEMMs forward and backward (as autocast's addmm), the weight cast once, the
     per-step weight gradients summed in float32 -- the same numbers as autograd through autocast's addmm."""
-    from dreamer_fast._sequence_linear import SequenceLinear
+    from dreamer_fast.rssm.sequence_linear import SequenceLinear
 
     g = torch.Generator().manual_seed(0)
     weight = torch.randn(6, 4, generator=g, requires_grad=True)
@@ -478,8 +478,8 @@ def test_sequence_linear_transposed_weight_gradient_under_autocast(monkeypatch, 
     """The large-weight path under autocast (forced here on small shapes): each step's backward writes its output
     gradient transposed into one buffer (tile by tile where the sizes allow) and the sink runs one bf16 GEMM over all
     the steps. Against autograd through autocast's addmm (which rounds each step's product instead)."""
-    from dreamer_fast import _sequence_linear
-    from dreamer_fast._sequence_linear import SequenceLinear
+    from dreamer_fast.rssm import sequence_linear as _sequence_linear
+    from dreamer_fast.rssm.sequence_linear import SequenceLinear
 
     monkeypatch.setattr(_sequence_linear, "_TRANSPOSED_MIN_NUMEL", 0)
     g = torch.Generator().manual_seed(1)
@@ -508,7 +508,7 @@ def test_sequence_linear_transposed_weight_gradient_under_autocast(monkeypatch, 
 @pytest.mark.parametrize("rows", [5, 300], ids=["concatenated", "accumulated"])
 def test_sequence_linear_weight_gradient(rows):
     """The fused loop's Linear: one weight gradient for all steps, equal to autograd's per-step sum."""
-    from dreamer_fast._sequence_linear import SequenceLinear
+    from dreamer_fast.rssm.sequence_linear import SequenceLinear
 
     g = torch.Generator().manual_seed(0)
     weight = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)

@@ -277,7 +277,7 @@ def test_gradcheck_observe():
 @pytest.mark.parametrize("used", ["both", "left", "right"])
 def test_split_columns_gradient_matches_slicing(used):
     """observe's column split of img_in/obs_out: values are views of the weight; the gradient is autograd's."""
-    from dreamer_fast._rssm_fused import split_columns as _split_columns
+    from dreamer_fast.rssm.fused import split_columns as _split_columns
 
     torch.manual_seed(0)
     w = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dreamer_fast.checkpoint import load_checkpoint
+from dreamer_fast.training.checkpoint import load_checkpoint
 from dreamer_fast.cli import main
 from dreamer_fast.config import CHOICES, Config, field_docs, load_config
 

@@ -25,20 +25,20 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from dreamer_fast._atomic import atomic_write
+from dreamer_fast.training.atomic import atomic_write
 from dreamer_fast._memory import keep_freed_memory
-from dreamer_fast.agent import Agent
-from dreamer_fast.checkpoint import rng_state, save_checkpoint, set_rng_state
+from dreamer_fast.agent.agent import Agent
+from dreamer_fast.training.checkpoint import rng_state, save_checkpoint, set_rng_state
 from dreamer_fast.config import Config
-from dreamer_fast.distributed import Dist, NullLogger, RankLost, setup, wrap_agent
+from dreamer_fast.training.distributed import Dist, NullLogger, RankLost, setup, wrap_agent
 from dreamer_fast.envs import make_env
-from dreamer_fast.evaluation import evaluate, stack_steps
-from dreamer_fast.logger import CSV_NAME, Logger, plot
-from dreamer_fast.replay import Replay
-from dreamer_fast.replay_chunks import list_chunks, step_spec
-from dreamer_fast.resume import commit_resume, prepare_resume
-from dreamer_fast.run_stats import EpisodeStats, MetricMeans
-from dreamer_fast.signals import StopSignals
+from dreamer_fast.training.evaluation import evaluate, stack_steps
+from dreamer_fast.training.logger import CSV_NAME, Logger, plot
+from dreamer_fast.training.replay import Replay
+from dreamer_fast.training.replay_chunks import list_chunks, step_spec
+from dreamer_fast.training.resume import commit_resume, prepare_resume
+from dreamer_fast.training.run_stats import EpisodeStats, MetricMeans
+from dreamer_fast.training.signals import StopSignals
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"  # the agent at its best periodic evaluation (config.eval_every), loadable as a checkpoint
@@ -95,11 +95,11 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
 
     SIGINT and SIGTERM stop it at the next step boundary (checkpoint, exit status 130 from the command). With
     ``resume``, nothing in ``logdir`` changes until the checkpoint, the replay and metrics.csv have been read and
-    checked (``dreamer_fast/resume.py``). ``TrainingDiverged`` when ``config.max_nonfinite_updates`` consecutive
+    checked (``dreamer_fast/training/resume.py``). ``TrainingDiverged`` when ``config.max_nonfinite_updates`` consecutive
     updates were non-finite (no checkpoint is written then).
     """
     logdir = Path(logdir)
-    d = setup(config.device)  # one process, or a rank of a torchrun job (dreamer_fast/distributed.py)
+    d = setup(config.device)  # one process, or a rank of a torchrun job (dreamer_fast/training/distributed.py)
     try:
         error = None
         if not resume and d.main:

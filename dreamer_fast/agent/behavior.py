@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 from dreamer_fast.config import Config
-from dreamer_fast.nets import MLP, ActionHead
+from dreamer_fast.agent.nets import MLP, ActionHead
 from dreamer_fast.ops.lambda_return import lambda_return
 from dreamer_fast.rssm import RSSMState
 
 if TYPE_CHECKING:
-    from dreamer_fast.world_model import ActionSpaceLike, WorldModel
+    from dreamer_fast.agent.world_model import ActionSpaceLike, WorldModel
 
 
 def actor_dist_name(act_space: ActionSpaceLike, config: Config) -> str:

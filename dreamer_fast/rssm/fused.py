@@ -19,17 +19,17 @@ import torch
 import torch.nn.functional as F
 
 from dreamer_fast import _backend
-from dreamer_fast._sequence_linear import SequenceLinear
+from dreamer_fast.rssm.sequence_linear import SequenceLinear
 from dreamer_fast.ops import obs_step_inference as _obs_step_inference
 from dreamer_fast.ops.elu import elu
 from dreamer_fast.ops.linear import linear
 from dreamer_fast.ops.ln_gru import is_mixed as _ln_gru_is_mixed
 from dreamer_fast.ops.observe_sequence import observe_sequence
 from dreamer_fast.reference import rssm_step
-from dreamer_fast.rssm_state import RSSMState
+from dreamer_fast.rssm.state import RSSMState
 
 if TYPE_CHECKING:
-    from dreamer_fast.rssm import RSSM
+    from dreamer_fast.rssm.module import RSSM
 
 
 def elu_fused(x: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dreamer_fast._atomic import atomic_write
+from dreamer_fast.training.atomic import atomic_write
 
 FORMAT = "dreamer_fast/1"
 

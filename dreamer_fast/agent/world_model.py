@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dreamer_fast.config import Config
-from dreamer_fast.nets import MLP, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from dreamer_fast.agent.nets import MLP, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from dreamer_fast.rssm import RSSM, RSSMState
 
 ObsSpace = Mapping[str, tuple[tuple[int, ...], Any]]

@@ -5,13 +5,13 @@ Sequences are time-major ``[T, B, ...]``. The state is an :class:`RSSMState`: ``
 
 Both backends compute the same function with the same parameters (``state_dict`` keys are shared):
 
-- ``reference`` (``_rssm_reference.py``): every step in plain PyTorch, one module call per layer (the executable
+- ``reference`` (``rssm/reference.py``): every step in plain PyTorch, one module call per layer (the executable
   specification);
-- ``fused`` (``_rssm_fused.py``): the time-independent GEMMs of a sequence batched over all ``T·B`` rows (the
+- ``fused`` (``rssm/fused.py``): the time-independent GEMMs of a sequence batched over all ``T·B`` rows (the
   action part of ``img_in``, the embed part of ``obs_out``, the whole prior head after the loop); ``observe``'s
   recurrence, forward and backward, in one C++ op (``dreamer_fast.ops.observe_sequence``); imagination loops in
   Python over the fused :func:`dreamer_fast.ln_gru` op with GEMMs through ATen, each weight's gradient computed once
-  for the whole sequence (``_sequence_linear.SequenceLinear``) instead of once per step; ``obs_step`` without
+  for the whole sequence (``sequence_linear.SequenceLinear``) instead of once per step; ``obs_step`` without
   gradients (acting, B = 1 under ``torch.no_grad``) as one C++ op (``dreamer_fast.ops.obs_step_inference``), and with
   gradients or under autocast as a few plain GEMMs around the fused ``ln_gru`` op.
 
@@ -27,14 +27,16 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from dreamer_fast import _backend, _rssm_fused, _rssm_reference
-from dreamer_fast import _rssm_checks as checks
+from dreamer_fast import _backend
+from dreamer_fast.rssm import checks
+from dreamer_fast.rssm import fused as _rssm_fused
+from dreamer_fast.rssm import reference as _rssm_reference
 from dreamer_fast.ops import obs_step_inference as _obs_step_inference
 from dreamer_fast.ops.kl_balance import kl_balance
 from dreamer_fast.ops.straight_through_categorical import straight_through_categorical
 from dreamer_fast.reference.kl_balance import kl_balance_ref
 from dreamer_fast.reference.straight_through_categorical import straight_through_categorical_ref
-from dreamer_fast.rssm_state import RSSMState
+from dreamer_fast.rssm.state import RSSMState
 
 _GRU_EPS = 1e-3  # Keras' LayerNorm default, DreamerV2's
 

@@ -8,7 +8,7 @@ when the chunk continues the worker's previous chunk, ``s`` when it starts fresh
 store. Beyond ``capacity`` steps the oldest chunks are dropped from memory and their files deleted (with
 ``keep_evicted_files``, only at :meth:`release_evicted`, so that files a checkpoint still counts survive until the next
 checkpoint). A new ``Replay`` over a directory with chunk files loads them in order (resume), each checked against
-``spec`` when one is given (``dreamer_fast/replay_chunks.py``).
+``spec`` when one is given (``dreamer_fast/training/replay_chunks.py``).
 
 ``sample(batch, length)`` draws windows of ``length`` consecutive *stored* steps, uniformly over all start
 positions. Stored order interleaves workers, so a window may run from one worker's chunk into an unrelated one;
@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from dreamer_fast.replay_chunks import FLAGS as _FLAGS
-from dreamer_fast.replay_chunks import LoadPlan, StepSpec, chunk_name, plan_load, write_chunk
+from dreamer_fast.training.replay_chunks import FLAGS as _FLAGS
+from dreamer_fast.training.replay_chunks import LoadPlan, StepSpec, chunk_name, plan_load, write_chunk
 
 
 @dataclass

@@ -21,11 +21,11 @@ from typing import Any
 
 import yaml
 
-from dreamer_fast._atomic import atomic_write
-from dreamer_fast.checkpoint import CheckpointError, load_agent_state, load_checkpoint
+from dreamer_fast.training.atomic import atomic_write
+from dreamer_fast.training.checkpoint import CheckpointError, load_agent_state, load_checkpoint
 from dreamer_fast.config import Config, config_from_dict, load_config, preset_names
-from dreamer_fast.logger import CSV_NAME
-from dreamer_fast.replay_chunks import LoadPlan, StepSpec, plan_load, replay_dir
+from dreamer_fast.training.logger import CSV_NAME
+from dreamer_fast.training.replay_chunks import LoadPlan, StepSpec, plan_load, replay_dir
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
@@ -96,7 +96,7 @@ class Resume:
 
 def prepare_resume(logdir: Path, config: Config, agent: Any, spec: StepSpec, rank: int = 0, world: int = 1) -> Resume:
     """Loads ``logdir``'s checkpoint into ``agent`` and reads and checks the replay and metrics; changes no file.
-    On rank ``rank`` of ``world`` (``dreamer_fast/distributed.py``): that rank's replay shard, and the checkpoint
+    On rank ``rank`` of ``world`` (``dreamer_fast/training/distributed.py``): that rank's replay shard, and the checkpoint
     must come from as many ranks."""
     path = logdir / CHECKPOINT
     if not path.is_file():

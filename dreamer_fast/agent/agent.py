@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dreamer_fast.behavior import ActorCritic
+from dreamer_fast.agent.behavior import ActorCritic
 from dreamer_fast.config import Config
 from dreamer_fast.cpu import resolve_bf16
 from dreamer_fast.rssm import RSSMState
-from dreamer_fast.world_model import ActionSpaceLike, ObsSpace, WorldModel, check_act_space
+from dreamer_fast.agent.world_model import ActionSpaceLike, ObsSpace, WorldModel, check_act_space
 
 PolicyState = tuple[RSSMState, torch.Tensor]  # (latent [N], previous action [N, A])
 MODES = ("explore", "eval", "random")

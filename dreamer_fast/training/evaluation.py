@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dreamer_fast.agent import Agent
-from dreamer_fast.checkpoint import CheckpointError, load_agent_state, load_checkpoint
+from dreamer_fast.agent.agent import Agent
+from dreamer_fast.training.checkpoint import CheckpointError, load_agent_state, load_checkpoint
 from dreamer_fast.config import Config, config_from_dict
 from dreamer_fast.envs import make_env
-from dreamer_fast.signals import StopSignals
+from dreamer_fast.training.signals import StopSignals
 
 
 def stack_steps(steps: list[dict]) -> dict[str, np.ndarray]:

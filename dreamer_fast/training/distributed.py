@@ -41,7 +41,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from dreamer_fast.replay_chunks import replay_dir
+from dreamer_fast.training.replay_chunks import replay_dir
 
 RANK_SEED_STRIDE = 100_003  # rank r seeds its environments, replay sampler and RNGs with config.seed + r * stride
 TIMEOUT_ENV = "DREAMER_FAST_DIST_TIMEOUT"

@@ -12,10 +12,10 @@ import torch
 
 from dreamer_fast.reference import rssm_step
 from dreamer_fast.reference.ln_gru import ln_gru_ref
-from dreamer_fast.rssm_state import RSSMState
+from dreamer_fast.rssm.state import RSSMState
 
 if TYPE_CHECKING:
-    from dreamer_fast.rssm import RSSM
+    from dreamer_fast.rssm.module import RSSM
 
 
 def _ln_gru(m: RSSM) -> rssm_step.LnGru:

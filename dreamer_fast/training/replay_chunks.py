@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from dreamer_fast._atomic import atomic_write
+from dreamer_fast.training.atomic import atomic_write
 
 NAME = re.compile(r"^(\d{10})-w(\d+)-([cs])-(\d+)\.npz$")
 TMP_PREFIX = ".chunk-"

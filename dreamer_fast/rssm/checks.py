@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from dreamer_fast.rssm_state import RSSMState
+from dreamer_fast.rssm.state import RSSMState
 
 if TYPE_CHECKING:
-    from dreamer_fast.rssm import RSSM
+    from dreamer_fast.rssm.module import RSSM
 
 
 def check_config(sizes: dict[str, object], unimix: object) -> None:

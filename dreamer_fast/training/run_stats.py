@@ -8,7 +8,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from dreamer_fast.world_model import SPARSE_METRICS
+from dreamer_fast.agent.world_model import SPARSE_METRICS
 
 
 class EpisodeStats:

@@ -19,7 +19,8 @@ device is CUDA, each rank on ``cuda:LOCAL_RANK``; gloo on the CPU). Rules of a r
   broadcasts them).
 - Rank 0 owns the logdir: config.yaml, metrics.csv, tb/, plots, best.pt and checkpoint.pt. Training metrics are
   the means over the ranks, ``replay/steps`` their sum; every rank's episodes are logged (at the next log, evaluation or
-  checkpoint, with the step they ended at, so metrics.csv stays in step order); evaluations play ``eval_episodes`` on every rank and log the mean of all of them.
+  checkpoint, with the step they ended at, so metrics.csv stays in step order); evaluations play ``eval_episodes``
+  on every rank and log the mean of all of them.
   ``checkpoint.pt`` also holds every rank's RNG states, replay sampler and replay chunk range (``ranks``), so
   ``--resume`` with the same number of ranks restores all of them (another number is refused).
 - A rank that dies makes the others fail their next collective (gloo and NCCL notice the closed connection, or the

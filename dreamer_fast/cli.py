@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from dreamer_fast.config import CHOICES, Config, field_docs, load_config, presets
+from dreamer_fast.config import CHOICES, Config, field_docs, load_config, presets, show_value
 
 
 def _config_overrides(parser: argparse.ArgumentParser) -> None:
@@ -36,14 +36,9 @@ def _config_overrides(parser: argparse.ArgumentParser) -> None:
         if section not in groups:
             groups[section] = parser.add_argument_group(f"config: {section}")
         kind = "|".join(CHOICES[f.name]) if f.name in CHOICES else f.type
-        help_text = f"{kind}, default {_show(f.default)}: {doc}".replace("%", "%%")
+        help_text = f"{kind}, default {show_value(f.default)}: {doc}".replace("%", "%%")
         groups[section].add_argument(f"--{f.name}", dest=f"cfg_{f.name}", metavar=f.type.upper(), default=None,
                                      help=help_text)
-
-
-def _show(value: Any) -> str:
-    """A default as a config.yaml value (true, 0.0001, atari/Pong)."""
-    return value if isinstance(value, str) else yaml.safe_dump(value).removesuffix("\n...\n").strip()
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

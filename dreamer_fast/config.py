@@ -251,6 +251,11 @@ def load_config(preset: str | Sequence[str] = "atari", overrides: dict[str, Any]
     return config_from_dict(values)
 
 
+def show_value(value: Any) -> str:
+    """A value as config.yaml and the command line write it (true, 0.0001, atari/Pong)."""
+    return value if isinstance(value, str) else yaml.safe_dump(value).removesuffix("\n...\n").strip()
+
+
 def config_from_dict(values: dict[str, Any]) -> Config:
     defaults = {f.name: f.default for f in fields(Config)}
     unknown = sorted(set(values) - set(defaults))

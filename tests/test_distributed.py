@@ -191,6 +191,8 @@ def test_torchrun_debug_run_writes_one_logdir_and_resumes(tmp_path):
                                                         "metrics.csv", "replay", "tb"]
     rows = (logdir / "metrics.csv").read_text().splitlines()
     assert sum(",episode/return," in r for r in rows) == ckpt["episodes"]  # every rank's episodes
+    steps = [int(r.split(",")[0]) for r in rows[1:]]
+    assert steps == sorted(steps)  # every rank's episodes and the evaluations in step order
     assert "400,replay/steps," + str(float(sum(r["replay"]["steps"] for r in ckpt["ranks"]))) in rows
 
     rc, out = _finish(_torchrun(logdir, "--resume", "--steps", "500"), 240)

@@ -9,6 +9,7 @@ is the same test with e.g. ``DREAMER_FAST_KILLS=20``.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import os
 import random
@@ -24,8 +25,11 @@ import numpy as np
 import pytest
 import yaml
 
-from dreamer_fast.training.checkpoint import load_checkpoint
-from dreamer_fast.cli import main
+from dreamer_fast.cli import _overrides, _parser, main
+from dreamer_fast.config import load_config, presets
+from dreamer_fast.training.checkpoint import load_checkpoint, save_checkpoint
+from dreamer_fast.training.loop import _write_config
+from dreamer_fast.training.resume import read_run_config
 from dreamer_fast.training.replay_chunks import list_chunks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,6 +156,10 @@ def test_resume_of_a_damaged_run_is_one_line_and_changes_no_file(run_copy, capsy
     (["--config", "debug,small"], "presets 'debug,small' (stacked) has `deter`"),
     (["--config", "debug", "--config", "small"], "presets 'debug,small' (stacked) has `deter`"),
     (["--env", "atari/Pong"], "`env`"),
+    (["--config", "debug", "--env", "atari/Pong"], "`env` = 'atari/Pong' but the run in"),
+    (["--config", "debug", "--set", "stoch=8"], "leave it out or give --stoch 4 to continue"),
+    (["--config", "small,debug", "--set", "stoch=4", "--deter", "64"], "has 32; `deter` sets the model's"),
+    (["--config", "cartpole"], "preset 'cartpole' has `deter` = 200 but the run in"),
     (["--set", "deter=abc"], "`deter`"),
 ])  # fmt: skip
 def test_refused_resume_changes_no_file_and_plain_resume_still_works(run_copy, capsys, args, needle):
@@ -172,6 +180,37 @@ def test_resume_with_stacked_presets_that_agree_keeps_the_runs_config(run_copy, 
     assert code == 0, err
     assert yaml.safe_load((run_copy / "config.yaml").read_text())["bf16"] == "false"
     assert load_checkpoint(run_copy / "checkpoint.pt")["step"] == 320
+
+
+def _resolve(args: list[str]):
+    """The configuration `dreamer-fast train ARGS` resolves, as the command line does."""
+    parsed = _parser().parse_args(["train", "--logdir", "unused", *args])
+    return load_config(parsed.config or "atari", _overrides(parsed)), parsed
+
+
+STACKS = [[name] for name in presets()] + [[name, "debug"] for name in presets() if name != "debug"]
+
+
+@pytest.mark.parametrize("names", STACKS, ids=",".join)
+def test_the_same_command_with_resume_keeps_the_runs_config(tmp_path, names):
+    """For every preset (and each stacked under debug): the command that started a run, with another --steps and
+    --resume, continues it with its config (no training: the config.yaml a run writes, read back)."""
+    env = ["--env", "atari/Pong"] if "atari" in names or "debug" in names else []
+    started, _ = _resolve(["--config", ",".join(names), *env, "--steps", "300"])
+    _write_config(tmp_path, started, "resolved on this CPU")
+    resumed, parsed = _resolve(["--config", ",".join(names), *env, "--steps", "400", "--resume"])
+    config = read_run_config(tmp_path, _overrides(parsed), parsed.config)
+    assert config == dataclasses.replace(started, steps=400)
+
+
+def test_the_same_command_with_resume_continues_a_run(tmp_path, capsys):
+    """`train --config debug --env atari/Pong ...` then the same command with --resume: it continues."""
+    logdir, command = tmp_path / "run", ["train", *DEBUG, "--env", "atari/Pong"]
+    code, err = run_cli(capsys, *command, "--logdir", str(tmp_path / "run"), "--steps", "110")
+    assert code == 0, err
+    code, err = run_cli(capsys, *command, "--logdir", str(tmp_path / "run"), "--steps", "130", "--resume")
+    assert code == 0, err
+    assert load_checkpoint(logdir / "checkpoint.pt")["step"] == 130
 
 
 def test_resume_drops_what_came_after_the_checkpoint(run_copy, capsys):
@@ -323,3 +362,46 @@ def test_sigint_loses_no_collected_step(tmp_path, delay):
     ckpt = load_checkpoint(logdir / "checkpoint.pt")
     assert _stored_steps(logdir) == ckpt["replay"]["steps"] == ckpt["step"] + 1  # + the first reset
     assert not _duplicates(_rows(logdir))
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_afresh(tmp_path, capsys):
+    """kill -9 during prefill: the same command (with or without --resume) starts the run afresh with one line, and
+    a command with another config leaves the files as they are."""
+    logdir, run = tmp_path / "run", ["--config", "debug", "--set", "prefill=100000", "--set", "checkpoint_every=1000"]
+    proc = _start(logdir, *run, "--steps", "100000")
+    _wait_for(logdir / "metrics.csv", proc)
+    _wait_for_growth(logdir / "metrics.csv", proc)  # the first log: 100 steps collected (chunks of 32 written)
+    proc.kill()
+    proc.wait()
+    assert _chunks(logdir) and not (logdir / "checkpoint.pt").exists()
+    before = digest(logdir)
+    code, err = run_cli(capsys, "train", "--logdir", str(logdir), "--no-progress", *run, "--set", "seed=1")
+    assert_one_line_error(code, err, "another run", "`seed` is 0, here 1")
+    assert digest(logdir) == before
+    for extra in (["--resume"], []):
+        capsys.readouterr()
+        assert main(["train", "--logdir", str(logdir), "--no-progress", *run, "--steps", "60", *extra]) == 0
+        out = capsys.readouterr().out
+        assert out.count("stopped before its first checkpoint") == 1, out
+        (logdir / "checkpoint.pt").unlink()  # as if killed again before it
+    rows = _rows(logdir)
+    assert [int(r[0]) for r in rows] == sorted(int(r[0]) for r in rows) and max(int(r[0]) for r in rows) == 60
+    assert _stored_steps(logdir) == 61
+
+
+@pytest.mark.parametrize("recorded", [False, True])
+def test_best_pt_is_never_ahead_of_the_checkpoint(run_copy, capsys, recorded):
+    """A new best evaluation is staged (best.pt.staged) and becomes best.pt only with the checkpoint that records it:
+    a kill before that checkpoint leaves the staged file, which resume removes (a later, worse evaluation then
+    competes with the record); a kill after it, between the checkpoint and the rename, is completed by resume."""
+    ckpt = load_checkpoint(run_copy / "checkpoint.pt")
+    best = {"step": 300, "updates": ckpt["updates"], "episodes": ckpt["episodes"], "return": 50.0}
+    if recorded:
+        save_checkpoint(run_copy / "checkpoint.pt", {**ckpt, "best_eval": best})
+    save_checkpoint(run_copy / "best.pt.staged", {"config": ckpt["config"], "agent": ckpt["agent"], **best})
+    code, err = run_cli(capsys, "train", "--resume", "--logdir", str(run_copy), "--steps", "320", "--no-progress")
+    assert code == 0, err
+    assert not (run_copy / "best.pt.staged").exists()
+    assert (run_copy / "best.pt").exists() == recorded
+    after = load_checkpoint(run_copy / "checkpoint.pt")
+    assert after["step"] == 320 and after["best_eval"] == (best if recorded else {})

@@ -18,8 +18,9 @@ device is CUDA, each rank on ``cuda:LOCAL_RANK``; gloo on the CPU). Rules of a r
   step on all of them. Buffers (the actor-critic's return-scale statistics) start each update from rank 0's (DDP
   broadcasts them).
 - Rank 0 owns the logdir: config.yaml, metrics.csv, tb/, plots, best.pt and checkpoint.pt. Training metrics are
-  the means over the ranks, ``replay/steps`` their sum; every rank's episodes are logged (at the next log, with the
-  step they ended at); evaluations play ``eval_episodes`` on every rank and log the mean of all of them.
+  the means over the ranks, ``replay/steps`` their sum; every rank's episodes are logged (at the next log, evaluation or
+  checkpoint, with the step they ended at, so metrics.csv stays in step order); evaluations play ``eval_episodes``
+  on every rank and log the mean of all of them.
   ``checkpoint.pt`` also holds every rank's RNG states, replay sampler and replay chunk range (``ranks``), so
   ``--resume`` with the same number of ranks restores all of them (another number is refused).
 - A rank that dies makes the others fail their next collective (gloo and NCCL notice the closed connection, or the
@@ -52,19 +53,15 @@ class RankLost(ValueError):
     """A collective failed: another rank died or stopped answering."""
 
 
-class Dist:
-    """This process's place in the job; with ``world == 1`` every method is the single-process identity."""
+class Ranks:
+    """The processes of a run as the training loop sees them; this class is the single process (rank 0 of 1), where
+    every collective is the identity. :class:`Dist` is a rank of a torchrun job."""
 
-    def __init__(self, rank: int = 0, world: int = 0, local_rank: int = 0, owns_group: bool = False) -> None:
-        self.rank, self.world, self.local_rank, self.owns_group = rank, max(world, 1), local_rank, owns_group
-        self.device = torch.device("cpu")  # where collectives' tensors live (the rank's GPU under NCCL)
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
+    rank, world, local_rank = 0, 1, 0
 
     @property
     def main(self) -> bool:
+        """The rank that owns the logdir (config.yaml, metrics.csv, checkpoints) and reports."""
         return self.rank == 0
 
     # ---- per-rank settings ----------------------------------------------------------------------------------------
@@ -73,15 +70,89 @@ class Dist:
         return seed + RANK_SEED_STRIDE * self.rank
 
     def rank_config(self, config: Any) -> Any:
-        """The config with this rank's device: ``cuda:LOCAL_RANK`` for a CUDA run on several ranks."""
-        if self.enabled and torch.device(config.device).type == "cuda":
-            return dataclasses.replace(config, device=f"cuda:{self.local_rank}")
+        """The config with this rank's device."""
         return config
 
     def replay_dir(self, logdir: Path) -> Path:
         return replay_dir(logdir, self.rank)
 
+    def on_main(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` on the main rank (its result); None on the others."""
+        return fn(*args, **kwargs) if self.main else None
+
+    def print(self, line: str) -> None:
+        self.on_main(print, line)
+
+    def logger(self, logdir: Path, purge_step: int | None) -> Any:
+        """The main rank's :class:`~dreamer_fast.training.logger.Logger`; a :class:`NullLogger` on the others."""
+        from dreamer_fast.training.logger import Logger
+
+        return self.on_main(Logger, logdir, purge_step=purge_step) or NullLogger()
+
+    def decide(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` on the main rank, its result on every rank; its ValueError or OSError raised on every rank."""
+        result, error = None, None
+        try:
+            result = self.on_main(fn)
+        except (ValueError, OSError) as e:
+            error = e
+        self.agree(error)
+        return self.broadcast(result)
+
+    def failed(self, error: RuntimeError) -> BaseException:
+        """What a RuntimeError that escaped training becomes (on several ranks: :class:`RankLost`)."""
+        return error
+
     # ---- collectives ----------------------------------------------------------------------------------------------
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on one."""
+        return bool(flag)
+
+    def min(self, value: float) -> float:
+        return value
+
+    def all_finite(self, finite: torch.Tensor) -> torch.Tensor:
+        """``finite`` (a bool scalar tensor) and-ed over the ranks."""
+        return finite
+
+    def gather(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj`` on rank 0 (in rank order); None on the others."""
+        return [obj]
+
+    def concat(self, items: list[Any]) -> list[Any]:
+        """Every rank's ``items`` concatenated in rank order, on every rank."""
+        return list(items)
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        return obj
+
+    def barrier(self) -> None:
+        pass
+
+    def agree(self, error: BaseException | None) -> None:
+        """Raises on every rank when ``error`` is set on one (ValueError with the failing rank's line), so that a
+        step that must succeed everywhere (the logdir check, reading a resume) fails everywhere."""
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        pass
+
+
+class Dist(Ranks):
+    """Rank ``rank`` of a torchrun job of ``world`` processes, in the default process group."""
+
+    def __init__(self, rank: int = 0, world: int = 0, local_rank: int = 0, owns_group: bool = False) -> None:
+        self.rank, self.world, self.local_rank, self.owns_group = rank, max(world, 1), local_rank, owns_group
+        self.device = torch.device("cpu")  # where collectives' tensors live (the rank's GPU under NCCL)
+
+    def rank_config(self, config: Any) -> Any:
+        """The config with this rank's device: ``cuda:LOCAL_RANK`` for a CUDA run."""
+        if torch.device(config.device).type == "cuda":
+            return dataclasses.replace(config, device=f"cuda:{self.local_rank}")
+        return config
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
@@ -94,50 +165,47 @@ class Dist:
         return RankLost(f"rank {self.rank}: lost contact with the other ranks ({first[:240]}); the job stops, "
                         f"`--resume` continues from the last checkpoint")
 
+    def failed(self, error: RuntimeError) -> BaseException:
+        return error if isinstance(error, RankLost) else self.lost(error)  # e.g. a collective inside DDP's backward
+
     def any(self, flag: bool) -> bool:
-        """True on every rank when ``flag`` is true on one."""
-        if not self.enabled:
-            return bool(flag)
         t = torch.tensor([float(flag)], device=self.device)
         self._call(dist.all_reduce, t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
     def min(self, value: float) -> float:
-        if not self.enabled:
-            return value
         t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
         self._call(dist.all_reduce, t, op=dist.ReduceOp.MIN)
         return t.item()
 
     def all_finite(self, finite: torch.Tensor) -> torch.Tensor:
-        """``finite`` (a bool scalar tensor) and-ed over the ranks."""
-        if not self.enabled:
-            return finite
         t = finite.float().reshape(1)
         self._call(dist.all_reduce, t, op=dist.ReduceOp.MIN)
         return t[0] > 0
 
     def gather(self, obj: Any) -> list[Any] | None:
-        """Every rank's ``obj`` on rank 0 (in rank order); None on the others."""
-        if not self.enabled:
-            return [obj]
         out = [None] * self.world if self.main else None
         self._call(dist.gather_object, obj, out, dst=0)
         return out
 
+    def _all_gather(self, obj: Any) -> list[Any]:
+        out: list[Any] = [None] * self.world
+        self._call(dist.all_gather_object, out, obj)
+        return out
+
+    def concat(self, items: list[Any]) -> list[Any]:
+        return [item for part in self._all_gather(list(items)) for item in part]
+
+    def broadcast(self, obj: Any) -> Any:
+        box = [obj]
+        self._call(dist.broadcast_object_list, box, src=0)
+        return box[0]
+
     def barrier(self) -> None:
-        if self.enabled:
-            self._call(dist.barrier)
+        self._call(dist.barrier)
 
     def agree(self, error: BaseException | None) -> None:
-        """Raises on every rank when ``error`` is set on one (ValueError with the failing rank's line), so that a
-        step that must succeed everywhere (the logdir check, reading a resume) fails everywhere."""
-        if not self.enabled:
-            if error is not None:
-                raise error
-            return
-        out: list[Any] = [None] * self.world
-        self._call(dist.all_gather_object, out, None if error is None else str(error))
+        out = self._all_gather(None if error is None else str(error))
         failed = [(r, m) for r, m in enumerate(out) if m is not None]
         if error is not None:
             raise error
@@ -150,12 +218,12 @@ class Dist:
             dist.destroy_process_group()
 
 
-def setup(device: str) -> Dist:
-    """The process group of a torchrun job (``WORLD_SIZE`` > 1), joined here; else the single-process :class:`Dist`.
+def setup(device: str) -> Ranks:
+    """The process group of a torchrun job (``WORLD_SIZE`` > 1), joined here (a :class:`Dist`); else :class:`Ranks`.
     NCCL for a CUDA ``device``, gloo for the CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return Dist()
+        return Ranks()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.device(device).type == "cuda"
     if cuda:
@@ -227,14 +295,14 @@ class AgentDDP:
         return self.dist.all_finite(finite)
 
 
-def wrap_agent(agent: Any, d: Dist) -> None:
+def wrap_agent(agent: Any, d: Ranks) -> None:
     """Makes ``agent`` train with gradients averaged over the ranks (a no-op on one process). DDP broadcasts rank 0's
     parameters and buffers, so every rank starts from the same model."""
-    if d.enabled:
+    if d.world > 1:
         try:
             agent.ddp = AgentDDP(agent, d)
         except RuntimeError as error:
-            raise d.lost(error) from None
+            raise d.failed(error) from None
 
 
 class NullLogger:
@@ -259,4 +327,4 @@ class NullLogger:
         pass
 
 
-__all__ = ["Dist", "RankLost", "setup", "wrap_agent", "AgentDDP", "NullLogger", "RANK_SEED_STRIDE"]
+__all__ = ["Ranks", "Dist", "RankLost", "setup", "wrap_agent", "AgentDDP", "NullLogger", "RANK_SEED_STRIDE"]

@@ -4,16 +4,22 @@ Everything a run leaves is under its ``logdir``:
 
     config.yaml        the resolved configuration (``--resume`` reads it back)
     checkpoint.pt      model, optimisers, RNG states and step counters, written atomically (temp file + rename)
-    best.pt            with ``eval_every``: the agent at its best greedy evaluation (``dreamer-fast eval`` loads it)
+    best.pt            with ``eval_every``: the agent at its best greedy evaluation (``dreamer-fast eval`` loads it);
+                       staged as best.pt.staged and renamed once checkpoint.pt records that evaluation
     replay/            the replay buffer as episode chunks (.npz); resume reloads them, so nothing is lost
-    metrics.csv        every logged metric (step, name, value), also in TensorBoard under tb/
+    metrics.csv        every logged metric (step, name, value) in step order, also in TensorBoard under tb/
     curve.png          the learning curve (episode return vs env steps), losses.png the training losses
     openloop_*.gif     open-loop predictions (Atari): real frames | imagined frames | error
+
+The processes of the run are a collaborator, :class:`~dreamer_fast.training.distributed.Ranks` (one process) or
+:class:`~dreamer_fast.training.distributed.Dist` (a rank of a torchrun job): the loop calls its collectives and
+main-rank helpers the same way on either.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
 import sys
 import time
@@ -30,18 +36,15 @@ from dreamer_fast._memory import keep_freed_memory
 from dreamer_fast.agent.agent import Agent
 from dreamer_fast.training.checkpoint import rng_state, save_checkpoint, set_rng_state
 from dreamer_fast.config import Config
-from dreamer_fast.training.distributed import Dist, NullLogger, RankLost, setup, wrap_agent
+from dreamer_fast.training.distributed import Ranks, setup, wrap_agent
 from dreamer_fast.envs import make_env
 from dreamer_fast.training.evaluation import evaluate, stack_steps
-from dreamer_fast.training.logger import CSV_NAME, Logger, plot
+from dreamer_fast.training.logger import Logger, plot
 from dreamer_fast.training.replay import Replay
-from dreamer_fast.training.replay_chunks import list_chunks, step_spec
-from dreamer_fast.training.resume import commit_resume, prepare_resume
+from dreamer_fast.training.replay_chunks import step_spec
+from dreamer_fast.training.resume import BEST, BEST_STAGED, CHECKPOINT, commit_resume, plan_start, prepare_resume
 from dreamer_fast.training.run_stats import EpisodeStats, MetricMeans
 from dreamer_fast.training.signals import StopSignals
-
-CHECKPOINT = "checkpoint.pt"
-BEST = "best.pt"  # the agent at its best periodic evaluation (config.eval_every), loadable as a checkpoint
 
 
 class TrainingDiverged(ValueError):
@@ -59,25 +62,6 @@ def _setup(config: Config, seed: int) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"config `device` is {config.device!r} but torch sees no CUDA GPU")
     return device
-
-
-def _check_new_logdir(logdir: Path) -> None:
-    """A new run needs a folder that holds no run (created here when missing)."""
-    if logdir.exists() and not logdir.is_dir():
-        raise ValueError(f"--logdir {logdir} is a file, not a folder")
-    if (logdir / CHECKPOINT).exists():
-        raise ValueError(f"{logdir} already holds a run ({logdir / CHECKPOINT}); pass --resume to continue it or pick "
-                         "another --logdir")
-    leftovers = [name for name in ("config.yaml", CSV_NAME) if (logdir / name).exists()]
-    if list_chunks(logdir / "replay") or any(list_chunks(p) for p in (logdir / "replay").glob("rank*")):
-        leftovers.append("replay/")
-    if leftovers:
-        raise ValueError(f"{logdir} holds a run that stopped before its first checkpoint ({', '.join(leftovers)}); "
-                         "remove it or pick another --logdir")
-    try:
-        logdir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ValueError(f"--logdir {logdir} cannot be created ({error.strerror or error})") from None
 
 
 def _write_config(logdir: Path, config: Config, note: str) -> None:
@@ -99,23 +83,15 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
     updates were non-finite (no checkpoint is written then).
     """
     logdir = Path(logdir)
-    d = setup(config.device)  # one process, or a rank of a torchrun job (dreamer_fast/training/distributed.py)
+    ranks = setup(config.device)  # one process, or a rank of a torchrun job (dreamer_fast/training/distributed.py)
     try:
-        error = None
-        if not resume and d.main:
-            try:
-                _check_new_logdir(logdir)
-            except ValueError as e:
-                error = e
-        d.agree(error)
+        resume = ranks.decide(lambda: plan_start(logdir, config, resume))
         with StopSignals() as stop:
-            result = _Run(config, logdir, resume, progress and d.main, stop, d).run()
+            result = _Run(config, logdir, resume, progress, stop, ranks).run()
     except RuntimeError as error:
-        if not d.enabled or isinstance(error, RankLost):
-            raise
-        raise d.lost(error) from None  # a collective inside DDP's backward failed
-    d.close()
-    result["rank"] = d.rank
+        raise ranks.failed(error) from None  # several ranks: a collective inside DDP's backward failed
+    ranks.close()
+    result["rank"] = ranks.rank
     return result
 
 
@@ -123,48 +99,47 @@ class _Run:
     """One training process: builds (or restores) everything, then collects, trains, logs and checkpoints."""
 
     def __init__(self, config: Config, logdir: Path, resume: bool, progress: bool, stop: StopSignals,
-                 dist: Dist | None = None) -> None:
+                 ranks: Ranks | None = None) -> None:
         self.config, self.logdir, self.stop, self.ckpt_path = config, logdir, stop, logdir / CHECKPOINT
-        self.dist = d = dist or Dist()
-        seed = d.seed(config.seed)  # each rank collects and samples with its own seeds
+        self.ranks = r = ranks or Ranks()
+        seed = r.seed(config.seed)  # each rank collects and samples with its own seeds
         device = _setup(config, seed)
         self.envs = [make_env(config, seed=seed + 1000 * i) for i in range(config.num_envs)]
         self.obs_space, self.act_space = self.envs[0].obs_space, self.envs[0].act_space
-        self.agent = Agent(self.obs_space, self.act_space, d.rank_config(config)).to(device)
-        if d.main:
-            print(f"dreamer-fast: {self.agent.bf16_reason}")
+        self.agent = Agent(self.obs_space, self.act_space, r.rank_config(config)).to(device)
+        r.print(f"dreamer-fast: {self.agent.bf16_reason}")
         self.eval_env = make_env(config, seed=seed + 999_983) if config.eval_every else None
         spec = step_spec(self.obs_space, self.act_space.dim)
         restored, error = None, None
         try:
-            restored = prepare_resume(logdir, config, self.agent, spec, d.rank, d.world) if resume else None
+            restored = prepare_resume(logdir, config, self.agent, spec, r.rank, r.world) if resume else None
         except (ValueError, OSError) as e:
             error = e
-        d.agree(error)  # every rank's checks passed: from here on files change
-        if restored is not None and d.main:
-            commit_resume(logdir, restored)
-        if d.main:
-            _write_config(logdir, config, self.agent.bf16_reason)
+        r.agree(error)  # every rank's checks passed: from here on files change
+        if restored is not None:
+            r.on_main(commit_resume, logdir, restored)
+        r.on_main(_write_config, logdir, config, self.agent.bf16_reason)
         # Steps become sampleable when their chunk is written: at an episode's end or every 4 sequence lengths, so
         # that long Atari episodes feed training while they run.
-        self.replay = Replay(d.replay_dir(logdir), config.replay_capacity, seed=seed, chunk=4 * config.batch_length,
+        self.replay = Replay(r.replay_dir(logdir), config.replay_capacity, seed=seed, chunk=4 * config.batch_length,
                              spec=spec, plan=restored.replay if restored else None, keep_evicted_files=True)
-        self.logger = (Logger(logdir, purge_step=restored.step + 1 if restored else None) if d.main
-                       else NullLogger())
-        self.ended: list[tuple[int, float, int]] = []  # on several ranks: (step, return, length) until the next log
+        self.logger = r.logger(logdir, purge_step=restored.step + 1 if restored else None)
+        self.ended: list[tuple[int, float, int]] = []  # (step, return, length) of episodes not logged yet
         self.step = self.updates = self.episodes = self.nonfinite = self.streak = 0
         self.best: dict[str, Any] = {}  # the best periodic evaluation so far: {"step", "return", ...}
         if restored is not None:
             self._restore(restored.checkpoint)
-        wrap_agent(self.agent, d)  # DDP on several ranks (after the restore: rank 0's parameters are broadcast)
-        self.bar = tqdm(total=config.steps, initial=self.step, unit="step", dynamic_ncols=True, disable=not progress,
-                        desc=f"{config.env}")
+        self.metrics = MetricMeans()
+        self.last_log = (self.step, time.perf_counter(), self.updates)  # step, time and updates of the last log
+        wrap_agent(self.agent, r)  # DDP on several ranks (after the restore: rank 0's parameters are broadcast)
+        self.bar = tqdm(total=config.steps, initial=self.step, unit="step", dynamic_ncols=True,
+                        disable=not (progress and r.main), desc=f"{config.env}")
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         self.step, self.updates = ckpt["step"], ckpt["updates"]
         self.nonfinite = int(ckpt.get("nonfinite_updates", 0))
         self.best = dict(ckpt.get("best_eval", {}))
-        own = ckpt["ranks"][self.dist.rank] if self.dist.enabled else ckpt  # each rank's RNGs and episode count
+        own = ckpt.get("ranks", [ckpt])[self.ranks.rank]  # each rank's RNGs and episode count
         self.episodes = own["episodes"]
         set_rng_state(own["rng"])
         self.replay.set_rng_state(own["replay_rng"])
@@ -173,22 +148,20 @@ class _Run:
                         (self.agent.critic_opt, c.critic_lr)):
             for group in opt.param_groups:
                 group.update(lr=lr, eps=c.opt_eps, weight_decay=c.weight_decay)
-        if self.dist.main:
-            print(f"dreamer-fast: resumed {self.logdir} at step {self.step:,} ({self.updates:,} updates, "
-                  f"{len(self.replay):,} replay steps)")
+        self.ranks.print(f"dreamer-fast: resumed {self.logdir} at step {self.step:,} ({self.updates:,} updates, "
+                         f"{len(self.replay):,} replay steps)")
 
     def run(self) -> dict[str, Any]:
         try:
             interrupted = self._loop()
             if not interrupted and self.config.eval_episodes:
-                returns = evaluate(self.agent, self.envs[0], self.config.eval_episodes, self.stop)
-                interrupted = self._stopping()
-                returns = self._all_returns(returns)
-                if not interrupted and self.dist.main:
+                returns = self._evaluate(self.envs[0])
+                interrupted = returns is None
+                if not interrupted:
                     self.logger.scalars({"eval/return": float(np.mean(returns))}, self.step)
             self.checkpoint()
-            if not interrupted and self.updates and self.dist.main:
-                _open_loop(self.agent, self.replay, self.logger, self.config, self.step)
+            if not interrupted and self.updates:
+                self.ranks.on_main(_open_loop, self.agent, self.replay, self.logger, self.config, self.step)
         finally:
             self.bar.close()
             self.logger.close()
@@ -197,23 +170,33 @@ class _Run:
         if interrupted:
             print(f"dreamer-fast: interrupted at step {self.step:,}; checkpoint in {self.ckpt_path}")
         result: dict[str, Any] = {"step": self.step, "updates": self.updates,
-                                  "episodes": getattr(self, "all_episodes", self.episodes),
+                                  "episodes": sum(self.ranks.concat([self.episodes])),
                                   "interrupted": interrupted, "logdir": str(self.logdir)}
         if not interrupted and self.config.eval_episodes:
             result["eval_returns"] = returns
         if self.best:
             result["best_eval"] = dict(self.best)
-        result["plots"] = [str(p) for p in plot(self.logdir)] if self.dist.main else []
+        result["plots"] = [str(p) for p in self.ranks.on_main(plot, self.logdir) or []]
         return result
 
     def _stopping(self) -> bool:
         """A signal asked to stop (on any rank: all ranks stop at the same step)."""
-        return self.dist.any(self.stop.requested) if self.dist.enabled else self.stop.requested
+        return self.ranks.any(self.stop.requested)
 
-    def _all_returns(self, returns: list[float]) -> list[float]:
-        """Every rank's evaluation returns (on rank 0; the others keep their own)."""
-        gathered = self.dist.gather(returns)
-        return [r for part in gathered for r in part] if gathered is not None else returns
+    def _evaluate(self, env: Any) -> list[float] | None:
+        """``eval_episodes`` greedy returns on ``env`` from every rank (the episodes that ended before are logged
+        first, so that metrics.csv stays in step order); None when a signal stopped the evaluation."""
+        returns = evaluate(self.agent, env, self.config.eval_episodes, self.stop)
+        stopping = self._stopping()
+        self._log_episodes()
+        returns = self.ranks.concat(returns)
+        return None if stopping else returns
+
+    def _log_episodes(self) -> None:
+        """Logs every rank's episodes that ended since the last call, in step order."""
+        for step, ret, length in sorted(self.ranks.concat(self.ended)):
+            self.logger.scalars({"episode/return": ret, "episode/length": length}, step)
+        self.ended.clear()
 
     def _loop(self) -> bool:
         """Collects and trains until ``config.steps``; True when a signal stopped it first."""
@@ -229,9 +212,8 @@ class _Run:
             self.replay.add(s, worker=i)
             tracker.add(i, s)
         policy_state = None
-        self.metrics = MetricMeans()
         self.last_log = (self.step, time.perf_counter(), self.updates)
-        world = self.dist.world  # steps count every rank's; train_every each rank's own
+        world = self.ranks.world  # steps count every rank's; train_every each rank's own
         next_train = self.step + c.train_every * world
         next_log = (self.step // c.log_every + 1) * c.log_every
         next_ckpt = (self.step // c.checkpoint_every + 1) * c.checkpoint_every
@@ -251,15 +233,12 @@ class _Run:
             self.bar.update(len(self.envs) * world)
             for ret, length in tracker.finished:
                 self.episodes += 1
-                if self.dist.enabled:  # rank 0 logs every rank's episodes at the next log
-                    self.ended.append((self.step, ret, length))
-                    continue
-                self.logger.scalars({"episode/return": ret, "episode/length": length}, self.step)
+                self.ended.append((self.step, ret, length))  # logged with every rank's at the next log
                 self.bar.set_postfix_str(f"return {ret:.1f}", refresh=False)
             tracker.finished.clear()
 
             if (self.step >= c.prefill and self.step >= next_train
-                    and self.dist.min(len(self.replay)) >= c.batch_length):  # every rank can sample
+                    and self.ranks.min(len(self.replay)) >= c.batch_length):  # every rank can sample
                 next_train = self.step + c.train_every * world
                 self._train_round()
             if self.step >= next_log:
@@ -267,8 +246,7 @@ class _Run:
                 self.log_now()
             if self.step >= next_video and self.updates:
                 next_video += c.video_every
-                if self.dist.main:
-                        _open_loop(self.agent, self.replay, self.logger, c, self.step)
+                self.ranks.on_main(_open_loop, self.agent, self.replay, self.logger, c, self.step)
             if self.step >= next_eval and self.updates:
                 next_eval += c.eval_every
                 self.periodic_eval()
@@ -305,10 +283,11 @@ class _Run:
         last_step, last_time, last_updates = self.last_log
         now = time.perf_counter()
         elapsed = max(now - last_time, 1e-9)
-        summary = self.metrics.means()
-        replay_steps = len(self.replay)
-        if self.dist.enabled:
-            summary, replay_steps = self._reduce_log(summary, replay_steps)
+        self._log_episodes()
+        parts = self.ranks.concat([(self.metrics.means(), len(self.replay))])
+        keys = dict.fromkeys(k for s, _ in parts for k in s)  # the ranks' means of the training metrics
+        summary = {k: float(np.mean([s[k] for s, _ in parts if k in s])) for k in keys}
+        replay_steps = sum(n for _, n in parts)
         summary["perf/env_steps_per_s"] = (self.step - last_step) / elapsed
         summary["perf/updates_per_s"] = (self.updates - last_updates) / elapsed
         summary["replay/steps"] = replay_steps
@@ -321,34 +300,19 @@ class _Run:
         self.bar.set_postfix_str(
             f"{summary['perf/env_steps_per_s']:.0f} steps/s {summary['perf/updates_per_s']:.2f} upd/s", refresh=False)
 
-    def _reduce_log(self, summary: dict[str, float], replay_steps: int) -> tuple[dict[str, float], int]:
-        """On rank 0: the ranks' means of the training metrics and their replay steps summed; every rank's episodes
-        since the last log are logged here, in step order."""
-        parts = self.dist.gather((summary, replay_steps, self.ended))
-        self.ended = []
-        if parts is None:
-            return summary, replay_steps
-        for step, ret, length in sorted(e for _, _, ended in parts for e in ended):
-            self.logger.scalars({"episode/return": ret, "episode/length": length}, step)
-        keys = dict.fromkeys(k for s, _, _ in parts for k in s)
-        merged = {k: float(np.mean([s[k] for s, _, _ in parts if k in s])) for k in keys}
-        return merged, sum(n for _, n, _ in parts)
-
     def periodic_eval(self) -> None:
-        """Greedy returns on the evaluation env; the agent is written to best.pt when their mean is the best yet."""
-        returns = evaluate(self.agent, self.eval_env, self.config.eval_episodes, self.stop)
-        stopping = self._stopping()
-        returns = self._all_returns(returns)
-        if stopping or not self.dist.main:
+        """Greedy returns on the evaluation env; when their mean is the best yet, the agent is staged for best.pt (the
+        next checkpoint records it and renames it to best.pt)."""
+        returns = self._evaluate(self.eval_env)
+        if returns is None:
             return
         mean = float(np.mean(returns))
         self.logger.scalars({"eval/return": mean, "eval/return_min": float(np.min(returns))}, self.step)
         best = self.best
         if not best or mean > best["return"]:
             best.update(step=self.step, updates=self.updates, episodes=self.episodes, **{"return": mean})
-            save_checkpoint(self.logdir / BEST, {"config": self.config.to_dict(),
-                                                 "agent": self.agent.checkpoint_state(),
-                                                 **best})
+            self.ranks.on_main(save_checkpoint, self.logdir / BEST_STAGED,
+                               {"config": self.config.to_dict(), "agent": self.agent.checkpoint_state(), **best})
         self.bar.set_postfix_str(f"eval {mean:.1f} (best {best['return']:.1f} at {best['step']:,})", refresh=False)
 
     def checkpoint(self) -> None:
@@ -360,22 +324,27 @@ class _Run:
                   file=sys.stderr)
             return
         self.replay.save()
+        self._log_episodes()  # the episodes up to the checkpoint's step are in the metrics.csv size it records
         own = {"rng": rng_state(), "replay_rng": self.replay.rng_state(), "replay": self.replay.checkpoint_state(),
                "episodes": self.episodes}
-        ranks = self.dist.gather(own)  # rank 0 writes every rank's state; the others wait for it
-        if ranks is not None:
-            payload = {
-                "config": self.config.to_dict(), "agent": self.agent.checkpoint_state(), "step": self.step,
-                "updates": self.updates, "episodes": self.episodes, "rng": own["rng"],
-                "replay_rng": own["replay_rng"], "best_eval": self.best, "replay": own["replay"],
-                "metrics_bytes": self.logger.csv_bytes(), "nonfinite_updates": self.nonfinite,
-            }
-            if self.dist.enabled:
-                payload.update(episodes=sum(r["episodes"] for r in ranks), world_size=self.dist.world, ranks=ranks)
-                self.all_episodes = payload["episodes"]
-            save_checkpoint(self.ckpt_path, payload)
-        self.dist.barrier()  # every rank keeps its evicted chunks until the checkpoint no longer counts them
+        self.ranks.on_main(self._commit, self.ranks.concat([own]))  # rank 0 writes every rank's state
+        self.ranks.barrier()  # every rank keeps its evicted chunks until the checkpoint no longer counts them
         self.replay.release_evicted()
+
+    def _commit(self, ranks: list[dict[str, Any]]) -> None:
+        """checkpoint.pt, then the best.pt it records: a kill between the two leaves best.pt.staged, which resume
+        renames (``dreamer_fast/training/resume.py``), so best.pt is never ahead of the checkpoint's record."""
+        own = ranks[0]
+        save_checkpoint(self.ckpt_path, {
+            "config": self.config.to_dict(), "agent": self.agent.checkpoint_state(), "step": self.step,
+            "updates": self.updates, "episodes": sum(r["episodes"] for r in ranks), "rng": own["rng"],
+            "replay_rng": own["replay_rng"], "best_eval": self.best, "replay": own["replay"],
+            "metrics_bytes": self.logger.csv_bytes(), "nonfinite_updates": self.nonfinite,
+            "world_size": self.ranks.world, "ranks": ranks,
+        })
+        staged = self.logdir / BEST_STAGED
+        if staged.exists():
+            os.replace(staged, self.logdir / BEST)
 
 
 def _open_loop(agent: Agent, replay: Replay, logger: Logger, config: Config, step: int) -> None:

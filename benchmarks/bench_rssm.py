@@ -28,7 +28,7 @@ from torch import nn
 import dreamer_fast as df
 from dreamer_fast import RSSM, RSSMState
 from dreamer_fast.agent import nets
-from dreamer_fast.rssm import reference as rssm_reference
+from dreamer_fast.rssm.reference import Reference
 
 ACTIONS, EMBED = 18, 1536
 COMPILE_BUDGET_S = 120.0
@@ -59,7 +59,8 @@ _compiled_step: dict[int, object] = {}
 
 def compiled_observe(m: RSSM, embed, action, is_first, noise):
     """The reference observe loop with its obs_step compiled (inductor); the compile happens in the warm-up."""
-    step = _compiled_step.setdefault(id(m), torch.compile(partial(rssm_reference.obs_step, m), dynamic=False))
+    reference = Reference(m._impl.layers, m.unimix, m.gru_norm.weight.device)
+    step = _compiled_step.setdefault(id(m), torch.compile(reference.obs_step, dynamic=False))
     keep = (is_first == 0).float()
     state = m.initial(embed.shape[1])
     posts, priors = [], []

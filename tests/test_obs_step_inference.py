@@ -15,6 +15,7 @@ from test_rssm import D, S, assert_states_close, model, sequence
 
 import dreamer_fast.rssm.module as rssm_module
 from dreamer_fast import RSSMState
+from dreamer_fast.ops import obs_step_inference as obs_step_inference_ops
 from dreamer_fast.ops.obs_step_inference import obs_step_inference
 from dreamer_fast.reference.obs_step_inference import obs_step_inference_ref
 from dreamer_fast.reference.philox import draw_seed
@@ -36,13 +37,13 @@ def rollout(m, backend, embed, action, is_first, noise):
 def op_calls(monkeypatch):
     """Counts the op's calls from RSSM.obs_step (so a test fails if the fast path is silently not taken)."""
     calls = []
-    real = rssm_module._obs_step_inference.call
+    real = obs_step_inference_ops.call
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(rssm_module._obs_step_inference, "call", counting)
+    monkeypatch.setattr(obs_step_inference_ops, "call", counting)
     return calls
 
 
@@ -213,16 +214,16 @@ def test_bf16_weight_copies_follow_the_parameters(monkeypatch):
 
     with torch.no_grad():
         step(m)
-        copies = m._inference_cache[1]
+        copies = m._impl._inference_cache[1]
         step(m)
-        assert m._inference_cache[1] is copies  # unchanged weights: the copies are reused
+        assert m._impl._inference_cache[1] is copies  # unchanged weights: the copies are reused
         opt = torch.optim.SGD(m.parameters(), lr=0.5)
     for p in m.parameters():
         p.grad = torch.randn_like(p)
     opt.step()  # in place: the weights' version counters move
     with torch.no_grad():
         got = step(m)
-        assert m._inference_cache[1] is not copies
+        assert m._impl._inference_cache[1] is not copies
         expected = step(rounded_copy(m))  # float32 weights, rounded
     assert_states_close(got, expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="`inference_dtype` must be None or torch.bfloat16"):

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import dreamer_fast as df
 from dreamer_fast import RSSMState
-from dreamer_fast.rssm import reference as rssm_reference
+from dreamer_fast.rssm.reference import Reference
 from dreamer_fast.reference import (
     elu_ref,
     kl_balance_ref,
@@ -423,7 +423,8 @@ def test_obs_step_inference(ns, seed, B, dtype, unimix, keep, places):
         ):
             mod.weight.copy_(wt)
             mod.bias.copy_(bs)
-        post, prior = rssm_reference.obs_step(m, RSSMState(deter, stoch, state.logits), action, embed, keep_t, noise)
+        reference = Reference(m._impl.layers, unimix, deter.device)
+        post, prior = reference.obs_step(RSSMState(deter, stoch, state.logits), action, embed, keep_t, noise)
         layers = {n: (mod.weight, mod.bias) for n, mod in m.named_children() if n != "gru_norm"}
         got = raw(ns).obs_step_inference(
             deter, stoch, action, embed, keep_t, *layers["img_in"], *layers["gru"], m.gru_norm.weight,

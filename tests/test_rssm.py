@@ -338,12 +338,17 @@ def test_backend_selection(monkeypatch):
     with pytest.raises(ValueError, match="backend must be one of"):
         m.backend = "gpu"
     monkeypatch.setenv("DREAMER_FAST_BACKEND", "reference")
-    m.backend = None
+    m.backend = None  # $DREAMER_FAST_BACKEND is read when the backend is resolved
+    assert type(m._impl).__name__ == "Reference"
     embed, action, is_first, noise = sequence(3, 2)
-    m.observe(embed, action, is_first, noise=noise)  # runs on the reference (nothing to assert but no error)
+    m.observe(embed, action, is_first, noise=noise)
     monkeypatch.setenv("DREAMER_FAST_BACKEND", "nope")
     with pytest.raises(ValueError, match="DREAMER_FAST_BACKEND"):
-        m.observe(embed, action, is_first, noise=noise)
+        m.backend = None
+    with pytest.raises(ValueError, match="DREAMER_FAST_BACKEND"):
+        model()
+    assert type(m._impl).__name__ == "Reference"  # the failed assignment changed nothing
+    m.observe(embed, action, is_first, noise=noise)
 
 
 def _f64(*shape, **kw):

@@ -211,18 +211,18 @@ def test_sample_gradient_is_the_probabilities_gradient(method):
 
 
 class FrozenSamples:
-    """Replaces ``_sample`` on one RSSM instance. ``record``: the fused op's samples as they are. ``replay``: each
+    """Replaces ``sample`` on an RSSM's backend object. ``record``: the fused op's samples as they are. ``replay``: each
     step's recorded one-hot plus the fused op's probabilities minus the recorded ones, ``onehot0 + probs - probs0``:
     the recorded value at the recorded point, and a derivative equal to the straight-through gradient, so that
     finite differences see the straight-through path too."""
 
     def __init__(self, m: RSSM) -> None:
-        self.m, self.original = m, m._sample
+        self.m, self.original = m, m._impl.sample
         self.recorded: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.mode, self.step = "record", 0
 
-    def __call__(self, logits, noise, fused):
-        sample, probs = self.original(logits, noise, fused)
+    def __call__(self, logits, noise):
+        sample, probs = self.original(logits, noise)
         if self.mode == "record":
             self.recorded.append((sample.detach(), probs.detach()))
             return sample, probs
@@ -248,7 +248,7 @@ def test_gradcheck_observe():
     names, inputs = leaves(m, embed, action, deter0, stoch0)
     m.backend = "reference"
     frozen = FrozenSamples(m)
-    m._sample = frozen
+    m._impl.sample = frozen
 
     def observe(embed, action, deter0, stoch0, *params):
         state = RSSMState(deter0, stoch0, torch.zeros_like(stoch0))
@@ -257,13 +257,13 @@ def test_gradcheck_observe():
 
     post_logits = observe(*inputs)[2]
     assert len(frozen.recorded) == T, (
-        f"the reference observe drew {len(frozen.recorded)} samples through RSSM._sample, expected {T}: it samples "
-        f"some other way now; update FrozenSamples")
+        f"the reference observe drew {len(frozen.recorded)} samples through its backend's sample, expected {T}: it "
+        f"samples some other way now; update FrozenSamples")
     assert_noise_clear_of_boundaries(post_logits, noise)
     frozen.mode = "replay"
     assert torch.autograd.gradcheck(observe, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
 
-    del m._sample  # the class's sampler again
+    del m._impl.sample  # the class's sampler again
     weights = [torch.randn(o.shape, generator=g, dtype=torch.float64) for o in observe(*inputs)]
     grads = {}
     for backend in ("reference", "fused"):

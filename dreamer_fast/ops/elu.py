@@ -39,14 +39,19 @@ def elu(x: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
     if x.dtype not in _DTYPES:
         raise TypeError(f"{_OP}: `x` must be float32, float64, float16 or bfloat16, got {x.dtype}")
     if _backend.use_fused(_OP, x.device, backend):
-        order = _dense_order(x)
-        if order is None:
-            return torch.ops.dreamer_fast.elu.default(x.contiguous())
-        # Computed on the contiguous permutation and permuted back: a channels-last network stays channels-last
-        # (a copy to NCHW and back would cost two passes over the activation).
-        out = torch.ops.dreamer_fast.elu.default(x.permute(order))
-        return out.permute(sorted(range(x.dim()), key=order.__getitem__))
+        return call(x)
     return elu_ref(x)
+
+
+def call(x: torch.Tensor) -> torch.Tensor:
+    """The fused op without the checks or the backend choice (for callers that have made both, as the RSSM)."""
+    order = _dense_order(x)
+    if order is None:
+        return torch.ops.dreamer_fast.elu.default(x.contiguous())
+    # Computed on the contiguous permutation and permuted back: a channels-last network stays channels-last
+    # (a copy to NCHW and back would cost two passes over the activation).
+    out = torch.ops.dreamer_fast.elu.default(x.permute(order))
+    return out.permute(sorted(range(x.dim()), key=order.__getitem__))
 
 
 def _dense_order(x: torch.Tensor) -> list[int] | None:

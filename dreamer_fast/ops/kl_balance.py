@@ -50,26 +50,50 @@ def kl_balance(
         infinite KL with balance 0 or 1 is NaN); a row whose gradient sum is infinite has a NaN gradient throughout
         (the reference's is NaN or ±inf there).
     """
-    post = _checks.tensor(_OP, "post_logits", post_logits)
-    prior = _checks.tensor(_OP, "prior_logits", prior_logits)
-    _checks.floating(_OP, "post_logits", post)
-    _checks.ndim_at_least(_OP, "post_logits", post, 2, "[..., S, K]")
-    _checks.like(_OP, "prior_logits", prior, post, "post_logits")
-    _checks.shape(_OP, "prior_logits", prior, post.shape, "post_logits.shape")
+    args = check(post_logits, prior_logits, balance, free, free_avg, unimix)
+    if _backend.use_fused(_OP, args[0].device, backend):
+        return call(*args)
+    return kl_balance_ref(*args)
+
+
+def check(
+    post_logits: object,
+    prior_logits: object,
+    balance: object,
+    free: object,
+    free_avg: object,
+    unimix: object,
+    op: str = _OP,
+    names: tuple[str, str] = ("post_logits", "prior_logits"),
+) -> tuple[torch.Tensor, torch.Tensor, float, float, bool, float]:
+    """:func:`kl_balance`'s argument checks; returns its arguments, the numbers as floats. ``op`` and ``names`` (of
+    the two logits) are what the messages call them (e.g. ``RSSM.kl_loss``'s ``post.logits``)."""
+    post_name, prior_name = names
+    post = _checks.tensor(op, post_name, post_logits)
+    prior = _checks.tensor(op, prior_name, prior_logits)
+    _checks.floating(op, post_name, post)
+    _checks.ndim_at_least(op, post_name, post, 2, "[..., S, K]")
+    _checks.like(op, prior_name, prior, post, post_name)
+    _checks.shape(op, prior_name, prior, post.shape, f"{post_name}.shape")
     if post.shape[-1] == 0:
-        raise ValueError(f"{_OP}: `post_logits` must have at least one class (K >= 1), got shape {list(post.shape)}")
-    balance = _checks.number_in(_OP, "balance", balance, 0.0, 1.0)
-    free = _checks.number_in(_OP, "free", free, 0.0, math.inf)
+        raise ValueError(f"{op}: `{post_name}` must have at least one class (K >= 1), got shape {list(post.shape)}")
+    balance = _checks.number_in(op, "balance", balance, 0.0, 1.0)
+    free = _checks.number_in(op, "free", free, 0.0, math.inf)
     if math.isinf(free):
-        raise ValueError(f"{_OP}: `free` must be finite and >= 0, got {free}")
+        raise ValueError(f"{op}: `free` must be finite and >= 0, got {free}")
     if not isinstance(free_avg, bool):
-        raise TypeError(f"{_OP}: `free_avg` must be a bool, got {type(free_avg).__name__}")
-    unimix = _checks.number_in(_OP, "unimix", unimix, 0.0, 1.0)
-    if _backend.use_fused(_OP, post.device, backend):
-        return torch.ops.dreamer_fast.kl_balance.default(
-            post.contiguous(), prior.contiguous(), balance, free, free_avg, unimix
-        )
-    return kl_balance_ref(post, prior, balance, free, free_avg, unimix)
+        raise TypeError(f"{op}: `free_avg` must be a bool, got {type(free_avg).__name__}")
+    unimix = _checks.number_in(op, "unimix", unimix, 0.0, 1.0)
+    return post, prior, balance, free, free_avg, unimix
+
+
+def call(
+    post_logits: torch.Tensor, prior_logits: torch.Tensor, balance: float, free: float, free_avg: bool, unimix: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused op without the checks or the backend choice (for callers that have made both, as the RSSM)."""
+    return torch.ops.dreamer_fast.kl_balance.default(
+        post_logits.contiguous(), prior_logits.contiguous(), balance, free, free_avg, unimix
+    )
 
 
 def _register() -> None:

@@ -44,7 +44,7 @@ def linear(
     x = _checks.tensor(_OP, "x", x)
     weight = _checks.tensor(_OP, "weight", weight)
     if torch.is_autocast_enabled(x.device.type):  # autocast's dtype rules, as for any Linear layer
-        return linear_ref(x, weight, bias)
+        return call(x, weight, bias)
     if x.dtype not in _DTYPES:
         raise TypeError(f"{_OP}: `x` must be float32, float64, float16 or bfloat16, got {x.dtype}")
     _checks.like(_OP, "weight", weight, x, "x")
@@ -57,6 +57,14 @@ def linear(
         _checks.like(_OP, "bias", bias, x, "x")
         _checks.shape(_OP, "bias", bias, (weight.shape[0],), "[N]")
     if not _backend.use_fused(_OP, x.device, backend):
+        return linear_ref(x, weight, bias)
+    return call(x, weight, bias)
+
+
+def call(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The fused op without the checks or the backend choice (for callers that have made both, as the RSSM);
+    under autocast ``F.linear``, as :func:`linear`."""
+    if torch.is_autocast_enabled(x.device.type):
         return linear_ref(x, weight, bias)
     op, bias = torch.ops.dreamer_fast.linear.default, None if bias is None else bias.contiguous()
     if x.dim() == 2:

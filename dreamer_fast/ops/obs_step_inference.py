@@ -2,7 +2,7 @@
 
 The op has no autograd formula: it is the B = 1, ``torch.no_grad`` step that an agent runs at every environment step,
 done in C++ in one dispatch (csrc/composite/obs_step_inference.cpp). ``RSSM.obs_step`` calls it when gradients are
-off and the backend is fused; its specification is ``dreamer_fast._rssm_reference.obs_step``.
+off and the backend is fused; its specification is ``dreamer_fast.rssm.reference.Reference.obs_step``.
 """
 
 from __future__ import annotations

@@ -110,6 +110,15 @@ def observe_sequence(
     if not _backend.use_fused(_OP, deter0.device, backend):
         return observe_sequence_ref(act_proj, emb_proj, keep, deter0, stoch0, *weights, noise=noise, unimix=unimix,
                                     eps=eps, generator=generator, gemm_dtype=gemm_dtype)
+    return call(act_proj, emb_proj, keep, deter0, stoch0, *weights, noise, unimix, eps, generator, gemm_dtype)
+
+
+def call(act_proj, emb_proj, keep, deter0, stoch0, w_stoch_in, w_gru, b_gru, ln_w, ln_b, w_deter_out, w_post, b_post,
+         noise, unimix, eps, generator=None, gemm_dtype=None):
+    """The fused op without the checks or the backend choice (for callers that have made both, as the RSSM):
+    the arguments of :func:`observe_sequence`, positional."""
+    T = act_proj.shape[0]
+    weights = (w_stoch_in, w_gru, b_gru, ln_w, ln_b, w_deter_out, w_post, b_post)
     if noise is None:
         # One seed per step, drawn in step order: the draws the per-step sampler (and the reference) make.
         seeds = torch.stack([draw_seed(generator) for _ in range(T)]) if T else torch.zeros(0, dtype=torch.int64)

@@ -66,12 +66,19 @@ def straight_through_categorical(
         _checks.shape(_OP, "noise", noise, logits.shape[:-1], "logits.shape[:-1]")
     _check_generator(generator)
     if _backend.use_fused(_OP, logits.device, backend):
-        # With noise the seed is unused: pass zero rather than advance the generator.
-        seed = draw_seed(generator) if noise is None else torch.zeros((), dtype=torch.int64)
-        return torch.ops.dreamer_fast.straight_through_categorical.default(
-            logits.contiguous(), None if noise is None else noise.contiguous(), seed, unimix
-        )
+        return call(logits, unimix, noise, generator)
     return straight_through_categorical_ref(logits, unimix, noise=noise, generator=generator)
+
+
+def call(
+    logits: torch.Tensor, unimix: float, noise: torch.Tensor | None, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused op without the checks or the backend choice (for callers that have made both, as the RSSM)."""
+    # With noise the seed is unused: pass zero rather than advance the generator.
+    seed = draw_seed(generator) if noise is None else torch.zeros((), dtype=torch.int64)
+    return torch.ops.dreamer_fast.straight_through_categorical.default(
+        logits.contiguous(), None if noise is None else noise.contiguous(), seed, unimix
+    )
 
 
 def _register() -> None:

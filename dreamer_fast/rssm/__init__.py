@@ -3,7 +3,10 @@
 - ``module.py``: :class:`RSSM`, its parameters and public methods (the boundary where arguments are checked);
 - ``state.py``: :class:`RSSMState`;
 - ``checks.py``: the argument checks of the public methods;
-- ``fused.py`` / ``reference.py``: the two backends (fused kernels; plain PyTorch, the executable specification);
+- ``backend.py``: the backend interface (observe, obs_step, img_step, imagine, sample, kl), the layers a backend is
+  built from, and the rollout loop both share;
+- ``fused.py`` / ``reference.py``: the two backends (fused kernels; plain PyTorch, the executable specification),
+  objects built by the module from its layers; neither imports ``module.py``;
 - ``sequence_linear.py``: a Linear layer whose weight gradient is one GEMM over a whole imagined sequence.
 """
 

@@ -1,19 +1,35 @@
 """The RSSM's argument checks: each error names the method, the argument, what was expected and what was received.
 
-Every check takes the RSSM (``m``) for its sizes, device and parameter dtype.
+Every check takes the RSSM (``m``, an :class:`RSSM` as the :class:`Model` protocol describes it) for its sizes,
+device and parameter dtype.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
+from torch import nn
 
+from dreamer_fast.ops import kl_balance as _kl_balance
 from dreamer_fast.rssm.state import RSSMState
 
-if TYPE_CHECKING:
-    from dreamer_fast.rssm.module import RSSM
+
+class Model(Protocol):
+    """What the checks read of ``dreamer_fast.RSSM``."""
+
+    action_dim: int
+    embed_dim: int
+    deter_size: int
+    stoch_size: int
+    classes: int
+    unimix: float
+    gru_norm: nn.LayerNorm
+
+    def initial(self, batch_size: int) -> RSSMState: ...
+
+    def _dtype(self) -> torch.dtype: ...
 
 
 def check_config(sizes: dict[str, object], unimix: object) -> None:
@@ -21,6 +37,10 @@ def check_config(sizes: dict[str, object], unimix: object) -> None:
     for name, value in sizes.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"RSSM: `{name}` must be a positive int, got {value!r}")
+    check_unimix(unimix)
+
+
+def check_unimix(unimix: object) -> None:
     if isinstance(unimix, bool) or not isinstance(unimix, (int, float)) or not 0 <= unimix < 1:
         raise ValueError(f"RSSM: `unimix` must be a number in [0, 1), got {unimix!r}")
 
@@ -31,7 +51,7 @@ def describe(x: object) -> str:
     return type(x).__name__
 
 
-def check_input(m: RSSM, op: str, name: str, t: object, expected: Sequence[int], what: str) -> torch.Tensor:
+def check_input(m: Model, op: str, name: str, t: object, expected: Sequence[int], what: str) -> torch.Tensor:
     """A tensor on the parameters' device with shape ``expected`` (``what`` names its dims in the message)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"RSSM.{op}: `{name}` must be a torch.Tensor, got {type(t).__name__}")
@@ -43,7 +63,7 @@ def check_input(m: RSSM, op: str, name: str, t: object, expected: Sequence[int],
     return t
 
 
-def check_float(m: RSSM, op: str, name: str, t: torch.Tensor) -> None:
+def check_float(m: Model, op: str, name: str, t: torch.Tensor) -> None:
     """The parameters' dtype, or any floating dtype under autocast."""
     dtype = m._dtype()
     if t.dtype == dtype or (t.is_floating_point() and torch.is_autocast_enabled(t.device.type)):
@@ -57,7 +77,7 @@ def check_flags(op: str, t: torch.Tensor) -> None:
         raise TypeError(f"RSSM.{op}: `is_first` must be bool or 0/1 numbers, got {t.dtype}")
 
 
-def check_sequence(m: RSSM, op: str, embed: object, action: object, is_first: object) -> tuple[int, int]:
+def check_sequence(m: Model, op: str, embed: object, action: object, is_first: object) -> tuple[int, int]:
     """observe's inputs: ``embed [T, B, embed_dim]``, ``action [T, B, action_dim]``, ``is_first [T, B]``; -> T, B."""
     if not isinstance(embed, torch.Tensor):
         raise TypeError(f"RSSM.{op}: `embed` must be a torch.Tensor, got {type(embed).__name__}")
@@ -74,7 +94,7 @@ def check_sequence(m: RSSM, op: str, embed: object, action: object, is_first: ob
     return T, B
 
 
-def check_action(m: RSSM, op: str, name: str, action: object) -> int:
+def check_action(m: Model, op: str, name: str, action: object) -> int:
     """A ``[B, action_dim]`` action; -> B."""
     if not isinstance(action, torch.Tensor) or action.dim() != 2:
         raise ValueError(f"RSSM.{op}: `{name}` must be [B, action_dim], got {describe(action)}")
@@ -83,7 +103,7 @@ def check_action(m: RSSM, op: str, name: str, action: object) -> int:
     return action.shape[0]
 
 
-def check_actions(m: RSSM, op: str, action: object) -> tuple[int, int]:
+def check_actions(m: Model, op: str, action: object) -> tuple[int, int]:
     """A ``[H, B, action_dim]`` sequence of actions; -> H, B."""
     if not isinstance(action, torch.Tensor) or action.dim() != 3:
         raise ValueError(f"RSSM.{op}: `action` must be a [H, B, action_dim] tensor, got {describe(action)}")
@@ -92,7 +112,7 @@ def check_actions(m: RSSM, op: str, action: object) -> tuple[int, int]:
     return H, B
 
 
-def check_step(m: RSSM, op: str, prev_action: object, embed: object, is_first: object) -> int:
+def check_step(m: Model, op: str, prev_action: object, embed: object, is_first: object) -> int:
     """obs_step's inputs: ``prev_action [B, action_dim]``, ``embed [B, embed_dim]``, ``is_first [B]``; -> B."""
     B = check_action(m, op, "prev_action", prev_action)
     check_input(m, op, "embed", embed, (B, m.embed_dim), "[B, embed_dim]")
@@ -102,7 +122,7 @@ def check_step(m: RSSM, op: str, prev_action: object, embed: object, is_first: o
     return B
 
 
-def check_state(m: RSSM, op: str, name: str, state: object, B: int | None) -> RSSMState:
+def check_state(m: Model, op: str, name: str, state: object, B: int | None) -> RSSMState:
     """A state with ``[B]`` fields (any leading dims when B is None); None -> the initial state."""
     if state is None:
         if B is None:
@@ -123,7 +143,7 @@ def check_state(m: RSSM, op: str, name: str, state: object, B: int | None) -> RS
     return state
 
 
-def check_noise(m: RSSM, op: str, noise: object, lead: tuple[int, ...]) -> torch.Tensor | None:
+def check_noise(m: Model, op: str, noise: object, lead: tuple[int, ...]) -> torch.Tensor | None:
     """``[*lead, S]`` floating-point noise (or None), in the parameters' dtype."""
     if noise is None:
         return None
@@ -144,10 +164,30 @@ def check_imagine(policy: object, horizon: object) -> None:
         raise TypeError(f"RSSM.imagine: `policy` must be callable (feat -> action), got {type(policy).__name__}")
 
 
-def check_policy_action(m: RSSM, action: object, N: int) -> None:
+def check_policy_action(m: Model, action: object, N: int) -> None:
     """What imagine's policy returned: a ``[N, action_dim]`` tensor."""
     if not isinstance(action, torch.Tensor) or tuple(action.shape) != (N, m.action_dim):
         raise ValueError(f"RSSM.imagine: `policy` must return a [N, action_dim] = {[N, m.action_dim]} "
                          f"tensor, got {describe(action)}")
     check_input(m, "imagine", "policy(feat)", action, (N, m.action_dim), "[N, action_dim]")
     check_float(m, "imagine", "policy(feat)", action)
+
+
+def check_kl(m: Model, post: object, prior: object, balance: object, free: object,
+             free_avg: object) -> tuple[torch.Tensor, torch.Tensor, float, float, bool]:
+    """kl_loss's states (their logits ``[..., S, K]`` on the parameters' device) and numbers (as
+    :func:`dreamer_fast.kl_balance` checks them); -> the two logits and the numbers."""
+    w = m.gru_norm.weight
+    for name, state in (("post", post), ("prior", prior)):
+        logits = getattr(state, "logits", None)
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError(f"RSSM.kl_loss: `{name}` must be an RSSMState(deter, stoch, logits), got "
+                            f"{type(state).__name__}")
+        if logits.device != w.device:
+            raise ValueError(f"RSSM.kl_loss: `{name}.logits` is on {logits.device} but the RSSM's parameters are on "
+                             f"{w.device}")
+    post_logits, prior_logits, balance, free, free_avg, _ = _kl_balance.check(
+        post.logits, prior.logits, balance, free, free_avg, m.unimix, op="RSSM.kl_loss",
+        names=("post.logits", "prior.logits"),
+    )
+    return post_logits, prior_logits, balance, free, free_avg

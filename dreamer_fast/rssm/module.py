@@ -28,14 +28,11 @@ import torch
 from torch import nn
 
 from dreamer_fast import _backend
-from dreamer_fast.rssm import checks
-from dreamer_fast.rssm import fused as _rssm_fused
-from dreamer_fast.rssm import reference as _rssm_reference
 from dreamer_fast.ops import obs_step_inference as _obs_step_inference
-from dreamer_fast.ops.kl_balance import kl_balance
-from dreamer_fast.ops.straight_through_categorical import straight_through_categorical
-from dreamer_fast.reference.kl_balance import kl_balance_ref
-from dreamer_fast.reference.straight_through_categorical import straight_through_categorical_ref
+from dreamer_fast.rssm import checks
+from dreamer_fast.rssm.backend import Backend, Layers, empty_sequence
+from dreamer_fast.rssm.fused import Fused
+from dreamer_fast.rssm.reference import Reference
 from dreamer_fast.rssm.state import RSSMState
 
 _GRU_EPS = 1e-3  # Keras' LayerNorm default, DreamerV2's
@@ -62,6 +59,8 @@ class RSSM(nn.Module):
         unimix: uniform mixture weight of both categoricals (0 is DreamerV2; DreamerV3 uses 0.01).
         backend: "auto" | "fused" | "reference" (default: $DREAMER_FAST_BACKEND or "auto"); may be changed later
             through the ``backend`` attribute. "auto" runs fused where the extension has a kernel for the device.
+            The choice is resolved for the parameters' device when the module is built, moved (``.to()``,
+            ``.cuda()``, ``.double()``...) or assigned a ``backend``: $DREAMER_FAST_BACKEND is read then.
 
     Randomness: every sample is ``smallest k with noise < cumsum(probs)[k]`` for a uniform ``noise``
     (:func:`dreamer_fast.straight_through_categorical`); pass it to compare backends sample for sample, or leave it
@@ -88,8 +87,9 @@ class RSSM(nn.Module):
                                  classes=classes), unimix)
         self.action_dim, self.embed_dim = action_dim, embed_dim
         self.deter_size, self.hidden_size, self.stoch_size, self.classes = deter, hidden, stoch, classes
-        self.unimix = float(unimix)
-        self.backend = backend
+        if backend is not None:
+            _backend.resolve(backend)  # validates
+        self._backend, self._unimix, self._inference_dtype = backend, float(unimix), None
         flat = stoch * classes
         self.img_in = nn.Linear(flat + action_dim, hidden)
         self.gru = nn.Linear(hidden + deter, 3 * deter)
@@ -99,8 +99,7 @@ class RSSM(nn.Module):
         self.obs_out = nn.Linear(deter + embed_dim, hidden)
         self.post_logits = nn.Linear(hidden, flat)
         self.reset_parameters()
-        self._inference_dtype: torch.dtype | None = None
-        self._inference_cache: tuple[tuple, dict[str, torch.Tensor]] | None = None
+        self._impl: Backend = self._build(backend)
 
     @property
     def backend(self) -> str | None:
@@ -110,7 +109,19 @@ class RSSM(nn.Module):
     def backend(self, value: str | None) -> None:
         if value is not None:
             _backend.resolve(value)  # validates
+        self._impl = self._build(value)  # first: raises (fused where it cannot run) before anything changes
         self._backend = value
+
+    @property
+    def unimix(self) -> float:
+        """Uniform mixture weight of both categoricals, in [0, 1)."""
+        return self._unimix
+
+    @unimix.setter
+    def unimix(self, value: float) -> None:
+        checks.check_unimix(value)
+        self._unimix = float(value)
+        self._impl = self._build(self._backend)
 
     @property
     def inference_dtype(self) -> torch.dtype | None:
@@ -132,7 +143,7 @@ class RSSM(nn.Module):
         if value not in (None, torch.bfloat16):
             raise ValueError(f"RSSM: `inference_dtype` must be None or torch.bfloat16, got {value!r}")
         self._inference_dtype = value
-        self._inference_cache = None
+        self._impl = self._build(self._backend)
 
     def reset_parameters(self) -> None:
         """Keras' defaults, as DreamerV2: Xavier-uniform weights, zero biases, LayerNorm (1, 0)."""
@@ -191,8 +202,7 @@ class RSSM(nn.Module):
         state = checks.check_state(self, "observe", "state", state, B)
         noise = checks.check_noise(self, "observe", noise, (T, B))
         keep = (is_first == 0).to(self._dtype())
-        backend = _rssm_fused if self._fused(embed.device) else _rssm_reference
-        return backend.observe(self, embed, action, keep, state, noise)
+        return self._backend_impl().observe(embed, action, keep, state, noise)
 
     def obs_step(
         self,
@@ -220,10 +230,7 @@ class RSSM(nn.Module):
         prev_state = checks.check_state(self, "obs_step", "prev_state", prev_state, B)
         noise = checks.check_noise(self, "obs_step", noise, (B,))
         keep = (is_first == 0).to(self._dtype())
-        if self._fused(embed.device):
-            return _rssm_fused.obs_step(self, prev_state, prev_action, embed, keep, noise, bool(prior))
-        post, prior_state = _rssm_reference.obs_step(self, prev_state, prev_action, embed, keep, noise)
-        return post, (prior_state if prior else None)
+        return self._backend_impl().obs_step(prev_state, prev_action, embed, keep, noise, bool(prior))
 
     def img_step(
         self, prev_state: RSSMState, prev_action: torch.Tensor, noise: torch.Tensor | None = None
@@ -235,9 +242,7 @@ class RSSM(nn.Module):
         B = checks.check_action(self, "img_step", "prev_action", prev_action)
         prev_state = checks.check_state(self, "img_step", "prev_state", prev_state, B)
         noise = checks.check_noise(self, "img_step", noise, (B,))
-        if self._fused(prev_action.device):
-            return _rssm_fused.Imagination(self).step(prev_state, noise, action=prev_action)
-        return _rssm_reference.img_step(self, prev_state, prev_action, noise)
+        return self._backend_impl().img_step(prev_state, prev_action, noise)
 
     def imagine_with_action(
         self, action: torch.Tensor, start: RSSMState, noise: torch.Tensor | None = None
@@ -255,9 +260,8 @@ class RSSM(nn.Module):
         start = checks.check_state(self, "imagine_with_action", "start", start, B)
         noise = checks.check_noise(self, "imagine_with_action", noise, (H, B))
         if not H:
-            return self._empty_sequence(B, action)
-        backend = _rssm_fused if self._fused(action.device) else _rssm_reference
-        return backend.imagine_with_action(self, action, start, noise)
+            return empty_sequence(start)
+        return self._backend_impl().imagine_with_action(action, start, noise)
 
     def imagine(
         self,
@@ -285,17 +289,13 @@ class RSSM(nn.Module):
         start = checks.check_state(self, "imagine", "start", start, None).flatten()
         N = start.deter.shape[0]
         noise = checks.check_noise(self, "imagine", noise, (horizon, N))
-        loop = _rssm_fused.Imagination(self) if self._fused(start.deter.device) else None
-        states, actions, state = [start], [], start
-        for t in range(horizon):
+
+        def act(state: RSSMState) -> torch.Tensor:
             action = policy(self.get_feat(state).detach())
             checks.check_policy_action(self, action, N)
-            if loop is not None:
-                state = loop.step(state, _at(noise, t), action=action)
-            else:
-                state = _rssm_reference.img_step(self, state, action, _at(noise, t))
-            states.append(state)
-            actions.append(action)
+            return action
+
+        states, actions = self._backend_impl().imagine(act, start, horizon, noise)
         out = RSSMState.stack(states)
         if not return_actions:
             return out
@@ -309,53 +309,44 @@ class RSSM(nn.Module):
 
         ``loss = mix * F(KL(post || sg(prior))) + (1 - mix) * F(KL(sg(post) || prior))``, ``mix = 1 - balance``,
         ``F`` the free-nats clamp (of the mean KL if ``free_avg``, else per position). Returns ``(loss [], kl [...])``
-        with ``kl = KL(post || prior)`` summed over the S variables.
+        with ``kl = KL(post || prior)`` summed over the S variables. The logits must be on the parameters' device;
+        the numbers are checked as :func:`dreamer_fast.kl_balance` checks them.
         """
-        if self._fused(post.logits.device):
-            return kl_balance(post.logits, prior.logits, balance, free, free_avg, self.unimix, backend="fused")
-        return kl_balance_ref(post.logits, prior.logits, balance, free, free_avg, self.unimix)
-
-    def _params(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """(weight, bias) of every layer, read without nn.Module's attribute lookup."""
-        return {name: (m._parameters["weight"], m._parameters["bias"]) for name, m in self._modules.items()}
+        post_logits, prior_logits, balance, free, free_avg = checks.check_kl(self, post, prior, balance, free,
+                                                                              free_avg)
+        return self._backend_impl().kl(post_logits, prior_logits, balance, free, free_avg)
 
     _LINEARS = _obs_step_inference.LAYERS
 
-    def _inference_layers(self, p: dict[str, tuple[torch.Tensor, torch.Tensor]]):
-        """``p`` with the weights replaced by their :attr:`inference_dtype` copies (remade when a weight changed)."""
-        key = tuple((id(p[n][0]), p[n][0].data_ptr(), p[n][0]._version) for n in self._LINEARS)
-        if self._inference_cache is None or self._inference_cache[0] != key:
-            with torch.no_grad():
-                copies = {n: p[n][0].to(self._inference_dtype).contiguous() for n in self._LINEARS}
-            self._inference_cache = (key, copies)
-        copies = self._inference_cache[1]
-        return {**p, **{n: (copies[n], p[n][1]) for n in self._LINEARS}}
+    # ---- the backend ---------------------------------------------------------------------------------------------
 
-    # ---- helpers ---------------------------------------------------------------------------------------------------
+    def _build(self, backend: str | None) -> Backend:
+        """The backend object for ``backend`` (None: $DREAMER_FAST_BACKEND or "auto") on the parameters' device.
 
-    def _sample(self, logits: torch.Tensor, noise: torch.Tensor, fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """The straight-through sample and probabilities of ``[..., S, K]`` logits with ``noise [..., S]`` (None: the
-        op's Philox stream, seeded from torch's default generator)."""
-        if fused:
-            return straight_through_categorical(logits, self.unimix, noise=noise, backend="fused")
-        return straight_through_categorical_ref(logits, self.unimix, noise=noise)
+        It holds the layer modules (not their tensors, which ``.to()`` or ``load_state_dict(assign=True)`` may
+        replace) as a plain attribute: it adds nothing to ``state_dict`` or ``named_modules``."""
+        device = self._modules["gru_norm"]._parameters["weight"].device
+        layers = Layers(*(self._modules[name] for name in Layers._fields))
+        if _backend.use_fused("ln_gru", device, backend):
+            return Fused(layers, self._unimix, device, self._inference_dtype)
+        return Reference(layers, self._unimix, device)
+
+    def _apply(self, fn, recurse=True):
+        """Moves and casts (``.to()``, ``.cuda()``, ``.double()``...), then the backend for the new device."""
+        out = super()._apply(fn, recurse)
+        self._impl = self._build(self._backend)
+        return out
+
+    def _backend_impl(self) -> Backend:
+        """The backend, rebuilt if the parameters have changed device without a move (``load_state_dict(assign=True)``
+        of tensors on another device)."""
+        impl = self._impl
+        if impl.device != self._modules["gru_norm"]._parameters["weight"].device:
+            impl = self._impl = self._build(self._backend)
+        return impl
 
     def _dtype(self) -> torch.dtype:
         return self._modules["gru_norm"]._parameters["weight"].dtype
-
-    def _fused(self, device: torch.device) -> bool:
-        return _backend.use_fused("ln_gru", device, self._backend)
-
-    def _empty_sequence(self, B: int, like: torch.Tensor) -> RSSMState:
-        S, K, dtype = self.stoch_size, self.classes, self._dtype()
-        return RSSMState(
-            like.new_zeros(0, B, self.deter_size, dtype=dtype), like.new_zeros(0, B, S, K, dtype=dtype),
-            like.new_zeros(0, B, S, K, dtype=dtype),
-        )
-
-
-def _at(noise: torch.Tensor | None, t: int) -> torch.Tensor | None:
-    return None if noise is None else noise[t]
 
 
 __all__ = ["RSSM", "RSSMState"]

@@ -15,14 +15,15 @@ Under autocast (enabled when the SequenceLinear is made) every GEMM runs in auto
 summed in the weight's dtype (as autograd sums the gradients of a float32 parameter used at several steps). For large
 weights (``_TRANSPOSED_MIN_NUMEL``) the weight gradient is instead one low-precision GEMM over all the steps, which
 sums in float32 inside and rounds once. Under ``torch.compile`` it is a plain ``addmm`` (autograd's per-step weight
-gradients).
+gradients). The products call the fused linear op unchecked (``dreamer_fast.ops.linear.call``): this layer is the
+fused RSSM backend's, whose arguments the RSSM has checked.
 """
 
 from __future__ import annotations
 
 import torch
 
-from dreamer_fast.ops.linear import linear
+from dreamer_fast.ops.linear import call as linear
 
 # Rows per step from which the per-step GEMMs are efficient on their own (e.g. imagination's B = 800): the weight
 # gradient is then summed step by step, which moves less memory than concatenating all the steps.

@@ -34,3 +34,34 @@ def test_short_cartpole_run_learns_far_above_random(tmp_path):
     returns = result["eval_returns"]
     assert result["updates"] >= 390 and len(returns) == 5, result
     assert sum(returns) / len(returns) > THRESHOLD, f"greedy returns {returns} after {result['updates']} updates"
+
+
+def _learning_tool():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "learning" / "learning.py"
+    spec = importlib.util.spec_from_file_location("learning_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_learning_benchmark_report_keeps_seed_curves_and_plots_with_anchors(tmp_path, capsys):
+    tool = _learning_tool()
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    for seed, offset in ((0, 0.0), (3, 100.0)):
+        logdir = runs / "dmc-proprio-cartpole_swingup" / f"seed{seed}"
+        logdir.mkdir(parents=True)
+        (logdir / "config.yaml").write_text("env: dmc-proprio/cartpole_swingup\naction_repeat: 2\nsteps: 1000\n")
+        (logdir / "metrics.csv").write_text("step,name,value\n500,episode/return,10.5\n500,model/loss,3.0\n"
+                                            f"1000,episode/return,{20 + offset}\n1000,eval/return,{30 + offset}\n")
+    assert tool.main(["report", "--out", str(runs), "--results", str(results)]) == 0
+    folder = results / "dmc-proprio-cartpole_swingup"
+    assert (folder / "seed3.csv").read_text() == ("kind,env_step,agent_step,return\nepisode,1000,500,10.5000\n"
+                                                  "episode,2000,1000,120.0000\neval,2000,1000,130.0000\n")
+    assert (folder / "seed0_config.yaml").is_file() and (folder / "dmc-proprio-cartpole_swingup.png").stat().st_size
+    assert [a["points"][100000] for a in tool.anchors_for(folder.name)] == [464, 591]  # DreamerV2, DreamerV3
+    capsys.readouterr()
+    assert tool.main(["report", "--results", str(tmp_path / "empty")]) == 2
+    assert capsys.readouterr().err.startswith("learning: error: nothing to report")

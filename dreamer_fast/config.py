@@ -34,7 +34,8 @@ CHOICES = {"backend": ("auto", "fused", "reference"), "bf16": ("auto", "true", "
 @dataclass
 class Config:
     # ---- run
-    env: str = "atari/Pong"  # "atari/<Game>" (any ALE game) or "gym/<gymnasium id>" (CartPole-v1, Pendulum-v1, ...)
+    env: str = "atari/Pong"  # "atari/<Game>" (any ALE game), "gym/<gymnasium id>" (CartPole-v1, Pendulum-v1, ...),
+    # "dmc/<domain>_<task>" (DeepMind Control pixels: walker_walk, ...) or "dmc-proprio/<domain>_<task>" (its state)
     steps: int = 200_000_000 // 4  # policy (agent) steps in total; env frames = steps * action_repeat on Atari
     seed: int = 0  # seeds Python, NumPy, torch, the replay sampler and the environments
     device: str = "cpu"  # "cpu" | "cuda" | "cuda:N"
@@ -45,11 +46,12 @@ class Config:
     threads: int = 0  # torch.set_num_threads; 0 = leave torch's default
     # ---- environment
     num_envs: int = 1  # environments stepped in lock-step for collection
-    action_repeat: int = 4  # Atari frame skip (gym tasks: repeats of the same action)
-    image_size: int = 64  # side of the square grayscale Atari frames (the conv encoder takes 64)
+    action_repeat: int = 4  # Atari frame skip (gym and DMC tasks: repeats of the same action)
+    image_size: int = 64  # side of the square image observations: grayscale Atari, RGB DMC (the conv encoder takes 64)
     noop_max: int = 30  # Atari: up to this many no-op actions at reset
     sticky_actions: float = 0.25  # Atari: probability that the previous action repeats instead of the new one
-    time_limit: int = 27_000  # policy steps per episode (Atari: 108k frames); 0 = the env's own limit
+    time_limit: int = 27_000  # policy steps per episode (Atari: 108k frames); 0 = the env's own limit (DMC: 1000 env
+    # steps)
     # ---- replay
     replay_capacity: int = 2_000_000  # steps kept (oldest episodes dropped, their files deleted)
     batch_size: int = 16  # sequences per training batch (B)
@@ -137,8 +139,9 @@ class Config:
                              "evaluation)")
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             raise ValueError(f"config `device` must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
-        if "/" not in self.env or self.env.split("/", 1)[0] not in ("atari", "gym"):
-            raise ValueError(f"config `env` must be 'atari/<Game>' or 'gym/<gymnasium id>', got {self.env!r}")
+        if "/" not in self.env or self.env.split("/", 1)[0] not in ("atari", "gym", "dmc", "dmc-proprio"):
+            raise ValueError(f"config `env` must be 'atari/<Game>', 'gym/<gymnasium id>', 'dmc/<domain>_<task>' or "
+                             f"'dmc-proprio/<domain>_<task>', got {self.env!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -28,7 +28,8 @@ PRESETS_DIR = Path(__file__).resolve().parent / "configs"
 # Keys that take one of a few strings.
 CHOICES = {"backend": ("auto", "fused", "reference"), "bf16": ("auto", "true", "false"),
            "clip_rewards": ("tanh", "none"), "actor_grad": ("reinforce", "dynamics"),
-           "return_norm": ("none", "percentile"), "actor_dist": ("auto", "onehot", "trunc_normal")}
+           "return_norm": ("none", "percentile"), "actor_dist": ("auto", "onehot", "trunc_normal"),
+           "vector_env": ("auto", "async", "sync")}
 
 
 @dataclass
@@ -45,7 +46,10 @@ class Config:
     # "true" or "false"; dreamer_fast.cpu.resolve_bf16 decides "auto"
     threads: int = 0  # torch.set_num_threads; 0 = leave torch's default
     # ---- environment
-    num_envs: int = 1  # environments stepped in lock-step for collection
+    num_envs: int = 1  # environments collecting in lock-step: one batched policy step for all of them per step;
+    # each keeps its own episodes in the replay, and steps (train_every, log_every, ...) count all of them
+    vector_env: str = "auto"  # how num_envs > 1 environments run: "async" (a process each, gymnasium's
+    # AsyncVectorEnv), "sync" (one after the other in the training process), "auto" (async for Atari, sync for gym)
     action_repeat: int = 4  # Atari frame skip (gym and DMC tasks: repeats of the same action)
     image_size: int = 64  # side of the square image observations: grayscale Atari, RGB DMC (the conv encoder takes 64)
     noop_max: int = 30  # Atari: up to this many no-op actions at reset

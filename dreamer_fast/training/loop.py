@@ -38,6 +38,7 @@ from dreamer_fast.training.checkpoint import rng_state, save_checkpoint, set_rng
 from dreamer_fast.config import Config
 from dreamer_fast.training.distributed import Ranks, setup, wrap_agent
 from dreamer_fast.envs import make_env
+from dreamer_fast.envs.vector import EnvList, make_envs
 from dreamer_fast.training.evaluation import evaluate, stack_steps
 from dreamer_fast.training.logger import Logger, plot
 from dreamer_fast.training.replay import Replay
@@ -104,11 +105,11 @@ class _Run:
         self.ranks = r = ranks or Ranks()
         seed = r.seed(config.seed)  # each rank collects and samples with its own seeds
         device = _setup(config, seed)
-        self.envs = [make_env(config, seed=seed + 1000 * i) for i in range(config.num_envs)]
-        self.obs_space, self.act_space = self.envs[0].obs_space, self.envs[0].act_space
+        self.envs = make_envs(config, seed)  # before the agent: worker processes fork before torch starts threads
+        self.obs_space, self.act_space = self.envs.obs_space, self.envs.act_space
         self.agent = Agent(self.obs_space, self.act_space, r.rank_config(config)).to(device)
         r.print(f"dreamer-fast: {self.agent.bf16_reason}")
-        self.eval_env = make_env(config, seed=seed + 999_983) if config.eval_every else None
+        self.eval_env = make_env(config, seed=seed + 999_983) if config.eval_every else None  # periodic evaluations
         spec = step_spec(self.obs_space, self.act_space.dim)
         restored, error = None, None
         try:
@@ -155,7 +156,7 @@ class _Run:
         try:
             interrupted = self._loop()
             if not interrupted and self.config.eval_episodes:
-                returns = self._evaluate(self.envs[0])
+                returns = self._final_evaluation()
                 interrupted = returns is None
                 if not interrupted:
                     self.logger.scalars({"eval/return": float(np.mean(returns))}, self.step)
@@ -165,7 +166,7 @@ class _Run:
         finally:
             self.bar.close()
             self.logger.close()
-            for env in self.envs + ([self.eval_env] if self.eval_env is not None else []):
+            for env in [self.envs] + ([self.eval_env] if self.eval_env is not None else []):
                 env.close()
         if interrupted:
             print(f"dreamer-fast: interrupted at step {self.step:,}; checkpoint in {self.ckpt_path}")
@@ -182,6 +183,15 @@ class _Run:
     def _stopping(self) -> bool:
         """A signal asked to stop (on any rank: all ranks stop at the same step)."""
         return self.ranks.any(self.stop.requested)
+
+    def _final_evaluation(self) -> list[float] | None:
+        """The evaluation at the end of training: on the first training env when it runs in this process, else on an
+        env of its own (the periodic evaluations' env, or a new one with its seed)."""
+        if isinstance(self.envs, EnvList):
+            return self._evaluate(self.envs.envs[0])
+        if self.eval_env is None:
+            self.eval_env = make_env(self.config, seed=self.ranks.seed(self.config.seed) + 999_983)
+        return self._evaluate(self.eval_env)
 
     def _evaluate(self, env: Any) -> list[float] | None:
         """``eval_episodes`` greedy returns on ``env`` from every rank (the episodes that ended before are logged
@@ -202,19 +212,17 @@ class _Run:
         """Collects and trains until ``config.steps``; True when a signal stopped it first."""
         c = self.config
         zero_action = np.zeros(self.act_space.dim, np.float32)
-        current = []
-        for env in self.envs:
-            first = env.reset()
-            first["action"] = zero_action
-            current.append(first)
-        tracker = EpisodeStats(len(self.envs))
+        current = self.envs.reset()
+        tracker = EpisodeStats(self.envs.num_envs)
         for i, s in enumerate(current):
-            self.replay.add(s, worker=i)
+            s["action"] = zero_action
+            self.replay.add(s, worker=i)  # each env's steps go to its own chunks: a stored episode is one env's
             tracker.add(i, s)
         policy_state = None
         self.last_log = (self.step, time.perf_counter(), self.updates)
         world = self.ranks.world  # steps count every rank's; train_every each rank's own
-        next_train = self.step + c.train_every * world
+        increment, stride = self.envs.num_envs * world, c.train_every * world  # steps per loop, per training round
+        next_train = self.step + stride
         next_log = (self.step // c.log_every + 1) * c.log_every
         next_ckpt = (self.step // c.checkpoint_every + 1) * c.checkpoint_every
         next_video = (self.step // c.video_every + 1) * c.video_every if c.video_every else math.inf
@@ -222,15 +230,14 @@ class _Run:
         while self.step < c.steps and not self._stopping():
             obs = stack_steps([{k: s[k] for k in (*self.obs_space, "is_first")} for s in current])
             mode = "random" if self.step < c.prefill else "explore"
-            actions, policy_state = self.agent.policy(obs, policy_state, mode)
-            for i, env in enumerate(self.envs):
-                s = env.reset() if current[i]["is_last"] else env.step(actions[i])
+            actions, policy_state = self.agent.policy(obs, policy_state, mode)  # rows with is_first restart
+            current = self.envs.step(actions)  # an env whose episode ended starts the next one instead
+            for i, s in enumerate(current):
                 s["action"] = zero_action if s["is_first"] else actions[i].astype(np.float32)
                 self.replay.add(s, worker=i)
                 tracker.add(i, s)
-                current[i] = s
-            self.step += len(self.envs) * world
-            self.bar.update(len(self.envs) * world)
+            self.step += increment
+            self.bar.update(increment)
             for ret, length in tracker.finished:
                 self.episodes += 1
                 self.ended.append((self.step, ret, length))  # logged with every rank's at the next log
@@ -239,8 +246,11 @@ class _Run:
 
             if (self.step >= c.prefill and self.step >= next_train
                     and self.ranks.min(len(self.replay)) >= c.batch_length):  # every rank can sample
-                next_train = self.step + c.train_every * world
-                self._train_round()
+                if self.step - next_train >= increment:  # it waited for prefill or replay: the count starts here
+                    next_train = self.step
+                while self.step >= next_train:  # one round per `stride` steps, also when a loop adds several
+                    next_train += stride
+                    self._train_round()
             if self.step >= next_log:
                 next_log += c.log_every
                 self.log_now()

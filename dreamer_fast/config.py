@@ -79,8 +79,12 @@ class Config:
     kl_scale: float = 0.1  # weight of the KL term in the world-model loss
     image_scale: float = 1.0  # weight of the image reconstruction loss
     vector_scale: float = 1.0  # weight of the vector-observation reconstruction loss
+    vector_symlog: bool = False  # vector observations enter the encoder as symlog(x) = sign(x)·ln(1 + |x|) and the
+    # decoder predicts them in that space (DreamerV3's remedy for unscaled inputs; DreamerV2: false); images unchanged
     reward_scale: float = 1.0  # weight of the reward loss
     discount_scale: float = 5.0  # weight of the discount (continue) loss
+    discount_terminal_weight: float = 1.0  # weight of the terminal steps' terms in the discount loss (the other
+    # steps weigh 1; the loss stays a mean over all steps): > 1 makes the rare terminations count more (DreamerV2: 1)
     clip_rewards: str = "tanh"  # "tanh" | "none": applied to the reward target of the world model
     discount: float = 0.999  # gamma: the discount head's target is discount * (1 - is_terminal)
     model_lr: float = 2e-4  # world-model learning rate (AdamW)
@@ -131,7 +135,7 @@ class Config:
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"config `{key}` must be in [0, 1], got {getattr(self, key)!r}")
         for key in ("kl_free", "kl_scale", "image_scale", "vector_scale", "reward_scale", "discount_scale",
-                    "actor_ent", "weight_decay"):
+                    "discount_terminal_weight", "actor_ent", "weight_decay"):
             value = getattr(self, key)
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"config `{key}` must be finite and >= 0, got {value!r}")

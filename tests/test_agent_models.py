@@ -22,7 +22,7 @@ from dreamer_fast.agent.behavior import ActorCritic, actor_objective, critic_obj
 from dreamer_fast.config import load_config
 from dreamer_fast.agent.nets import ELU, MLP, ActionHead, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, OneHotDist, \
     TruncNormalDist, conv2d_as_gemm
-from dreamer_fast.agent.world_model import WorldModel, gaussian_loss, soft_bce_with_logits
+from dreamer_fast.agent.world_model import WorldModel, gaussian_loss, soft_bce_with_logits, symexp, symlog
 
 IMAGE_SPACE = {"image": ((1, 64, 64), np.uint8)}
 VECTOR_SPACE = {"vector": ((3,), np.float32)}
@@ -395,6 +395,64 @@ def test_discount_terminal_metric_is_nan_without_terminal_steps():
     assert metrics["model/terminal_steps"].item() == 0.0 and metrics["model/discount_terminal_mean"].isnan()
     # <= set(metrics)
     assert 0.0 < metrics["model/discount_nonterminal_mean"].item() < 1.0
+
+
+def test_symlog_hand_computed_and_round_trip():
+    e1 = math.e - 1.0
+    x = torch.tensor([-e1, -1e-4, 0.0, 1e-4, e1, 1e3, -2.4])
+    y = symlog(x)
+    torch.testing.assert_close(y[[0, 2, 4]], torch.tensor([-1.0, 0.0, 1.0]))
+    torch.testing.assert_close(y[[1, 3]], torch.tensor([-1e-4, 1e-4]), rtol=1e-3, atol=0)  # slope 1 at 0
+    assert y[5].item() == pytest.approx(math.log(1001.0), rel=1e-6)
+    assert y[6].item() == pytest.approx(-math.log(3.4), rel=1e-6)
+    torch.testing.assert_close(symexp(y), x, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(symlog(symexp(y)), y)
+
+
+def test_vector_symlog_encodes_and_decodes_in_symlog_space():
+    """``vector_symlog``: the encoder reads symlog(obs), the decoder's target is symlog(obs) and ``decode`` maps its
+    output back with symexp; images are left alone."""
+    obs_space, act_space = VECTOR_SPACE, CONTINUOUS
+    batch = random_batch(obs_space, act_space)
+    batch["vector"] = batch["vector"] * 5.0
+    torch.manual_seed(0)
+    plain = WorldModel(obs_space, act_space, tiny_config())
+    torch.manual_seed(0)
+    wm = WorldModel(obs_space, act_space, tiny_config(vector_symlog=True))
+    data = wm.preprocess(batch)
+    raw = torch.as_tensor(batch["vector"])
+    torch.testing.assert_close(data["vector"], symlog(raw))
+    torch.testing.assert_close(plain.preprocess(batch)["vector"], raw)
+    _, post, metrics = wm.loss(data)
+    with torch.no_grad():
+        out = wm.decoder(wm.rssm.get_feat(post))
+        expected = (0.5 * (out - symlog(raw)).square().sum(-1)).mean()
+        torch.testing.assert_close(wm.decode(wm.rssm.get_feat(post)), symexp(out))
+    assert metrics["model/vector_loss"] == pytest.approx(expected.item(), rel=1e-5)
+    image = WorldModel(IMAGE_SPACE, DISCRETE, tiny_config(vector_symlog=True))
+    image_batch = random_batch(IMAGE_SPACE, DISCRETE)
+    torch.testing.assert_close(image.preprocess(image_batch)["image"],
+                               torch.as_tensor(image_batch["image"]).float() / 255.0 - 0.5)
+
+
+@pytest.mark.parametrize("weight", [1.0, 7.0])
+def test_discount_terminal_weight_scales_the_terminal_terms(weight):
+    """``discount_terminal_weight`` w: the discount loss is mean_t(w_t·BCE_t), w_t = w at terminal steps, else 1."""
+    obs_space, act_space, _ = CASES["vector-continuous"]
+    torch.manual_seed(0)
+    wm = WorldModel(obs_space, act_space, tiny_config(discount_terminal_weight=weight))
+    data = wm.preprocess(random_batch(obs_space, act_space))
+    terminal = data["is_terminal"]
+    assert terminal.sum().item() == 1
+    _, post, metrics = wm.loss(data)
+    with torch.no_grad():
+        p = torch.sigmoid(wm.discount(wm.rssm.get_feat(post))[..., 0])
+        y = 0.999 * (1 - terminal.float())
+        bce = -(y * p.log() + (1 - y) * (1 - p).log())
+        expected = torch.where(terminal, weight * bce, bce).mean()
+    assert metrics["model/discount_loss"] == pytest.approx(expected.item(), rel=1e-5)
+    if weight != 1.0:  # the terminal term carries weight: the loss differs from the unweighted one
+        assert abs(expected - bce.mean()).item() > 1e-3 * bce.mean().item()
 
 
 def test_open_loop_video():

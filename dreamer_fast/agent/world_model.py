@@ -63,9 +63,21 @@ def gaussian_loss(mean: torch.Tensor, target: torch.Tensor, event_dims: int) -> 
     return 0.5 * sq.mean()
 
 
-def soft_bce_with_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``-mean(y·log σ(l) + (1 - y)·log(1 - σ(l)))`` with a soft target ``y`` in [0, 1]. Float32."""
-    return F.binary_cross_entropy_with_logits(logits.float(), target.float())
+def soft_bce_with_logits(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+                         ) -> torch.Tensor:
+    """``-mean(w·(y·log σ(l) + (1 - y)·log(1 - σ(l))))`` with a soft target ``y`` in [0, 1] and optional per-element
+    weights ``w`` (default 1). Float32."""
+    return F.binary_cross_entropy_with_logits(logits.float(), target.float(), weight)
+
+
+def symlog(x: torch.Tensor) -> torch.Tensor:
+    """``sign(x)·ln(1 + |x|)``: the identity's slope near 0, logarithmic for large ``|x|`` (DreamerV3)."""
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+def symexp(x: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`symlog`: ``sign(x)·(exp(|x|) - 1)``."""
+    return torch.sign(x) * torch.expm1(x.abs())
 
 
 class WorldModel(nn.Module):
@@ -113,7 +125,9 @@ class WorldModel(nn.Module):
     def preprocess(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Numpy arrays or tensors (time-major ``[T, B, ...]``) -> tensors on the model's device.
 
-        ``image`` uint8 -> float32 ``obs/255 - 0.5``; ``vector``, ``action`` [T, B, A], ``reward`` [T, B] -> float32;
+        ``image`` uint8 -> float32 ``obs/255 - 0.5``; ``vector`` -> float32 (through :func:`symlog` with
+        ``vector_symlog``: the space the encoder reads and the decoder predicts); ``action`` [T, B, A], ``reward``
+        [T, B] -> float32;
         ``is_first``, ``is_last``, ``is_terminal`` [T, B] -> bool. Keys that are absent stay absent (except the
         flags: ``is_last`` / ``is_terminal`` default to False). Other keys are ignored.
         """
@@ -123,6 +137,8 @@ class WorldModel(nn.Module):
             out["image"] = to_tensor(batch["image"], dev, torch.float32) / 255.0 - 0.5
         else:
             out["vector"] = to_tensor(batch["vector"], dev, torch.float32)
+            if self.config.vector_symlog:
+                out["vector"] = symlog(out["vector"])
         for key in ("action", "reward"):
             if key in batch:
                 out[key] = to_tensor(batch[key], dev, torch.float32)
@@ -135,8 +151,10 @@ class WorldModel(nn.Module):
         return out
 
     def decode(self, feat: torch.Tensor) -> torch.Tensor:
-        """``[..., F]`` -> the observation's mean (``[..., C, 64, 64]`` in ``obs/255 - 0.5`` units, or ``[..., n]``)."""
-        return self.decoder(feat)
+        """``[..., F]`` -> the observation's mean (``[..., C, 64, 64]`` in ``obs/255 - 0.5`` units, or ``[..., n]`` in
+        the observation's own units: with ``vector_symlog`` the decoder's output goes through :func:`symexp`)."""
+        out = self.decoder(feat)
+        return symexp(out) if self.obs_key == "vector" and self.config.vector_symlog else out
 
     # ---- loss ------------------------------------------------------------------------------------------------------
 
@@ -147,8 +165,10 @@ class WorldModel(nn.Module):
 
         - observation: unit Gaussian, ``0.5·Σ(pred - obs)²`` over an observation's elements, mean over ``[T, B]``;
         - reward: unit Gaussian on ``tanh(reward)`` (``clip_rewards == "tanh"``) or the reward;
+        - observation: with ``vector_symlog`` the vector target is the symlog of the observation (``preprocess``);
         - discount: Bernoulli logits against the soft target ``discount·(1 - is_terminal)`` (as DreamerV2's code: the
-          head predicts γ·continue, so imagination uses ``sigmoid(logits)`` directly);
+          head predicts γ·continue, so imagination uses ``sigmoid(logits)`` directly); the terminal steps' terms
+          weigh ``discount_terminal_weight``, the others 1, and the loss is their mean over ``[T, B]``;
         - KL: :meth:`RSSM.kl_loss` with ``kl_balance``, ``kl_free``, ``kl_free_avg``.
 
         Returns:
@@ -166,9 +186,11 @@ class WorldModel(nn.Module):
         if c.clip_rewards == "tanh":
             reward_target = torch.tanh(reward_target)
         reward_loss = gaussian_loss(self.reward(feat).squeeze(-1), reward_target, 0)
-        disc_target = c.discount * (1.0 - data["is_terminal"].float())
+        terminal = data["is_terminal"].float()
+        disc_target = c.discount * (1.0 - terminal)
         disc_logits = self.discount(feat).squeeze(-1)
-        discount_loss = soft_bce_with_logits(disc_logits, disc_target)
+        disc_weight = None if c.discount_terminal_weight == 1.0 else 1.0 + (c.discount_terminal_weight - 1.0) * terminal
+        discount_loss = soft_bce_with_logits(disc_logits, disc_target, disc_weight)
         obs_scale = c.image_scale if self.obs_key == "image" else c.vector_scale
         total = (c.kl_scale * kl_loss.float() + obs_scale * obs_loss + c.reward_scale * reward_loss
                  + c.discount_scale * discount_loss)
@@ -234,4 +256,5 @@ def _categorical_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum((-2, -1)).mean()
 
 
-__all__ = ["SPARSE_METRICS", "WorldModel", "ActionSpaceLike", "gaussian_loss", "soft_bce_with_logits", "obs_key"]
+__all__ = ["SPARSE_METRICS", "WorldModel", "ActionSpaceLike", "gaussian_loss", "soft_bce_with_logits", "obs_key",
+           "symexp", "symlog"]

@@ -193,7 +193,9 @@ def test_train_step_reports_a_skipped_update():
     before = {k: v.clone() for k, v in agent.state_dict().items()}
     metrics = agent.train_step(random_batch(obs_space, act_space))
     assert metrics["train/nonfinite"].item() == 1.0 and agent.skipped_steps == 3  # world model, actor, critic
-    assert all(torch.equal(v, before[k]) for k, v in agent.state_dict().items() if not v.isnan().any())
+    after = agent.state_dict()
+    assert {k for k, v in after.items() if v.isnan().any()} == {k for k, v in before.items() if v.isnan().any()}
+    assert all(torch.equal(v, before[k]) for k, v in after.items() if not v.isnan().any())
 
 
 # ---- the update's Philox stream --------------------------------------------------------------------------------------

@@ -90,3 +90,21 @@ def test_train_update_ratio(benchmark, ratio, interleaved_ratio):
     warm = not benchmark.disabled
     first, second = train_update("atari", reference, warm), train_update("atari", fused, warm)
     interleaved_ratio(benchmark, ratio, first, second, rounds=4)
+
+
+@pytest.mark.parametrize("step", ["adamw", "masked"])
+def test_world_model_optimiser_step(benchmark, step):
+    """The world model's AdamW step at the Atari preset (20 M parameters), plain (``opt.step()``) against the update's
+    device-side non-finite skip (``masked_step``: a copy and a select pass over parameters and AdamW state)."""
+    from dreamer_fast.agent.masked_step import masked_step
+
+    benchmark.group = "world-model optimiser step (atari preset)"
+    torch.manual_seed(0)
+    agent = Agent({"image": ((1, 64, 64), np.uint8)}, ActionSpace(True, ACTIONS), load_config("atari", {"bf16": False}))
+    opt = agent.model_opt
+    for p in agent.wm.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    ok = torch.tensor(True)
+    run = opt.step if step == "adamw" else lambda: masked_step(opt, ok)
+    run()  # the AdamW state and the copies' buffers exist from here on
+    benchmark.pedantic(run, rounds=7, iterations=1)

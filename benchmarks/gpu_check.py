@@ -227,6 +227,12 @@ def agent_update_rows(device: torch.device, preset: str = "atari") -> list[tuple
             data = batch(config.batch_length, config.batch_size)
             ms = cuda_time_ms(lambda: agent.train_step(data), reps=10)
             rows.append((f"agent update {preset}, {backend}, {'bf16 autocast' if bf16 else 'float32'}", ms))
+    if device.type == "cuda":  # the update captured once and replayed (config `cuda_graphs`)
+        config = load_config(preset, {"backend": "fused", "bf16": False, "device": str(device), "cuda_graphs": "on"})
+        agent = Agent({"image": ((1, 64, 64), np.uint8)}, ActionSpace(True, ACTIONS), config)
+        data = batch(config.batch_length, config.batch_size)
+        rows.append((f"agent update {preset}, fused, float32, CUDA graph",
+                     cuda_time_ms(lambda: agent.train_step(data), reps=10)))
     return rows
 
 

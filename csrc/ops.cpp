@@ -16,6 +16,11 @@ void define_schemas(torch::Library& m) {
   // `seed` is a one-element int64 CPU tensor, drawn in Python from a torch.Generator: a tensor, not an int, so that
   // torch.compile traces the draw instead of breaking the graph at .item(). Missing gradients stay None (no zeros).
   m.def("straight_through_categorical(Tensor logits, Tensor? noise, Tensor seed, float unimix) -> (Tensor, Tensor)");
+  // The same draw from a Philox stream that lives on the logits' device: `stream` is int64 [key, offset]; row n takes
+  // stream element offset + n under key, and the op advances the offset by the rows it drew, on the device, so that a
+  // replayed CUDA graph draws fresh samples at every replay. Its autograd formula is C++ (csrc/autograd/): Python's
+  // register_autograd takes functional ops only.
+  m.def("straight_through_categorical_stream(Tensor logits, Tensor(a!) stream, float unimix) -> (Tensor, Tensor)");
   m.def(
       "straight_through_categorical_backward(Tensor? grad_sample, Tensor? grad_probs, Tensor probs, float unimix)"
       " -> Tensor");

@@ -14,6 +14,8 @@
       const at::Tensor& bootstrap, double lam);                                                                 \
   std::tuple<at::Tensor, at::Tensor> straight_through_categorical(                                              \
       const at::Tensor& logits, const std::optional<at::Tensor>& noise, const at::Tensor& seed, double unimix); \
+  std::tuple<at::Tensor, at::Tensor> straight_through_categorical_stream(const at::Tensor& logits,             \
+                                                                       at::Tensor& stream, double unimix);      \
   at::Tensor straight_through_categorical_backward(const std::optional<at::Tensor>& grad_sample,                \
                                                    const std::optional<at::Tensor>& grad_probs,                 \
                                                    const at::Tensor& probs, double unimix);                     \
@@ -41,6 +43,7 @@
     m.impl("kl_balance", &ns::kl_balance);                                                     \
     m.impl("kl_balance_backward", &ns::kl_balance_backward);                                   \
     m.impl("straight_through_categorical", &ns::straight_through_categorical);                 \
+    m.impl("straight_through_categorical_stream", &ns::straight_through_categorical_stream);   \
     m.impl("straight_through_categorical_backward", &ns::straight_through_categorical_backward); \
     m.impl("ln_gru", &ns::ln_gru);                                                             \
     m.impl("ln_gru_backward", &ns::ln_gru_backward);                                           \

@@ -4,7 +4,8 @@ Ops (time-major ``[T, B, ...]``; each has a plain-PyTorch twin ``*_ref`` in :mod
 
 - :func:`lambda_return` — TD(λ) returns ``[T, B]``.
 - :func:`kl_balance` — DreamerV2's balanced KL loss between ``[..., S, K]`` posterior and prior logits.
-- :func:`straight_through_categorical` — one-hot sample with straight-through gradient, and probs, ``[..., K]``.
+- :func:`straight_through_categorical` — one-hot sample with straight-through gradient, and probs, ``[..., K]``;
+  its randomness from a seed, explicit noise or a :class:`PhiloxStream` (key and offset on the device).
 - :func:`ln_gru` — DreamerV2's LayerNorm-GRU update ``[B, 3D], [B, D] -> [B, D]``.
 - :func:`elu` — ELU (alpha 1), any shape, with a backward from its output (the networks' activation).
 - :func:`linear` — ``x [..., K] @ weight[N, K]^T + bias``, the networks' Linear layers (float32 CPU GEMMs in the
@@ -28,6 +29,7 @@ from dreamer_fast.ops.lambda_return import lambda_return
 from dreamer_fast.ops.linear import linear
 from dreamer_fast.ops.ln_gru import ln_gru
 from dreamer_fast.ops.straight_through_categorical import straight_through_categorical
+from dreamer_fast.reference.philox import PhiloxStream
 from dreamer_fast.reference import (
     elu_ref,
     kl_balance_ref,
@@ -42,6 +44,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
+    "PhiloxStream",
     "RSSM",
     "RSSMState",
     "cpu_features",

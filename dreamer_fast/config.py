@@ -29,7 +29,7 @@ PRESETS_DIR = Path(__file__).resolve().parent / "configs"
 CHOICES = {"backend": ("auto", "fused", "reference"), "bf16": ("auto", "true", "false"),
            "clip_rewards": ("tanh", "none"), "actor_grad": ("reinforce", "dynamics"),
            "return_norm": ("none", "percentile"), "actor_dist": ("auto", "onehot", "trunc_normal"),
-           "vector_env": ("auto", "async", "sync")}
+           "vector_env": ("auto", "async", "sync"), "cuda_graphs": ("auto", "on", "off")}
 
 
 @dataclass
@@ -45,6 +45,8 @@ class Config:
     # "auto" (the atari preset: the official code's 16-bit mixed precision, on CPUs with native bf16 GEMMs),
     # "true" or "false"; dreamer_fast.cpu.resolve_bf16 decides "auto"
     threads: int = 0  # torch.set_num_threads; 0 = leave torch's default
+    cuda_graphs: str = "auto"  # the update as one captured CUDA graph, replayed per batch: "on" (CUDA devices only,
+    # one process), "off", or "auto" (off: capture is not yet verified on a GPU); dreamer_fast.agent.update_graph
     # ---- environment
     num_envs: int = 1  # environments collecting in lock-step: one batched policy step for all of them per step;
     # each keeps its own episodes in the replay, and steps (train_every, log_every, ...) count all of them

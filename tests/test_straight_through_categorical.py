@@ -14,7 +14,7 @@ from op_contract import Bad, CppCheck, Gradcheck, OpCase, Opcheck, Sample, liter
 
 import dreamer_fast as df
 from dreamer_fast.reference import straight_through_categorical_ref
-from dreamer_fast.reference.philox import draw_seed, philox4x32_10, philox_uniform
+from dreamer_fast.reference.philox import PhiloxStream, draw_seed, philox4x32_10, philox_uniform
 
 OP = df.straight_through_categorical
 
@@ -337,6 +337,104 @@ def test_reference_backend_gives_the_same_samples(monkeypatch):
     torch.testing.assert_close(fused[1], ref[1], **tol(torch.float64))
 
 
+# ---- the device-resident Philox stream ------------------------------------------------------------------------------
+
+
+def stream_at(key, offset, device="cpu"):
+    stream = PhiloxStream(key, device)
+    stream.load_state_dict({"key": key, "offset": offset})
+    return stream
+
+
+def stream_kernels():
+    """Every way to draw from a stream: the raw CPU and emulated CUDA kernels, the fused op and the reference."""
+    raw = lambda ns: lambda x, st, u: ns.straight_through_categorical_stream(x, st.state, u)  # noqa: E731
+    return [
+        pytest.param(raw(torch.ops.dreamer_fast), id="cpu-kernel"),
+        pytest.param(raw(torch.ops.dreamer_fast_emu), id="emulated-cuda-kernel"),
+        pytest.param(lambda x, st, u: OP(x, u, stream=st, backend="fused"), id="fused"),
+        pytest.param(lambda x, st, u: straight_through_categorical_ref(x, u, stream=st), id="reference"),
+    ]
+
+
+@pytest.mark.parametrize("draw", stream_kernels())
+def test_stream_successive_draws_differ_and_advance_the_offset(draw):
+    """Two calls with the same stream object draw different samples; each advances the offset by its rows."""
+    logits = torch.zeros(3, 100, 2, dtype=torch.float64)
+    stream = stream_at(-(2**40) - 3, 2**32 - 150)  # the offset crosses into the counter's high word
+    first, _ = draw(logits, stream, 0.0)
+    assert stream.state_dict() == {"key": -(2**40) - 3, "offset": 2**32 - 150 + 300}
+    second, _ = draw(logits, stream, 0.0)
+    assert stream.state_dict()["offset"] == 2**32 - 150 + 600
+    assert not torch.equal(first, second)
+    # Row n of each draw is stream element offset + n: with probs (1/2, 1/2) the class is (u >= 1/2).
+    u = philox_uniform(torch.tensor(-(2**40) - 3), (2, 3, 100), torch.float64, "cpu", offset=2**32 - 150)
+    assert torch.equal(torch.stack([first[..., 1], second[..., 1]]), (u >= 0.5).double())
+
+
+@pytest.mark.parametrize("dtype_", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_stream_same_key_and_offset_same_samples_everywhere(dtype_):
+    """The same key and offset give bit-equal samples and probs on the CPU kernel, the emulated CUDA kernel, the
+    reference and (when present) CUDA; at offset 0 they are the samples of the seed path under that key."""
+    logits, _ = make((40, 3, 32), dtype_, seed=4)
+    key, offset = 1234567, 987
+    outs = [draw(logits, stream_at(key, offset), 0.01) for draw in
+            (stream_kernels()[i].values[0] for i in range(4))]
+    if CUDA:
+        cuda = OP(logits.cuda(), 0.01, stream=stream_at(key, offset, "cuda"), backend="fused")
+        outs.append(tuple(t.cpu() for t in cuda))
+    for sample, probs in outs[1:]:
+        assert torch.equal(sample, outs[0][0])
+        torch.testing.assert_close(probs, outs[0][1], **tol(dtype_))
+    assert torch.equal(outs[0][1], outs[1][1])  # the emulated CUDA kernel's probs equal the CPU kernel's bit for bit
+    at_zero = OP(logits, 0.01, stream=stream_at(key, 0), backend="fused")[0]
+    seeded = torch.ops.dreamer_fast.straight_through_categorical(logits, None, seed_tensor(key), 0.01)[0]
+    assert torch.equal(at_zero, seeded)
+
+
+def test_stream_checkpoint_restores_the_draws():
+    """state_dict / load_state_dict: a restored stream continues with exactly the draws of the original."""
+    logits, _ = make((64, 32), seed=2)
+    stream = PhiloxStream(generator=torch.Generator().manual_seed(3))
+    OP(logits, stream=stream)
+    saved = stream.state_dict()
+    expected = [OP(logits, stream=stream)[0] for _ in range(3)]
+    resumed = PhiloxStream(0)
+    state = resumed.state
+    resumed.load_state_dict(saved)
+    assert resumed.state is state  # in place: a captured graph keeps reading the same tensor
+    assert all(torch.equal(OP(logits, stream=resumed)[0], e) for e in expected)
+
+
+def test_stream_with_noise_is_unused():
+    logits, noise = make((6, 4))
+    stream = stream_at(5, 10)
+    sample = OP(logits, noise=noise, stream=stream)[0]
+    assert stream.state_dict() == {"key": 5, "offset": 10}
+    assert torch.equal(sample, OP(logits, noise=noise)[0])
+
+
+def test_stream_gradients_equal_the_seed_path():
+    """The stream op's C++ autograd gives the gradients of the seed path (same samples, same probs)."""
+    logits, _ = make((7, 3, 5), torch.float64, requires_grad=True)
+    w, v = torch.randn(7, 3, 5, dtype=torch.float64), torch.randn(7, 3, 5, dtype=torch.float64)
+    got = torch.autograd.grad(losses(*OP(logits, 0.2, stream=stream_at(9, 0), backend="fused"), w, v), logits)[0]
+    seed_path = torch.ops.dreamer_fast.straight_through_categorical(logits, None, seed_tensor(9), 0.2)
+    want = torch.autograd.grad(losses(*seed_path, w, v), logits)[0]
+    assert torch.equal(got, want)
+    only_probs = torch.autograd.grad(OP(logits, 0.2, stream=stream_at(9, 0))[1].sum(), logits)[0]
+    assert only_probs.abs().max() < 1e-12  # probs sum to 1 per row: an unused sample gradient stays absent
+
+
+def test_philox_stream_arguments():
+    with pytest.raises(TypeError, match=literal("`seed` must be an int or None")):
+        PhiloxStream(1.5)
+    with pytest.raises(ValueError, match=literal("`seed` must be in [-2^63, 2^63)")):
+        PhiloxStream(2**63)
+    with pytest.raises(ValueError, match=literal("expected a dict with keys 'key' and 'offset'")):
+        PhiloxStream(0).load_state_dict({"key": 1})
+
+
 # ---- the op contract row (checked by tests/test_op_contract.py) ------------------------------------------------------
 
 
@@ -378,6 +476,18 @@ def categorical_opcheck(with_noise):
     return Opcheck("noise" if with_noise else "seed", build)
 
 
+def categorical_stream_opcheck():
+    """The stream op, whose schema declares the mutation of `stream` (opcheck checks it happens and nothing else
+    is mutated)."""
+
+    def build(device):
+        logits, _ = make((5, 3, 8), torch.float32, device, requires_grad=True)
+        stream = torch.tensor([99, 7], dtype=torch.int64, device=device)
+        return [(torch.ops.dreamer_fast.straight_through_categorical_stream.default, (logits, stream, 0.01), {})]
+
+    return Opcheck("stream", build)
+
+
 def categorical_compile():
     logits, _ = make((64, 32), requires_grad=True)
     w = torch.randn(64, 32)
@@ -401,6 +511,10 @@ def categorical_cpp(mutate):
     return lambda ns: ns.straight_through_categorical(*mutate(*make((5, 5))))
 
 
+def categorical_cpp_stream(mutate):
+    return lambda ns: ns.straight_through_categorical_stream(*mutate(make((5, 5))[0]))
+
+
 def categorical_cpp_backward(mutate):
     def call(ns):
         probs = make((5, 4))[0].softmax(-1)
@@ -419,7 +533,7 @@ CASE = OpCase(
              for unimix in [0.0, 0.01, 0.5]],
     check_values=categorical_values,
     gradchecks=[categorical_gradcheck(unimix) for unimix in [0.0, 0.3]],
-    opchecks=[categorical_opcheck(with_noise) for with_noise in [True, False]],
+    opchecks=[categorical_opcheck(with_noise) for with_noise in [True, False]] + [categorical_stream_opcheck()],
     compile_loss=categorical_compile,
     bad_inputs=[
         Bad("logits not a tensor", categorical_bad(lambda x, n: ([[0.0, 1.0]], {})), TypeError,
@@ -454,6 +568,13 @@ CASE = OpCase(
             categorical_bad(
                 lambda x, n: (x, {"generator": mock.Mock(spec=torch.Generator, device=torch.device("cuda"))})),
             ValueError, literal("`generator` must be a CPU torch.Generator")),
+        Bad("stream type", categorical_bad(lambda x, n: (x, {"stream": torch.zeros(2, dtype=torch.int64)})),
+            TypeError, literal("`stream` must be a dreamer_fast.PhiloxStream or None")),
+        Bad("stream and generator",
+            categorical_bad(lambda x, n: (x, {"stream": PhiloxStream(0), "generator": torch.Generator()})),
+            ValueError, literal("give `generator` or `stream`, not both")),
+        Bad("stream device", categorical_bad(lambda x, n: (x, {"stream": PhiloxStream(0, "meta")})), ValueError,
+            literal("`stream` must be on the device of `logits` (cpu), got meta")),
     ],
     cpp_checks=[
         CppCheck("seed dtype", categorical_cpp(lambda x, n: (x, None, torch.tensor(1.0), 0.1)),
@@ -480,6 +601,12 @@ CASE = OpCase(
                  "`grad_probs` must have the dtype of `probs`"),
         CppCheck("backward probs dtype", categorical_cpp_backward(lambda p: (None, None, p.long(), 0.1)),
                  "`probs` must be float32 or float64"),
+        CppCheck("stream dtype", categorical_cpp_stream(lambda x: (x, torch.zeros(2), 0.1)),
+                 "`stream` must be a contiguous int64 tensor \\[key, offset\\] of shape \\[2\\]"),
+        CppCheck("stream shape", categorical_cpp_stream(lambda x: (x, torch.zeros(3, dtype=torch.int64), 0.1)),
+                 "`stream` must be a contiguous int64 tensor"),
+        CppCheck("stream unimix", categorical_cpp_stream(lambda x: (x, torch.zeros(2, dtype=torch.int64), 2.0)),
+                 "`unimix` must be in \\[0, 1\\]"),
         CppCheck("backward unimix", categorical_cpp_backward(lambda p: (p, None, p, -1.0)), "`unimix` must be in"),
     ],
 )

@@ -39,6 +39,18 @@ inline uint64_t forward(const at::Tensor& logits, const std::optional<at::Tensor
   return static_cast<uint64_t>(seed.item<int64_t>());
 }
 
+// The stream variant: `stream` is int64 [key, offset], contiguous, on the device of `logits`.
+inline void stream_forward(const at::Tensor& logits, const at::Tensor& stream, double unimix, bool allow_half) {
+  const char* op = "straight_through_categorical_stream";
+  check_probs_like(op, "logits", logits, allow_half);
+  TORCH_CHECK(stream.scalar_type() == at::kLong && stream.dim() == 1 && stream.size(0) == 2 && stream.is_contiguous(),
+              op, ": `stream` must be a contiguous int64 tensor [key, offset] of shape [2], got ", stream.scalar_type(),
+              " of shape ", stream.sizes());
+  TORCH_CHECK(stream.device() == logits.device(), op, ": `stream` must be on the device of `logits` (",
+              logits.device(), "), got ", stream.device());
+  check_unimix(op, unimix);
+}
+
 inline void backward(const std::optional<at::Tensor>& grad_sample, const std::optional<at::Tensor>& grad_probs,
                      const at::Tensor& probs, double unimix, bool allow_half) {
   const char* op = "straight_through_categorical_backward";

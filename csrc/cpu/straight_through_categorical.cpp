@@ -41,12 +41,13 @@ constexpr int kFixedK = 32;     // DreamerV2's class count, compiled with K know
 template <typename T>
 struct Forward {
   const T* logits;
-  const T* noise;  // nullptr: draw from Philox(seed, row)
+  const T* noise;  // nullptr: draw stream element offset + row under key `seed`
   T* sample;
   T* probs;
   int64_t K;
   uint64_t seed;
   T unimix;
+  uint64_t offset = 0;
 };
 
 // The max of a row. Its order does not change its value, so unlike the sums it need not follow the warp's: 32 lanes
@@ -94,7 +95,7 @@ DF_FORCE_INLINE void forward_block(const Forward<T>& a, int64_t b0, int nb_) {
   if (a.noise)
     for (int r = 0; r < nb; ++r) u[r] = a.noise[b0 + r];
   else  // a loop of its own, so that it vectorises across rows
-    for (int r = 0; r < nb; ++r) u[r] = cat::row_uniform<T>(a.seed, static_cast<uint64_t>(b0 + r));
+    for (int r = 0; r < nb; ++r) u[r] = cat::row_uniform<T>(a.seed, a.offset + static_cast<uint64_t>(b0 + r));
   for (int r = 0; r < nb; ++r) {
     c[r] = 0;
     index[r] = 0;
@@ -194,6 +195,30 @@ std::tuple<at::Tensor, at::Tensor> straight_through_categorical(const at::Tensor
                                  static_cast<scalar_t>(unimix)};
     at::parallel_for(0, N, kGrain, [&](int64_t r0, int64_t r1) { DF_CPU_DISPATCH(forward_rows(args, r0, r1)); });
   });
+  return {sample, probs};
+}
+
+std::tuple<at::Tensor, at::Tensor> straight_through_categorical_stream(const at::Tensor& logits, at::Tensor& stream,
+                                                                       double unimix) {
+  st_checks::stream_forward(logits, stream, unimix, /*allow_half=*/false);
+  at::Tensor sample = at::empty_like(logits), probs = at::empty_like(logits);
+  const int64_t K = logits.size(-1), N = logits.numel() / K;
+  int64_t* state = stream.mutable_data_ptr<int64_t>();
+  const uint64_t key = static_cast<uint64_t>(state[0]), offset = static_cast<uint64_t>(state[1]);
+  if (N > 0) {
+    AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "straight_through_categorical_stream_cpu", [&] {
+      const Forward<scalar_t> args{logits.const_data_ptr<scalar_t>(),
+                                   nullptr,
+                                   sample.mutable_data_ptr<scalar_t>(),
+                                   probs.mutable_data_ptr<scalar_t>(),
+                                   K,
+                                   key,
+                                   static_cast<scalar_t>(unimix),
+                                   offset};
+      at::parallel_for(0, N, kGrain, [&](int64_t r0, int64_t r1) { DF_CPU_DISPATCH(forward_rows(args, r0, r1)); });
+    });
+  }
+  state[1] = static_cast<int64_t>(offset + static_cast<uint64_t>(N));  // unsigned: the offset wraps, never overflows
   return {sample, probs};
 }
 

@@ -12,7 +12,9 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/add.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/narrow.h>
 #include <ATen/ops/zeros_like.h>
 
 #include <cmath>
@@ -41,8 +43,8 @@ __device__ T warp_larger(T v) {
 
 template <typename scalar_t>
 __global__ void forward(const scalar_t* __restrict__ logits, const scalar_t* __restrict__ noise, uint64_t seed,
-                        double unimix, int64_t N, int64_t K, scalar_t* __restrict__ sample,
-                        scalar_t* __restrict__ probs) {
+                        const int64_t* __restrict__ stream, double unimix, int64_t N, int64_t K,
+                        scalar_t* __restrict__ sample, scalar_t* __restrict__ probs) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ cat::Cdf chunk[kWarps][kLanes];  // one chunk of a row's probs per warp, for the sequential cumsum
   const int warp = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
@@ -56,8 +58,11 @@ __global__ void forward(const scalar_t* __restrict__ logits, const scalar_t* __r
   acc_t sum = 0;
   for (int64_t k = lane; k < K; k += kLanes) sum += cat::shifted_exp(static_cast<acc_t>(x[k]), m);
   const cat::Mix<acc_t> mix = cat::mix(warp_sum(sum), static_cast<acc_t>(unimix), K);
+  // With a stream, key and offset are read on the device (the launch's arguments stay the same at every replay).
+  const uint64_t key = stream ? static_cast<uint64_t>(stream[0]) : seed;
+  const uint64_t element = (stream ? static_cast<uint64_t>(stream[1]) : 0) + static_cast<uint64_t>(row);
   const cat::Cdf u = noise ? static_cast<cat::Cdf>(noise[row])
-                           : static_cast<cat::Cdf>(cat::row_uniform<acc_t>(seed, static_cast<uint64_t>(row)));
+                           : static_cast<cat::Cdf>(cat::row_uniform<acc_t>(key, element));
 
   cat::Cdf carry = 0;  // cumsum up to the previous chunk
   int count = 0;       // this lane's share of the number of prefixes <= u
@@ -125,10 +130,32 @@ std::tuple<at::Tensor, at::Tensor> straight_through_categorical(const at::Tensor
                                   [&] {
                                     launch("straight_through_categorical.forward", k::forward<scalar_t>, dim3(blocks),
                                            dim3(k::kWarps * k::kLanes), logits.const_data_ptr<scalar_t>(),
-                                           noise ? noise->const_data_ptr<scalar_t>() : nullptr, seed_value, unimix,
-                                           N, K, sample.mutable_data_ptr<scalar_t>(),
+                                           noise ? noise->const_data_ptr<scalar_t>() : nullptr, seed_value,
+                                           static_cast<const int64_t*>(nullptr), unimix, N, K,
+                                           sample.mutable_data_ptr<scalar_t>(),
                                            probs.mutable_data_ptr<scalar_t>());
                                   });
+  return {sample, probs};
+}
+
+std::tuple<at::Tensor, at::Tensor> straight_through_categorical_stream(const at::Tensor& logits, at::Tensor& stream,
+                                                                       double unimix) {
+  namespace k = straight_through_categorical_kernels;
+  st_checks::stream_forward(logits, stream, unimix, /*allow_half=*/true);
+  at::Tensor sample = at::empty_like(logits), probs = at::empty_like(logits);
+  const int64_t K = logits.size(-1), N = logits.numel() / K;
+  if (N > 0) {
+    const unsigned blocks = k::blocks_for("straight_through_categorical_stream", N);
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, logits.scalar_type(), "straight_through_categorical_stream_cuda", [&] {
+          launch("straight_through_categorical.forward", k::forward<scalar_t>, dim3(blocks),
+                 dim3(k::kWarps * k::kLanes), logits.const_data_ptr<scalar_t>(), static_cast<const scalar_t*>(nullptr),
+                 uint64_t{0}, stream.const_data_ptr<int64_t>(), unimix, N, K, sample.mutable_data_ptr<scalar_t>(),
+                 probs.mutable_data_ptr<scalar_t>());
+        });
+  }
+  // Advanced after the launch, in stream order: every block has read the offset before it moves.
+  stream.narrow(0, 1, 1).add_(N);
   return {sample, probs};
 }
 

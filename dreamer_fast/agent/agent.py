@@ -12,8 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from dreamer_fast.agent.behavior import ActorCritic
+from dreamer_fast.agent.masked_step import masked_step
+from dreamer_fast.agent.update_graph import UpdateGraph, resolve_cuda_graphs
 from dreamer_fast.config import Config
 from dreamer_fast.cpu import resolve_bf16
+from dreamer_fast.reference.philox import PhiloxStream
 from dreamer_fast.rssm import RSSMState
 from dreamer_fast.agent.world_model import ActionSpaceLike, ObsSpace, WorldModel, check_act_space
 
@@ -30,7 +33,13 @@ class Agent(nn.Module):
         config: a :class:`dreamer_fast.config.Config`; everything lives on ``torch.device(config.device)``.
 
     Attributes: ``wm`` (:class:`WorldModel`), ``ac`` (:class:`ActorCritic`), ``model_opt``, ``actor_opt``,
-    ``critic_opt`` (AdamW with ``opt_eps``, ``weight_decay``; gradients clipped to norm ``grad_clip``).
+    ``critic_opt`` (AdamW with ``opt_eps``, ``weight_decay``; gradients clipped to norm ``grad_clip``; on CUDA
+    ``capturable``, with the learning rate and step count as device tensors), ``philox`` (the update's
+    :class:`dreamer_fast.PhiloxStream`, or None: see :meth:`set_philox`).
+
+    The update (:meth:`update`) is capture-ready: it reads nothing on the host and its shapes do not depend on data;
+    with ``config.cuda_graphs`` on it runs as one replayed CUDA graph (:class:`dreamer_fast.agent.update_graph.
+    UpdateGraph`).
     """
 
     def __init__(self, obs_space: ObsSpace, act_space: ActionSpaceLike, config: Config) -> None:
@@ -46,11 +55,59 @@ class Agent(nn.Module):
         self.model_opt = self._adam(self.wm.parameters(), c.model_lr)
         self.actor_opt = self._adam(self.ac.actor.parameters(), c.actor_lr)
         self.critic_opt = self._adam(self.ac.critic.parameters(), c.critic_lr)
-        self.skipped_steps = 0  # optimiser steps skipped for a non-finite loss or gradient norm
+        self._skipped = torch.zeros((), dtype=torch.int64, device=self.device)  # see skipped_steps
         self.ddp = None  # set by dreamer_fast.distributed.wrap_agent: DDP wrappers that average gradients over ranks
+        self.cuda_graphs = resolve_cuda_graphs(c.cuda_graphs, self.device)
+        self._graph = UpdateGraph(self.update) if self.cuda_graphs else None
+        # On CUDA the update samples from a device Philox stream (keyed from torch's default generator), as a
+        # replayed graph needs; on the CPU from a seed per sample drawn from torch's default generator.
+        self.philox: PhiloxStream | None = None
+        if self.device.type == "cuda":
+            self.set_philox(PhiloxStream(device=self.device))
 
     def _adam(self, params: Iterable[nn.Parameter], lr: float) -> torch.optim.AdamW:
-        return torch.optim.AdamW(params, lr=lr, eps=self.config.opt_eps, weight_decay=self.config.weight_decay)
+        opt = torch.optim.AdamW(params, lr=lr, eps=self.config.opt_eps, weight_decay=self.config.weight_decay)
+        self._capture_ready(opt)
+        return opt
+
+    def _capture_ready(self, opt: torch.optim.Optimizer) -> None:
+        """On CUDA: ``capturable`` steps, the learning rate and the step counts as device tensors (also after
+        ``load_state_dict``, which restores a checkpoint's groups as they were saved). On the CPU nothing changes: the
+        CPU cannot capture, and AdamW's CPU step is then exactly the plain one."""
+        if self.device.type != "cuda":
+            return
+        for group in opt.param_groups:
+            group["capturable"] = True
+            lr = group["lr"]
+            group["lr"] = (lr if torch.is_tensor(lr) else torch.tensor(float(lr))).to(self.device)
+            for p in group["params"]:
+                state = opt.state.get(p, {})
+                if "step" in state:
+                    state["step"] = state["step"].to(device=self.device, dtype=torch.float32)
+
+    @property
+    def skipped_steps(self) -> int:
+        """Optimiser steps skipped for a non-finite loss or gradient norm (reads a device counter on the host)."""
+        return int(self._skipped)
+
+    def set_philox(self, stream: PhiloxStream | None) -> None:
+        """The Philox stream the update's samples draw from (the RSSM's latents and the one-hot actor's actions), or
+        None: a seed per sample from torch's default generator. Acting keeps drawing its seeds from the generator."""
+        if stream is not None and stream.device != self.device:
+            raise ValueError(f"Agent.set_philox: `stream` must be on the agent's device {self.device}, got"
+                             f" {stream.device}")
+        self.philox = stream
+
+    @contextlib.contextmanager
+    def _sampling_from_philox(self):
+        rssm, actor = self.wm.rssm, self.ac.actor
+        before = rssm.stream, actor.stream
+        if self.philox is not None:
+            rssm.stream = actor.stream = self.philox
+        try:
+            yield
+        finally:
+            rssm.stream, actor.stream = before
 
     @property
     def updates(self) -> int:
@@ -63,17 +120,18 @@ class Agent(nn.Module):
         2 threads)."""
         if not self.bf16 or (acting and self.device.type == "cpu"):
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        # No weight cache under capture: cached casts made during capture would not be remade at replay.
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=not self.cuda_graphs)
 
     def _step(self, opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[nn.Parameter],
               backward: bool = True) -> torch.Tensor:
-        """Gradients of ``loss`` w.r.t. ``params`` only (nothing else accumulates a .grad), clip, step. Grad norm
-        (a 0-d float32 CPU tensor: it came to the host with the flag). ``backward=False``: the gradients are already
-        in ``.grad``.
+        """Gradients of ``loss`` w.r.t. ``params`` only (nothing else accumulates a .grad), clip, step. Returns the
+        grad norm (a 0-d float32 tensor on the model's device). ``backward=False``: the gradients are already in
+        ``.grad``.
 
         A non-finite loss or gradient norm skips the step (counted in ``skipped_steps``); under DDP a non-finite loss
-        on any rank skips it on all. Deciding that is the one device-to-host copy of an optimiser step: the finiteness
-        flag travels with the norm."""
+        on any rank skips it on all. The skip is decided on the device (:func:`masked_step`): nothing is read on the
+        host."""
         if backward:
             opt.zero_grad(set_to_none=True)
             loss.backward(inputs=params)
@@ -81,12 +139,9 @@ class Agent(nn.Module):
         finite = torch.isfinite(norm) & torch.isfinite(loss.detach())
         if self.ddp is not None:
             finite = self.ddp.all_finite(finite)
-        value, ok = torch.stack([norm.float(), finite.float()]).tolist()
-        if ok:
-            opt.step()
-        else:
-            self.skipped_steps += 1
-        return torch.tensor(value)
+        masked_step(opt, finite)
+        self._skipped.add_((~finite).to(self._skipped.dtype))
+        return norm.detach().float()
 
     # ---- training --------------------------------------------------------------------------------------------------
 
@@ -94,18 +149,30 @@ class Agent(nn.Module):
         """One update of the world model, then of the actor and the critic in imagination from every posterior state.
 
         ``batch``: time-major ``[T, B, ...]`` numpy arrays or tensors (see :meth:`WorldModel.preprocess`).
-        Returns metrics as detached 0-d float32 tensors: the losses and statistics stay on the model's device (reading
-        them is the caller's choice, e.g. once per log); ``*/grad_norm``, ``train/updates`` and ``train/nonfinite``
-        (1 when a non-finite loss or gradient norm made any of the three optimiser steps skip, else 0) are on the CPU.
-        The update reads the device once per optimiser step (three times): the non-finite guard of :meth:`_step`.
+        Returns metrics as detached 0-d float32 tensors on the model's device (reading them is the caller's choice,
+        e.g. once per log), ``train/nonfinite`` among them (1 when a non-finite loss or gradient norm made any of the
+        three optimiser steps skip, else 0); ``train/updates`` is on the CPU. The update itself reads nothing on the
+        host (:meth:`update`); with ``config.cuda_graphs`` on, it is replayed as a captured CUDA graph.
         """
-        skipped = self.skipped_steps
-        self.train()
         data = self.wm.preprocess(batch)
-        post, metrics = self.train_model(data)
-        start = post.detach().flatten()
-        metrics.update(self.train_behavior(start, data["is_terminal"].reshape(-1)))
-        metrics["train/nonfinite"] = torch.tensor(float(self.skipped_steps > skipped))
+        if self.ddp is not None and self._graph is not None:
+            raise ValueError("config `cuda_graphs` = 'on' runs on one process; the distributed update is not captured")
+        metrics = self._graph(data) if self._graph is not None else self.update(data)
+        self.ac.update_slow_target()
+        metrics["train/updates"] = torch.tensor(float(self.ac.updates))
+        return metrics
+
+    def update(self, data: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The capture-ready update on a preprocessed batch: the world model's, the actor's and the critic's
+        optimiser steps, with no host read and no data-dependent shape (so it runs eagerly as it would be captured).
+        Returns its metrics (device tensors). The slow critic's copy is :meth:`train_step`'s, outside."""
+        skipped = self._skipped.clone()
+        self.train()
+        with self._sampling_from_philox():
+            post, metrics = self.train_model(data)
+            start = post.detach().flatten()
+            metrics.update(self.train_behavior(start, data["is_terminal"].reshape(-1), count=False))
+        metrics["train/nonfinite"] = (self._skipped > skipped).float()
         return metrics
 
     def train_model(self, data: Mapping[str, torch.Tensor]) -> tuple[RSSMState, dict[str, torch.Tensor]]:
@@ -115,9 +182,11 @@ class Agent(nn.Module):
         metrics["model/grad_norm"] = self._step(self.model_opt, model_loss, list(self.wm.parameters()))
         return post, metrics
 
-    def train_behavior(self, start: RSSMState, is_terminal: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One actor and one critic update from the detached start states ``[N]`` (``is_terminal [N]``), then the
-        slow critic's count. Only the actor's and the critic's parameters change (and receive ``.grad``)."""
+    def train_behavior(self, start: RSSMState, is_terminal: torch.Tensor, count: bool = True
+                       ) -> dict[str, torch.Tensor]:
+        """One actor and one critic update from the detached start states ``[N]`` (``is_terminal [N]``), then (if
+        ``count``) the slow critic's count. Only the actor's and the critic's parameters change (and receive
+        ``.grad``)."""
         with self._autocast():
             if self.ddp is None:
                 actor_loss, critic_loss, metrics = self.ac.loss(self.wm, start.detach(), is_terminal)
@@ -131,8 +200,9 @@ class Agent(nn.Module):
         single = self.ddp is None
         metrics["actor/grad_norm"] = self._step(self.actor_opt, actor_loss, actor_params, backward=single)
         metrics["critic/grad_norm"] = self._step(self.critic_opt, critic_loss, critic_params, backward=single)
-        self.ac.update_slow_target()
-        metrics["train/updates"] = torch.tensor(float(self.ac.updates))
+        if count:
+            self.ac.update_slow_target()
+            metrics["train/updates"] = torch.tensor(float(self.ac.updates))
         return metrics
 
     # ---- acting ----------------------------------------------------------------------------------------------------
@@ -184,22 +254,34 @@ class Agent(nn.Module):
     # ---- checkpoints -----------------------------------------------------------------------------------------------
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """Everything needed to resume: parameters (slow critic included), the three optimisers, the update count."""
-        return {
+        """Everything needed to resume: parameters (slow critic included), the three optimisers, the update count and,
+        where the update draws from one, the Philox stream's key and offset."""
+        state = {
             "model": self.state_dict(),
             "model_opt": self.model_opt.state_dict(),
             "actor_opt": self.actor_opt.state_dict(),
             "critic_opt": self.critic_opt.state_dict(),
             "updates": self.ac.updates,
         }
+        if self.philox is not None:
+            state["philox"] = self.philox.state_dict()
+        return state
 
     def load_checkpoint_state(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`checkpoint_state` returned (tensors are moved to this agent's device)."""
+        """Restore what :meth:`checkpoint_state` returned (tensors are moved to this agent's device). A saved Philox
+        stream is restored exactly (in place, so a captured update keeps reading it); without one (a checkpoint from
+        the CPU, or an older one) the agent keeps its own."""
         self.load_state_dict(state["model"])
-        self.model_opt.load_state_dict(state["model_opt"])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
+        for name in ("model_opt", "actor_opt", "critic_opt"):
+            getattr(self, name).load_state_dict(state[name])
+            self._capture_ready(getattr(self, name))
         self.ac.updates = int(state["updates"])
+        if self._graph is not None:  # the optimisers' state tensors are new: capture again
+            self._graph = UpdateGraph(self.update)
+        if "philox" in state:
+            if self.philox is None:
+                self.set_philox(PhiloxStream(0, self.device))
+            self.philox.load_state_dict(state["philox"])
 
 
 __all__ = ["Agent", "PolicyState"]

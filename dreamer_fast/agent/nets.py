@@ -19,6 +19,7 @@ from dreamer_fast import _backend
 from dreamer_fast.ops.elu import elu
 from dreamer_fast.ops.linear import linear
 from dreamer_fast.ops.straight_through_categorical import straight_through_categorical
+from dreamer_fast.reference.philox import PhiloxStream
 
 
 def init_keras_(module: nn.Module) -> nn.Module:
@@ -235,7 +236,8 @@ class OneHotDist:
         unimix: uniform mixture weight of the probabilities (0 in DreamerV2).
     """
 
-    def __init__(self, logits: torch.Tensor, unimix: float = 0.0, backend: str | None = None) -> None:
+    def __init__(self, logits: torch.Tensor, unimix: float = 0.0, backend: str | None = None,
+                 stream: PhiloxStream | None = None) -> None:
         logits = logits.float()
         if unimix > 0:
             probs = (1 - unimix) * logits.softmax(-1) + unimix / logits.shape[-1]
@@ -243,6 +245,7 @@ class OneHotDist:
         self.logits = logits
         self.unimix = unimix
         self.backend = backend  # of the straight-through sampling op (None: $DREAMER_FAST_BACKEND, else auto)
+        self.stream = stream  # the samples' Philox stream (None: a seed from torch's default generator per sample)
 
     @property
     def probs(self) -> torch.Tensor:
@@ -250,7 +253,7 @@ class OneHotDist:
 
     def sample(self) -> torch.Tensor:
         """``[..., K]`` one-hot with the gradient of the probabilities (``onehot + probs - sg(probs)``)."""
-        sample, _ = straight_through_categorical(self.logits, 0.0, backend=self.backend)
+        sample, _ = straight_through_categorical(self.logits, 0.0, backend=self.backend, stream=self.stream)
         return sample
 
     rsample = sample
@@ -347,6 +350,7 @@ class ActionHead(nn.Module):
             raise ValueError(f"ActionHead: `dist` must be 'onehot' or 'trunc_normal', got {dist!r}")
         self.dist_name, self.action_dim = dist, action_dim
         self.min_std, self.unimix, self.backend = min_std, unimix, backend
+        self.stream: PhiloxStream | None = None  # the one-hot samples' Philox stream (None: torch's generator)
         frac = min(max((init_std - min_std) / 2.0, 1e-3), 1 - 1e-3)
         self.std_offset = math.log(frac / (1 - frac))
         out = action_dim if dist == "onehot" else 2 * action_dim
@@ -359,7 +363,7 @@ class ActionHead(nn.Module):
     def dist(self, raw: torch.Tensor) -> OneHotDist | TruncNormalDist:
         raw = raw.float()
         if self.dist_name == "onehot":
-            return OneHotDist(raw, self.unimix, self.backend)
+            return OneHotDist(raw, self.unimix, self.backend, self.stream)
         mu, s = raw.chunk(2, -1)
         scale = 2 * torch.sigmoid(s / 2 + self.std_offset) + self.min_std
         return TruncNormalDist(torch.tanh(mu), scale)

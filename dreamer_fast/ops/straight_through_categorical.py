@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from dreamer_fast import _backend, _checks
-from dreamer_fast.reference.philox import draw_seed
+from dreamer_fast.reference.philox import PhiloxStream, draw_seed
 from dreamer_fast.reference.straight_through_categorical import straight_through_categorical_ref
 
 _OP = "straight_through_categorical"
@@ -24,12 +24,24 @@ def _check_generator(generator: object) -> None:
         )
 
 
+def _check_stream(stream: object, generator: object, logits: torch.Tensor) -> None:
+    if stream is None:
+        return
+    if not isinstance(stream, PhiloxStream):
+        raise TypeError(f"{_OP}: `stream` must be a dreamer_fast.PhiloxStream or None, got {type(stream).__name__}")
+    if generator is not None:
+        raise ValueError(f"{_OP}: give `generator` or `stream`, not both")
+    if stream.device != logits.device:
+        raise ValueError(f"{_OP}: `stream` must be on the device of `logits` ({logits.device}), got {stream.device}")
+
+
 def straight_through_categorical(
     logits: torch.Tensor,
     unimix: float = 0.0,
     *,
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    stream: PhiloxStream | None = None,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A one-hot categorical sample with DreamerV2's straight-through gradient, in one fused pass (and one back).
@@ -45,6 +57,10 @@ def straight_through_categorical(
         generator: a CPU ``torch.Generator`` (None: torch's default) that gives the seed of the Philox stream used
             when ``noise`` is None. Same seed, same samples: on CPU and CUDA, fused and reference alike. (Inside
             ``torch.compile(fullgraph=True)`` keep the default: dynamo cannot trace an explicit generator.)
+        stream: a :class:`dreamer_fast.PhiloxStream` on the logits' device, instead of ``generator``: row n draws
+            stream element ``offset + n`` and the op advances the stream's offset by the number of rows, on the
+            device (no host read, so a captured CUDA graph draws new samples at each replay). Unused, and not
+            advanced, when ``noise`` is given. A stream at offset 0 under key ``s`` draws what seed ``s`` draws.
         backend: "auto" | "fused" | "reference" (default: $DREAMER_FAST_BACKEND or "auto").
 
     Returns:
@@ -65,16 +81,23 @@ def straight_through_categorical(
         _checks.like(_OP, "noise", noise, logits, "logits")
         _checks.shape(_OP, "noise", noise, logits.shape[:-1], "logits.shape[:-1]")
     _check_generator(generator)
-    if _backend.use_fused(_OP, logits.device, backend):
-        return call(logits, unimix, noise, generator)
-    return straight_through_categorical_ref(logits, unimix, noise=noise, generator=generator)
+    _check_stream(stream, generator, logits)
+    from_stream = noise is None and stream is not None
+    if _backend.use_fused(f"{_OP}_stream" if from_stream else _OP, logits.device, backend):
+        return call(logits, unimix, noise, generator, stream)
+    return straight_through_categorical_ref(logits, unimix, noise=noise, generator=generator, stream=stream)
 
 
 def call(
-    logits: torch.Tensor, unimix: float, noise: torch.Tensor | None, generator: torch.Generator | None = None
+    logits: torch.Tensor, unimix: float, noise: torch.Tensor | None, generator: torch.Generator | None = None,
+    stream: PhiloxStream | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused op without the checks or the backend choice (for callers that have made both, as the RSSM)."""
-    # With noise the seed is unused: pass zero rather than advance the generator.
+    if noise is None and stream is not None:
+        return torch.ops.dreamer_fast.straight_through_categorical_stream.default(
+            logits.contiguous(), stream.state, unimix
+        )
+    # With noise the seed is unused (and the stream not advanced): pass zero rather than advance the generator.
     seed = draw_seed(generator) if noise is None else torch.zeros((), dtype=torch.int64)
     return torch.ops.dreamer_fast.straight_through_categorical.default(
         logits.contiguous(), None if noise is None else noise.contiguous(), seed, unimix
@@ -89,6 +112,15 @@ def _register() -> None:
             raise ValueError(
                 f"{_OP}: `seed` must be a one-element int64 tensor on the CPU, got {seed.dtype} of shape"
                 f" {list(seed.shape)} on {seed.device}"
+            )
+        return torch.empty_like(logits), torch.empty_like(logits)
+
+    @torch.library.register_fake("dreamer_fast::straight_through_categorical_stream")
+    def _(logits, stream, unimix):
+        if stream.dtype != torch.int64 or stream.shape != (2,) or stream.device != logits.device:
+            raise ValueError(
+                f"{_OP}_stream: `stream` must be int64 [key, offset] of shape [2] on the device of `logits`"
+                f" ({logits.device}), got {stream.dtype} of shape {list(stream.shape)} on {stream.device}"
             )
         return torch.empty_like(logits), torch.empty_like(logits)
 

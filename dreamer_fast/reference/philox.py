@@ -49,12 +49,72 @@ def philox4x32_10(
 
 
 def philox_uniform(
-    seed: torch.Tensor, shape: torch.Size | tuple[int, ...], dtype: torch.dtype, device: torch.device | str
+    seed: torch.Tensor,
+    shape: torch.Size | tuple[int, ...],
+    dtype: torch.dtype,
+    device: torch.device | str,
+    offset: torch.Tensor | int = 0,
 ) -> torch.Tensor:
-    """Uniforms in [0, 1) of shape ``shape``: element n (flat, row-major) is stream element n under ``seed``."""
-    n = torch.arange(torch.Size(shape).numel(), dtype=torch.int64, device=device)
+    """Uniforms in [0, 1) of shape ``shape``: element n (flat, row-major) is stream element ``offset + n`` (modulo
+    2^64) under ``seed``. ``offset`` may be a 0-d int64 tensor on ``device`` (it is not read on the host)."""
+    n = torch.arange(torch.Size(shape).numel(), dtype=torch.int64, device=device) + offset
     seed = seed.to(device=device, dtype=torch.int64)
     zero = torch.zeros_like(n)
     key = (seed & _MASK, (seed >> 32) & _MASK)  # the two's complement words of a negative seed
-    x0 = philox4x32_10((n & _MASK, n >> 32, zero, zero), key)[0]
+    x0 = philox4x32_10((n & _MASK, (n >> 32) & _MASK, zero, zero), key)[0]
     return ((x0 >> 8).to(dtype) * 2.0**-24).reshape(shape)
+
+
+class PhiloxStream:
+    """A Philox stream whose key and offset live in a tensor on a device: ``state``, int64 ``[key, offset]``.
+
+    A draw of n uniforms takes stream elements ``offset .. offset + n - 1`` under ``key`` and advances ``offset`` by n,
+    in place and on the device: nothing is read on the host, so a draw inside a captured CUDA graph draws new numbers
+    at every replay. ``straight_through_categorical(..., stream=)`` takes it (the fused op reads and advances
+    ``state`` itself); :meth:`uniform` is the same draw in plain PyTorch, e.g. the noise of the other sampling ops. With offset 0 the stream under key ``seed`` gives the samples
+    of the ops' ``generator`` path for that seed.
+
+    Args:
+        seed: the key, an integer in [-2^63, 2^63) (None: drawn from ``generator``, None: torch's default CPU one).
+        device: where ``state`` lives: the device of the tensors it draws for.
+        generator: a CPU ``torch.Generator`` for the key when ``seed`` is None.
+    """
+
+    def __init__(self, seed: int | None = None, device: torch.device | str = "cpu", *,
+                 generator: torch.Generator | None = None) -> None:
+        if seed is None:
+            key = draw_seed(generator)
+        else:
+            if isinstance(seed, bool) or not isinstance(seed, int):
+                raise TypeError(f"PhiloxStream: `seed` must be an int or None, got {type(seed).__name__}")
+            if not -(2**63) <= seed < 2**63:
+                raise ValueError(f"PhiloxStream: `seed` must be in [-2^63, 2^63), got {seed}")
+            key = torch.tensor(seed, dtype=torch.int64)
+        self.state = torch.stack([key, torch.zeros((), dtype=torch.int64)]).to(device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.state.device
+
+    def uniform(self, shape: torch.Size | tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """The next ``numel(shape)`` uniforms of the stream, in [0, 1), on :attr:`device`; advances the offset."""
+        u = philox_uniform(self.state[0], shape, dtype, self.state.device, offset=self.state[1])
+        self.state[1:].add_(u.numel())
+        return u
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"key": int, "offset": int}`` (reads ``state`` on the host: for checkpoints, not inside an update)."""
+        key, offset = self.state.tolist()
+        return {"key": key, "offset": offset}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore :meth:`state_dict`'s values into ``state`` in place (a captured graph keeps reading it)."""
+        if not isinstance(state, dict) or set(state) != {"key", "offset"}:
+            raise ValueError(
+                f"PhiloxStream.load_state_dict: expected a dict with keys 'key' and 'offset', got {state!r}"
+            )
+        values = torch.tensor([state["key"], state["offset"]], dtype=torch.int64)
+        self.state.copy_(values)
+
+    def __repr__(self) -> str:
+        return f"PhiloxStream(device={self.device})"

@@ -29,6 +29,7 @@ from torch import nn
 
 from dreamer_fast import _backend
 from dreamer_fast.ops import obs_step_inference as _obs_step_inference
+from dreamer_fast.reference.philox import PhiloxStream
 from dreamer_fast.rssm import checks
 from dreamer_fast.rssm.backend import Backend, Layers, empty_sequence
 from dreamer_fast.rssm.fused import Fused
@@ -65,7 +66,11 @@ class RSSM(nn.Module):
     Randomness: every sample is ``smallest k with noise < cumsum(probs)[k]`` for a uniform ``noise``
     (:func:`dreamer_fast.straight_through_categorical`); pass it to compare backends sample for sample, or leave it
     ``None``: each step's sample then comes from the op's Philox stream under a seed drawn from torch's default CPU
-    generator, the same on CPU and CUDA and in both backends, so ``torch.manual_seed`` reproduces a run.
+    generator, the same on CPU and CUDA and in both backends, so ``torch.manual_seed`` reproduces a run. Setting
+    the attribute ``stream`` to a :class:`dreamer_fast.PhiloxStream` on the parameters' device draws the noise of every
+    call without ``noise`` from it instead, up front (``[T, B, S]``, ``[H, N, S]``, ...: the elements the per-step
+    sampler would take from it), so the backends still agree sample for sample; its key and offset stay on the
+    device and advance there (no host read, as a captured CUDA graph needs).
 
     Under ``torch.autocast`` the GEMMs run in the low precision while the states, the LayerNorm-GRU and the
     distributions stay in the parameters' dtype (DreamerV2's mixed precision).
@@ -100,6 +105,7 @@ class RSSM(nn.Module):
         self.post_logits = nn.Linear(hidden, flat)
         self.reset_parameters()
         self._impl: Backend = self._build(backend)
+        self.stream: PhiloxStream | None = None
 
     @property
     def backend(self) -> str | None:
@@ -200,7 +206,7 @@ class RSSM(nn.Module):
         """
         T, B = checks.check_sequence(self, "observe", embed, action, is_first)
         state = checks.check_state(self, "observe", "state", state, B)
-        noise = checks.check_noise(self, "observe", noise, (T, B))
+        noise = self._noise(checks.check_noise(self, "observe", noise, (T, B)), (T, B))
         keep = (is_first == 0).to(self._dtype())
         return self._backend_impl().observe(embed, action, keep, state, noise)
 
@@ -228,7 +234,7 @@ class RSSM(nn.Module):
         """
         B = checks.check_step(self, "obs_step", prev_action, embed, is_first)
         prev_state = checks.check_state(self, "obs_step", "prev_state", prev_state, B)
-        noise = checks.check_noise(self, "obs_step", noise, (B,))
+        noise = self._noise(checks.check_noise(self, "obs_step", noise, (B,)), (B,))
         keep = (is_first == 0).to(self._dtype())
         return self._backend_impl().obs_step(prev_state, prev_action, embed, keep, noise, bool(prior))
 
@@ -241,7 +247,7 @@ class RSSM(nn.Module):
         """
         B = checks.check_action(self, "img_step", "prev_action", prev_action)
         prev_state = checks.check_state(self, "img_step", "prev_state", prev_state, B)
-        noise = checks.check_noise(self, "img_step", noise, (B,))
+        noise = self._noise(checks.check_noise(self, "img_step", noise, (B,)), (B,))
         return self._backend_impl().img_step(prev_state, prev_action, noise)
 
     def imagine_with_action(
@@ -258,7 +264,7 @@ class RSSM(nn.Module):
         """
         H, B = checks.check_actions(self, "imagine_with_action", action)
         start = checks.check_state(self, "imagine_with_action", "start", start, B)
-        noise = checks.check_noise(self, "imagine_with_action", noise, (H, B))
+        noise = self._noise(checks.check_noise(self, "imagine_with_action", noise, (H, B)), (H, B))
         if not H:
             return empty_sequence(start)
         return self._backend_impl().imagine_with_action(action, start, noise)
@@ -288,7 +294,7 @@ class RSSM(nn.Module):
         checks.check_imagine(policy, horizon)
         start = checks.check_state(self, "imagine", "start", start, None).flatten()
         N = start.deter.shape[0]
-        noise = checks.check_noise(self, "imagine", noise, (horizon, N))
+        noise = self._noise(checks.check_noise(self, "imagine", noise, (horizon, N)), (horizon, N))
 
         def act(state: RSSMState) -> torch.Tensor:
             action = policy(self.get_feat(state).detach())
@@ -317,6 +323,12 @@ class RSSM(nn.Module):
         return self._backend_impl().kl(post_logits, prior_logits, balance, free, free_avg)
 
     _LINEARS = _obs_step_inference.LAYERS
+
+    def _noise(self, noise: torch.Tensor | None, lead: tuple[int, ...]) -> torch.Tensor | None:
+        """``noise``, or with none given and a :attr:`stream` set, ``[*lead, S]`` uniforms drawn from the stream."""
+        if noise is not None or self.stream is None:
+            return noise
+        return self.stream.uniform((*lead, self.stoch_size), self._dtype())
 
     # ---- the backend ---------------------------------------------------------------------------------------------
 

@@ -274,7 +274,7 @@ class _Run:
             batch = self.replay.sample(c.batch_size, c.batch_length, c.replay_ends)
             out = self.agent.train_step(batch)
             self.updates += 1
-            skipped = bool(out.pop("train/nonfinite"))  # a CPU tensor: reading it waits for no device
+            skipped = bool(out.pop("train/nonfinite"))  # on CUDA: one small copy per update, after the update
             self.nonfinite += int(skipped)
             self.streak = self.streak + 1 if skipped else 0
             self.metrics.add(out)

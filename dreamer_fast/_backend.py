@@ -60,12 +60,12 @@ def _rebuild_command() -> str:
 
 
 def _mismatch(built: str | None, detail: str = "") -> TorchMismatchError:
-    """The one-line error of a library that does not match the running torch."""
-    what = f"was built against torch {built}" if built else f"does not load ({detail})"
-    return TorchMismatchError(
-        f"dreamer_fast._C {what} but torch {torch.__version__} is installed; "
-        f"rebuild it against this torch: {_rebuild_command()}"
-    )
+    """The one-line error of a library that does not match the running torch (``built``: the torch it records)."""
+    if built:
+        what = f"was built against torch {built} but torch {torch.__version__} is installed"
+    else:
+        what = f"does not load under torch {torch.__version__} ({detail}): it was built against another torch"
+    return TorchMismatchError(f"dreamer_fast._C {what}; rebuild it against this torch: {_rebuild_command()}")
 
 
 def _load() -> Exception | None:
@@ -74,7 +74,10 @@ def _load() -> Exception | None:
     spec = importlib.util.find_spec("dreamer_fast._C")
     if spec is None or spec.origin is None:
         return ImportError("dreamer_fast._C is not built (pip install --no-build-isolation -e . builds it)")
-    built = built_torch_version(spec.origin)
+    try:
+        built = built_torch_version(spec.origin)
+    except (OSError, ValueError, struct.error):  # an unreadable or malformed file: loading it tells what is wrong
+        built = None
     if built is not None and built != torch.__version__:
         return _mismatch(built)
     try:

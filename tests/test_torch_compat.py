@@ -9,6 +9,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,10 @@ def package_copy(tmp_path: Path) -> Path:
 
 
 def import_copy(root: Path, code: str = "") -> subprocess.CompletedProcess:
-    return run_python(f"import torch, dreamer_fast as df\n{code}", PYTHONPATH=str(root))
+    """`code` after importing the copy under `root` (run from there: the current directory comes first on the path)."""
+    code = f"import torch, dreamer_fast as df\nassert df.__file__.startswith({str(root)!r})\n{code}"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)})
 
 
 def test_a_library_built_for_another_torch_is_refused_with_one_line(tmp_path):
@@ -93,7 +97,8 @@ def test_a_library_that_does_not_link_gives_the_same_one_line(tmp_path):
     assert got.returncode == 0 and got.stdout.strip() == "False", got.stderr
     lines = [line for line in got.stderr.splitlines() if "RuntimeWarning" in line]
     assert len(lines) == 1 and "undefined symbol: symbol_of_another_torch" in lines[0], got.stderr
-    assert f"torch {torch.__version__} is installed; rebuild it against this torch" in lines[0]
+    assert f"does not load under torch {torch.__version__}" in lines[0]
+    assert "rebuild it against this torch: pip install --no-build-isolation" in lines[0]
 
 
 def test_private_aten_ops_are_reported():

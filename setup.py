@@ -1,4 +1,6 @@
-"""Builds dreamer_fast._C: the CPU kernels always, the CUDA kernels when torch is a CUDA build and nvcc is found.
+"""Builds dreamer_fast._C against the torch that is installed (2.12 to 2.15): the CPU kernels always, the CUDA kernels
+when torch is a CUDA build and nvcc is found. The torch version is recorded in the library (csrc/ops.cpp), and
+dreamer_fast/_backend.py refuses a library built for another torch with a one-line message before loading it.
 
 Environment:
   DREAMER_FAST_CUDA=0|1   force the CUDA kernels off / on (1 without a CUDA torch or nvcc is an error);
@@ -16,6 +18,7 @@ from pathlib import Path
 from setuptools import setup
 
 ROOT = Path(__file__).parent.resolve()
+GENERATED = ROOT / "build" / "generated"  # headers written here at build time (csrc/ops.cpp includes one)
 DEFAULT_ARCH_LIST = "7.5;8.0;9.0+PTX"  # T4, A100 (sm_80 cubins also run on 8.6/8.9), H100, PTX for newer GPUs
 
 
@@ -48,15 +51,31 @@ def _want_cuda(cuda_home: str | None) -> bool:
         raise SystemExit(f"DREAMER_FAST_CUDA=1 but torch {torch.__version__} is a CPU-only build")
     if mode == "1" and not has_nvcc:
         raise SystemExit(f"DREAMER_FAST_CUDA=1 but nvcc was not found (CUDA_HOME={cuda_home!r}); set CUDA_HOME")
-    if not (torch_cuda and has_nvcc):
-        _note(f"building CPU kernels only (torch CUDA: {torch.version.cuda}, nvcc: {has_nvcc})")
+    if not torch_cuda:
+        _note(f"torch {torch.__version__} is a CPU-only build: skipping the CUDA kernels (their emulated twins are built)")
+        return False
+    if not has_nvcc:
+        _note(f"nvcc not found (CUDA_HOME={cuda_home!r}): skipping the CUDA kernels (their emulated twins are built)")
         return False
     return True
+
+
+def _record_torch_version() -> None:
+    """build/generated/dreamer_fast_torch_version.h: the torch this build compiles against, kept in the library."""
+    import torch
+
+    GENERATED.mkdir(parents=True, exist_ok=True)
+    header = GENERATED / "dreamer_fast_torch_version.h"
+    text = f'#pragma once\n#define DREAMER_FAST_TORCH_VERSION "{torch.__version__}"\n'
+    if not header.exists() or header.read_text() != text:  # rewritten only on a change: ninja rebuilds what reads it
+        header.write_text(text)
+    _note(f"compiling against torch {torch.__version__} (CUDA {torch.version.cuda})")
 
 
 def _extensions():
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
+    _record_torch_version()
     cuda_home = os.environ.get("CUDA_HOME")
     with_cuda = _want_cuda(cuda_home)
     csrc = ROOT / "csrc"
@@ -65,7 +84,7 @@ def _extensions():
     cxx = ["-O3", "-fopenmp", "-DDREAMER_FAST_PYTHON_MODULE"]
     kwargs = dict(
         name="dreamer_fast._C",
-        include_dirs=[str(csrc / "include"), str(csrc)],
+        include_dirs=[str(csrc / "include"), str(csrc), str(GENERATED)],
         extra_link_args=["-fopenmp"],
     )
     if not with_cuda:

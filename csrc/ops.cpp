@@ -84,6 +84,13 @@ TORCH_LIBRARY(dreamer_fast, m) { define_schemas(m); }
 TORCH_LIBRARY(dreamer_fast_emu, m) { define_schemas(m); }
 
 #ifdef DREAMER_FAST_PYTHON_MODULE
+// The torch this library was compiled against (`torch.__version__`, written by setup.py), in a section of its own:
+// dreamer_fast/_backend.py reads it from the file before loading the library, so a library built for another torch is
+// refused with one line naming both versions instead of failing on an undefined symbol.
+#include <dreamer_fast_torch_version.h>
+extern "C" __attribute__((used, section(".dreamer_fast_torch"))) const char dreamer_fast_torch_version[] =
+    DREAMER_FAST_TORCH_VERSION;
+
 // `import dreamer_fast._C` loads this library, whose static initialisers register the ops above; no pybind glue.
 #include <Python.h>
 extern "C" PyObject* PyInit__C(void) {

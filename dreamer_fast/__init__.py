@@ -17,11 +17,12 @@ Modules: :class:`RSSM` (DreamerV2's recurrent state-space model, drop-in) and it
 :func:`cpu_features` / :func:`set_cpu_profile` — the CPU's features and the profile the CPU paths follow
 (``$DREAMER_FAST_CPU_PROFILE=avx2`` forces the AVX2 class's paths on any CPU).
 :func:`set_cpu_gemm` / :func:`cpu_gemm` — which library (MKL, oneDNN or ATen) runs the fused backend's float32 CPU
-GEMMs.
+GEMMs; :func:`private_aten_ops` — which of the private ATen ops they call this torch has (ATen's public ops run in
+place of a missing one).
 """
 
 from dreamer_fast._backend import BACKENDS, extension_loaded, has_kernel
-from dreamer_fast.cpu import cpu_features, cpu_gemm, set_cpu_gemm, set_cpu_profile
+from dreamer_fast.cpu import cpu_features, cpu_gemm, private_aten_ops, set_cpu_gemm, set_cpu_profile
 from dreamer_fast._memory import keep_freed_memory
 from dreamer_fast.ops.elu import elu
 from dreamer_fast.ops.kl_balance import kl_balance
@@ -62,6 +63,7 @@ __all__ = [
     "linear_ref",
     "ln_gru",
     "ln_gru_ref",
+    "private_aten_ops",
     "set_cpu_gemm",
     "set_cpu_profile",
     "straight_through_categorical",

@@ -11,6 +11,7 @@ Environment (read once, at import):
   torch's own kernels follow, also set ``ATEN_CPU_CAPABILITY=avx2``, ``ONEDNN_MAX_CPU_ISA=AVX2`` and
   ``MKL_ENABLE_INSTRUCTIONS=AVX2``: :func:`cpu_features` then reports the lower capability too.
 - ``DREAMER_FAST_CPU_GEMM=auto|mkl|onednn|aten`` the GEMM library (:func:`set_cpu_gemm`).
+- ``DREAMER_FAST_PRIVATE_ATEN_OPS=0`` uses none of torch's private MKL/oneDNN ops (:func:`private_aten_ops`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ PROFILES = ("auto", "baseline", "avx2", "avx512", "amx")
 PROFILE_ENV_VAR = "DREAMER_FAST_CPU_PROFILE"
 CPU_GEMMS = ("auto", "mkl", "onednn", "aten")
 CPU_GEMM_ENV_VAR = "DREAMER_FAST_CPU_GEMM"
+PRIVATE_OPS_ENV_VAR = "DREAMER_FAST_PRIVATE_ATEN_OPS"
 BF16_CHOICES = ("auto", "true", "false")
 
 
@@ -88,6 +90,21 @@ def cpu_gemm() -> str:
     return torch.ops.dreamer_fast.cpu_gemm()
 
 
+def private_aten_ops() -> dict[str, str]:
+    """The private ATen ops the fused CPU paths call, as this torch release has them: ``{"mkl::_mkl_linear": status}``
+    with status ``"found"`` (the op is used), ``"missing"``, ``"schema <types>"`` (another signature than expected) or
+    ``"off"`` (``$DREAMER_FAST_PRIVATE_ATEN_OPS=0``, read once: none is used, as on a torch without them).
+
+    None of them is linked: each is looked up once in the dispatcher with its schema (``csrc/cpu/private_ops.h``), and
+    where one is not ``"found"`` ATen's public ops take its place: oneDNN's linear ops missing, the GEMM library is
+    MKL's packed ops or else ATen's ``addmm``/``mm`` (:func:`cpu_gemm` says which runs); MKL's missing, oneDNN or
+    ATen's; ``mkldnn::_is_mkldnn_bf16_supported`` missing, no oneDNN bf16 path (``cpu_features()["onednn_bf16"]`` is
+    False). The results differ only by summation order.
+    """
+    _require_extension("private_aten_ops")
+    return dict(line.partition("=")[::2] for line in torch.ops.dreamer_fast.private_aten_ops().splitlines())
+
+
 def resolve_bf16(choice: str, device: torch.device) -> tuple[bool, str]:
     """Whether to train with bf16 autocast, and why (one line for the log).
 
@@ -127,3 +144,7 @@ if _LOAD_ERROR is None and _env_cpu_gemm:
 _env_profile = os.environ.get(PROFILE_ENV_VAR)
 if _env_profile and _env_profile not in PROFILES:  # the extension reads it too, at its first CPU path choice
     raise ValueError(f"${PROFILE_ENV_VAR} must be one of {PROFILES}, got {_env_profile!r}")
+
+_env_private_ops = os.environ.get(PRIVATE_OPS_ENV_VAR, "")
+if _env_private_ops not in ("", "0", "1"):  # the extension reads it too, at its first private op lookup
+    raise ValueError(f"${PRIVATE_OPS_ENV_VAR} must be 0 or 1, got {_env_private_ops!r}")

@@ -9,8 +9,8 @@
 
 #include "../cpu/features.h"
 #include "../cpu/gemv.h"
+#include "../cpu/private_ops.h"
 
-#include <array>
 #include <atomic>
 #include <string>
 
@@ -20,32 +20,10 @@ namespace {
 enum class Mode : int { kAuto, kMkl, kOnednn, kAten };
 std::atomic<Mode> g_mode{Mode::kAuto};
 
-// The op `name` when this torch has it with the argument and return types given ("Tensor,int?->Tensor"): these are
-// private ATen ops whose presence and schema belong to one torch release, so a missing or changed one turns its
-// library off (ATen's public addmm/mm run instead) rather than failing in a call.
-std::optional<c10::OperatorHandle> find(const char* name, const char* types) {
-  auto op = c10::Dispatcher::singleton().findSchema({name, ""});
-  if (!op) return std::nullopt;
-  std::string sig;
-  for (const auto& a : op->schema().arguments()) sig += (sig.empty() ? "" : ",") + a.type()->str();
-  sig += "->";
-  for (const auto& r : op->schema().returns()) sig += r.type()->str();
-  return sig == types ? op : std::nullopt;
-}
+using cpu::PrivateOp;
+using cpu::private_op;
 
-// The private ops this file calls, each looked up once with its expected types.
-enum PrivateOp { kOnednnLinear, kOnednnPack, kMklPack, kMklLinear };
-const std::optional<c10::OperatorHandle>& private_op(PrivateOp which) {
-  static const std::array<std::optional<c10::OperatorHandle>, 4> ops = {
-      find("mkldnn::_linear_pointwise", "Tensor,Tensor,Tensor?,str,Scalar?[],str?->Tensor"),
-      find("mkldnn::_reorder_linear_weight", "Tensor,int?->Tensor"),
-      find("mkl::_mkl_reorder_linear_weight", "Tensor,int->Tensor"),
-      find("mkl::_mkl_linear", "Tensor,Tensor,Tensor,Tensor?,int->Tensor"),
-  };
-  return ops[which];
-}
-
-bool onednn_available() { return private_op(kOnednnLinear) && private_op(kOnednnPack); }
+bool onednn_available() { return private_op(PrivateOp::kOnednnLinear) && private_op(PrivateOp::kOnednnPack); }
 
 const char* name(Mode m) {
   switch (m) {
@@ -76,11 +54,11 @@ std::string set_cpu_gemm(const std::string& mode) {
   return name(g_mode.exchange(m));
 }
 
-// The library in use, by name ("mkl" also where MKL's packed ops are missing: then a plain at::mm runs).
+// The library in use, by name ("aten" for a forced "mkl" where MKL's packed ops are missing: ATen's mm runs).
 std::string cpu_gemm() {
   switch (selected()) {
     case Library::kOnednn: return "onednn";
-    case Library::kMkl: return "mkl";
+    case Library::kMkl: return mkl_available() ? "mkl" : "aten";
     default: return "aten";
   }
 }
@@ -109,13 +87,13 @@ static at::Tensor call_boxed(const c10::OperatorHandle& op, torch::jit::Stack st
 }
 
 at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b) {
-  static const c10::OperatorHandle op = *private_op(kOnednnLinear);
+  static const c10::OperatorHandle op = *private_op(PrivateOp::kOnednnLinear);
   return call_boxed(op, {x, w, b ? c10::IValue(*b) : c10::IValue(), c10::IValue("none"),
                          c10::IValue(c10::List<std::optional<c10::Scalar>>()), c10::IValue()});
 }
 
 at::Tensor onednn_pack(const at::Tensor& w, int64_t rows) {
-  static const c10::OperatorHandle op = *private_op(kOnednnPack);
+  static const c10::OperatorHandle op = *private_op(PrivateOp::kOnednnPack);
   return call_boxed(op, {w, c10::IValue(rows)});
 }
 
@@ -166,19 +144,19 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const std::optional<
 }
 
 bool mkl_available() {
-  return private_op(kMklPack) && private_op(kMklLinear);
+  return private_op(PrivateOp::kMklPack) && private_op(PrivateOp::kMklLinear);
 }
 
 at::Tensor mkl_pack(const at::Tensor& w, int64_t rows) {
   using Fn = at::Tensor(const at::Tensor&, int64_t);
-  static const auto op = private_op(kMklPack)->typed<Fn>();
+  static const auto op = private_op(PrivateOp::kMklPack)->typed<Fn>();
   return op.call(w, rows);
 }
 
 at::Tensor mkl_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& w, int64_t rows) {
   using Fn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                         int64_t);
-  static const auto op = private_op(kMklLinear)->typed<Fn>();
+  static const auto op = private_op(PrivateOp::kMklLinear)->typed<Fn>();
   return op.call(x, packed, w, std::nullopt, rows);
 }
 

@@ -7,8 +7,8 @@
 // takes its AVX2 code while oneDNN uses every ISA the CPU has). Measured on an AMD EPYC Zen 4, 2 threads: oneDNN took
 // 0.68-0.84x MKL's time at the agent's GEMMs with AVX-512 and 0.54-0.99x under the AVX2 profile; 16 x 1200 -> 1800
 // with the weight packed once per sequence (observe) is where it gains most.
-// The oneDNN and MKL ops are private ATen ops: each is looked up once with its schema, and a missing or different one
-// turns its library off (ATen's addmm/mm run instead).
+// The oneDNN and MKL ops are private ATen ops: each is looked up once with its schema (cpu/private_ops.h), and a
+// missing or different one turns its library off (ATen's addmm/mm run instead).
 // `set_cpu_gemm("auto" | "mkl" | "onednn" | "aten")` overrides the rule (tests and A/B runs; process-wide).
 #pragma once
 

@@ -2,8 +2,9 @@
 // `set_cpu_profile(str profile) -> str`.
 #include "features.h"
 
+#include "private_ops.h"
+
 #include <ATen/Version.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/cpu/Utils.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
@@ -37,11 +38,10 @@ std::string cpuid_vendor() {
 #endif
 }
 
-// oneDNN's own answer to "can you run bf16 here" (false where torch has no oneDNN).
+// oneDNN's own answer to "can you run bf16 here" (false where this torch has no oneDNN or not the op).
 bool onednn_bf16_supported() {
-  const auto op = c10::Dispatcher::singleton().findSchema({"mkldnn::_is_mkldnn_bf16_supported", ""});
-  if (!op) return false;
-  return op->typed<bool()>().call();
+  const auto& op = private_op(PrivateOp::kOnednnBf16Supported);
+  return op && op->typed<bool()>().call();
 }
 
 // ATen's vectorised kernels' level ("AVX512", "AVX2", "DEFAULT", or an ARM name, which counts as the baseline here).

@@ -517,12 +517,17 @@ def test_atari_preset_is_the_defaults_plus_mixed_precision():
 
 @pytest.mark.parametrize("name", presets())
 def test_preset_holds_only_its_differences_from_the_defaults(name):
-    """A preset file lists only what it changes, so presets stack without one undoing another with a default."""
+    """A preset file lists only what it changes, so presets stack without one undoing another with a default.
+
+    A preset made to stack on another (``<base>_small`` on ``<base>``) may also set a default back where its base
+    changes it."""
     values, defaults = preset_values(name), Config().to_dict()
     assert values
     resolved = load_config(name).to_dict()
-    assert [k for k in values if resolved[k] == defaults[k]] == []
-    assert {k for k in defaults if resolved[k] != defaults[k]} == set(values)
+    base, _, _ = name.partition("_")
+    based = load_config(base).to_dict() if base != name and base in presets() else defaults
+    assert [k for k in values if resolved[k] == defaults[k] and resolved[k] == based[k]] == []
+    assert {k for k in defaults if resolved[k] != defaults[k]} == {k for k in values if resolved[k] != defaults[k]}
 
 
 def test_every_config_field_has_a_section_and_a_doc():
